@@ -1,0 +1,279 @@
+"""Orthonormal DCT-II over chosen dims, box low/high-pass bands and their energy.
+
+Everything here is a matrix product with a cached DCT basis. `torch.fft` has no DCT, and the
+mixing op only ever needs the first ``k`` rows of the basis (the kept low band), so a truncated
+basis product costs ``k/n`` of a full transform; that is why this module exists instead of a
+call into a library.
+
+Conventions (identical to ``scipy.fft.dctn(x, type=2, norm="ortho", axes=dims)``):
+
+    X[k] = s_k * sum_n x[n] * cos(pi * (2n + 1) * k / (2N)),  s_0 = sqrt(1/N), s_k = sqrt(2/N)
+
+The low band of ``cutoff`` keeps the coefficients whose index is ``< k_d`` along every dim ``d``,
+with ``k_d = floor(cutoff * n_d + 0.5)`` (nearest integer, halves up).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "band_sizes",
+    "dct",
+    "dct_basis",
+    "highpass",
+    "idct",
+    "low_band_coefficients",
+    "lowpass",
+    "normalize_dims",
+]
+
+Dims = Sequence[int]
+Cutoff = float | Tensor
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers (shared with functional.py)
+
+
+def normalize_dims(dims: Dims, ndim: int, *, name: str = "dims", batched: bool = False) -> tuple[int, ...]:
+    """Return ``dims`` as sorted non-negative ints, or raise naming what was wrong.
+
+    With ``batched=True`` dim 0 is the batch and may not be a signal dim.
+    """
+    if isinstance(dims, int):
+        dims = (dims,)
+    try:
+        dims = tuple(int(d) for d in dims)
+    except TypeError as exc:
+        raise TypeError(f"{name} must be a sequence of ints, got {dims!r}") from exc
+    if len(dims) == 0:
+        raise ValueError(f"{name} must name at least one dim, got {dims!r}")
+    lowest = 1 if batched else 0
+    out = []
+    for d in dims:
+        if not -ndim <= d < ndim:
+            raise ValueError(f"{name} entry {d} is out of range for a tensor with {ndim} dims")
+        d = d % ndim
+        if d < lowest:
+            raise ValueError(f"{name} may not include the batch dim 0, got {dims!r}")
+        out.append(d)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} has repeated entries: {dims!r}")
+    return tuple(sorted(out))
+
+
+def _check_float(x: Tensor, name: str) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Half types lose too much in sums of squares and in long dot products: accumulate in fp32.
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+# --------------------------------------------------------------------------------------------
+# Basis
+
+
+@lru_cache(maxsize=64)
+def _cached_basis(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    k = torch.arange(n, dtype=torch.float64).unsqueeze(1)
+    i = torch.arange(n, dtype=torch.float64).unsqueeze(0)
+    basis = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    basis[0] /= math.sqrt(2.0)
+    return basis.to(device=device, dtype=dtype)
+
+
+def dct_basis(n: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The orthonormal DCT-II matrix ``B`` of size ``(n, n)``: ``dct(x) = B @ x``, ``idct(X) = B.T @ X``.
+
+    Row ``k`` is the ``k``-th cosine. Cached per ``(n, device, dtype)``; do not modify the result.
+    """
+    if n < 1:
+        raise ValueError(f"n must be a positive size, got {n}")
+    return _cached_basis(int(n), torch.device(device or "cpu"), dtype)
+
+
+def band_sizes(cutoff: float, sizes: Sequence[int]) -> tuple[int, ...]:
+    """Number of kept low-band indices per dim: ``floor(cutoff * n + 0.5)`` for each size ``n``."""
+    return tuple(min(n, math.floor(cutoff * n + 0.5)) for n in sizes)
+
+
+def _band_sizes_tensor(cutoff: Tensor, n: int) -> Tensor:
+    # float64 so that e.g. cutoff=0.5, n=7 rounds exactly as the float formula does.
+    return torch.floor(cutoff.to(torch.float64) * n + 0.5).clamp_(0, n).long()
+
+
+# --------------------------------------------------------------------------------------------
+# Mode products: multiply one dim of x by a matrix, without Python loops over samples.
+
+
+def _apply_along(x: Tensor, matrix: Tensor, dim: int) -> Tensor:
+    """``y[..., j, ...] = sum_i matrix[j, i] * x[..., i, ...]`` along ``dim``."""
+    if dim == x.ndim - 1:
+        return x @ matrix.T
+    if dim == x.ndim - 2:
+        return matrix @ x
+    return torch.movedim(torch.movedim(x, dim, -1) @ matrix.T, -1, dim)
+
+
+def _transform(x: Tensor, dims: tuple[int, ...], *, inverse: bool) -> Tensor:
+    out_dtype = x.dtype
+    y = x.to(_compute_dtype(x.dtype))
+    # Last dim first: a matmul on the contiguous dim needs no transposed copy.
+    for d in sorted(dims, reverse=True):
+        basis = dct_basis(y.shape[d], device=y.device, dtype=y.dtype)
+        y = _apply_along(y, basis.T if inverse else basis, d)
+    return y.to(out_dtype)
+
+
+def dct(x: Tensor, dims: Dims = (-2, -1)) -> Tensor:
+    """Orthonormal DCT-II over ``dims`` (``scipy.fft.dctn(x, type=2, norm="ortho", axes=dims)``).
+
+    Shape: any; the output has the shape, dtype and device of ``x``.
+
+    Example:
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> torch.allclose(idct(dct(x)), x, atol=1e-5)
+        True
+    """
+    _check_float(x, "x")
+    return _transform(x, normalize_dims(dims, x.ndim), inverse=False)
+
+
+def idct(x: Tensor, dims: Dims = (-2, -1)) -> Tensor:
+    """Inverse of :func:`dct` (``scipy.fft.idctn(x, type=2, norm="ortho", axes=dims)``)."""
+    _check_float(x, "x")
+    return _transform(x, normalize_dims(dims, x.ndim), inverse=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Low band
+
+
+def _check_cutoff(cutoff: Cutoff, batch: int, device: torch.device) -> float | Tensor:
+    """Return a float cutoff, or a float64 (N,) tensor on ``device``; raise on bad values."""
+    if isinstance(cutoff, Tensor):
+        if cutoff.ndim == 0:
+            cutoff = float(cutoff)
+        else:
+            if cutoff.ndim != 1 or cutoff.shape[0] != batch:
+                raise ValueError(
+                    f"cutoff must be a float or a 1-D tensor of length {batch} (one per sample), "
+                    f"got shape {tuple(cutoff.shape)}"
+                )
+            if not (cutoff.is_floating_point() or cutoff.dtype in (torch.int32, torch.int64)):
+                raise TypeError(f"cutoff must be a real tensor, got dtype {cutoff.dtype}")
+            c = cutoff.detach().to(device=device, dtype=torch.float64)
+            if not bool(((c >= 0) & (c <= 1)).all()):
+                raise ValueError(f"cutoff must lie in [0, 1], got values in [{c.min():.4g}, {c.max():.4g}]")
+            return c
+    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)):
+        raise TypeError(f"cutoff must be a float in [0, 1] or a 1-D tensor, got {type(cutoff).__name__}")
+    cutoff = float(cutoff)
+    if not 0.0 <= cutoff <= 1.0:  # also rejects NaN
+        raise ValueError(f"cutoff must lie in [0, 1], got {cutoff}")
+    return cutoff
+
+
+def low_band_coefficients(
+    x: Tensor, cutoff: float | Tensor, dims: tuple[int, ...]
+) -> tuple[Tensor, Tensor | None]:
+    """DCT coefficients of the kept low-band block, in the compute dtype (fp32 for half types).
+
+    For a float cutoff returns the ``k_d``-sized block and ``None``. For per-sample cutoffs
+    returns the block of the largest ``k_d`` (unmasked: every sample's coefficients up to the
+    largest band) and a 0/1 mask, broadcastable against it, that keeps sample ``i``'s own band.
+    ``dims`` must already be normalised and ``cutoff`` checked (see :func:`lowpass`).
+    """
+    sizes = [x.shape[d] for d in dims]
+    compute = _compute_dtype(x.dtype)
+    if isinstance(cutoff, Tensor):
+        ks_per_dim = [_band_sizes_tensor(cutoff, n) for n in sizes]
+        block = tuple(int(k.max()) for k in ks_per_dim)
+        mask = _per_sample_mask(ks_per_dim, dims, block, x.ndim, compute)
+    else:
+        block = band_sizes(cutoff, sizes)
+        mask = None
+    if 0 in block:
+        shape = list(x.shape)
+        for d, k in zip(dims, block):
+            shape[d] = k
+        return x.new_zeros(shape, dtype=compute), mask
+    y = x.to(compute)
+    # Last dim first: a matmul on the contiguous dim needs no transposed copy.
+    for d, k in sorted(zip(dims, block), reverse=True):
+        basis = dct_basis(x.shape[d], device=x.device, dtype=compute)[:k]
+        y = _apply_along(y, basis, d)
+    return y, mask
+
+
+def _per_sample_mask(
+    ks_per_dim: list[Tensor], dims: tuple[int, ...], block: tuple[int, ...], ndim: int, dtype: torch.dtype
+) -> Tensor:
+    """(N, ...) 0/1 mask that keeps index < k_d[i] along every dim d for sample i."""
+    mask = None
+    for k, d, size in zip(ks_per_dim, dims, block):
+        idx_shape = [1] * ndim
+        idx_shape[d] = size
+        m = torch.arange(size, device=k.device).view(idx_shape) < k.view([-1] + [1] * (ndim - 1))
+        mask = m if mask is None else mask & m
+    return mask.to(dtype)
+
+
+def coefficients_to_signal(coef: Tensor, sizes: dict[int, int]) -> Tensor:
+    """Inverse of :func:`low_band_coefficients`: zero-pad the block back to full size."""
+    y = coef
+    for d in sorted(sizes, reverse=True):
+        k = coef.shape[d]
+        n = sizes[d]
+        if k == 0:
+            shape = list(y.shape)
+            shape[d] = n
+            y = y.new_zeros(shape)
+            continue
+        basis = dct_basis(n, device=coef.device, dtype=coef.dtype)[:k]
+        y = _apply_along(y, basis.T, d)
+    return y
+
+
+def lowpass(x: Tensor, cutoff: Cutoff, dims: Dims = (-2, -1)) -> Tensor:
+    """Keep the DCT coefficients with index ``< floor(cutoff * n_d + 0.5)`` along every dim.
+
+    Args:
+        x: floating tensor. With a per-sample ``cutoff`` its dim 0 is the batch.
+        cutoff: float in [0, 1], or a 1-D tensor of length ``x.shape[0]`` (one per sample).
+        dims: the signal dims to filter over.
+
+    Shape: output has the shape, dtype and device of ``x``.
+
+    Example:
+        >>> x = torch.randn(4, 3, 16, 16)
+        >>> torch.allclose(lowpass(x, 1.0), x, atol=1e-5)
+        True
+    """
+    _check_float(x, "x")
+    per_sample = isinstance(cutoff, Tensor) and cutoff.ndim == 1
+    dims_t = normalize_dims(dims, x.ndim, batched=per_sample)
+    if per_sample and x.shape[0] == 0:
+        raise ValueError("x must have a non-empty batch dim when cutoff is per sample")
+    c = _check_cutoff(cutoff, x.shape[0] if x.ndim else 1, x.device)
+    coef, mask = low_band_coefficients(x, c, dims_t)
+    if mask is not None:
+        coef = coef * mask
+    out = coefficients_to_signal(coef, {d: x.shape[d] for d in dims_t})
+    return out.to(x.dtype)
+
+
+def highpass(x: Tensor, cutoff: Cutoff, dims: Dims = (-2, -1)) -> Tensor:
+    """``x - lowpass(x, cutoff, dims)``: everything outside the low box."""
+    return x - lowpass(x, cutoff, dims)

@@ -1,0 +1,424 @@
+"""Pure mixing functions: Mixup, CutMix and Robustmix. No randomness inside.
+
+Every function takes a batch, integer or soft targets and explicit mixing parameters, and returns
+``(mixed_images, soft_targets)``. The partner of sample ``i`` is ``index[i]`` (default: the batch
+rolled by one, ``torch.roll(arange(N), 1)``). Parameters are sampled in :mod:`robustmix.params`.
+
+Robustmix (Ngnawé et al., arXiv 2304.02847) with ``x1 = images``, ``x2 = images[index]``:
+
+    out   = Low(lam_low*x1 + (1-lam_low)*x2, c) + High(lam_high*x1 + (1-lam_high)*x2, c)
+    lam   = lam_c*lam_low + (1-lam_c)*lam_high,    lam_c = energy share of the low band
+    soft  = lam*y1 + (1-lam)*y2
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from robustmix import freq
+
+__all__ = ["cutmix", "energy_modes", "mixup", "one_hot", "robustmix"]
+
+Scalar = float | Tensor
+ENERGY_MODES = ("batch", "sample", "uniform")
+
+
+def energy_modes() -> tuple[str, ...]:
+    """Names accepted by ``robustmix(..., energy=...)`` (a float in [0, 1] is also accepted)."""
+    return ENERGY_MODES
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+def _check_images(images: Tensor, min_dims: int) -> None:
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a floating-point tensor, got dtype {images.dtype}")
+    if images.ndim < min_dims:
+        raise ValueError(
+            f"images must have at least {min_dims} dims (batch first, then the signal dims), "
+            f"got shape {tuple(images.shape)}"
+        )
+    if images.shape[0] == 0:
+        raise ValueError(f"images must have a non-empty batch, got shape {tuple(images.shape)}")
+
+
+def _check_finite_norms(sq_norms: Tensor) -> None:
+    # The per-sample squared norms are computed anyway (energy weighting); a NaN or inf pixel
+    # makes its sample's norm non-finite, so this checks the images at no extra pass.
+    if not bool(torch.isfinite(sq_norms).all()):
+        bad = torch.nonzero(~torch.isfinite(sq_norms)).flatten()[:5].tolist()
+        raise ValueError(f"images contain NaN or inf values (samples {bad})")
+
+
+def _check_finite_images(images: Tensor) -> None:
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("images contain NaN or inf values")
+
+
+def _check_index(index: Tensor | None, n: int, device: torch.device) -> Tensor:
+    if index is None:
+        return torch.roll(torch.arange(n, device=device), 1)
+    if not isinstance(index, Tensor):
+        raise TypeError(f"index must be a 1-D integer tensor, got {type(index).__name__}")
+    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+        raise TypeError(f"index must be an integer tensor, got dtype {index.dtype}")
+    if index.shape != (n,):
+        raise ValueError(f"index must be a permutation of length {n}, got shape {tuple(index.shape)}")
+    index = index.to(device=device, dtype=torch.long)
+    if not torch.equal(torch.sort(index).values, torch.arange(n, device=device)):
+        raise ValueError(f"index must be a permutation of 0..{n - 1}, got {index.tolist()[:10]}")
+    return index
+
+
+def _check_weight(value: Scalar, name: str, n: int, device: torch.device) -> float | Tensor:
+    """A float in [0, 1] or a 1-D tensor of length n with values in [0, 1]."""
+    if isinstance(value, Tensor):
+        if value.ndim == 0:
+            value = float(value)
+        else:
+            if value.ndim != 1 or value.shape[0] != n:
+                raise ValueError(
+                    f"{name} must be a float or a 1-D tensor of length {n} (one per sample), "
+                    f"got shape {tuple(value.shape)}"
+                )
+            if value.is_complex() or value.dtype == torch.bool:
+                raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
+            v = value.detach().to(device=device, dtype=torch.float64)
+            if not bool(((v >= 0) & (v <= 1)).all()):
+                raise ValueError(f"{name} must lie in [0, 1], got values in [{v.min():.4g}, {v.max():.4g}]")
+            return v
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float in [0, 1] or a 1-D tensor, got {type(value).__name__}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    return value
+
+
+def one_hot(
+    targets: Tensor,
+    num_classes: int,
+    *,
+    label_smoothing: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Integer class ids ``(N,)`` to (smoothed) one-hot rows ``(N, num_classes)``.
+
+    Smoothing follows ``torch.nn.CrossEntropyLoss``: ``(1 - eps) * onehot + eps / K``.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}")
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"targets must be integer class ids, got dtype {targets.dtype}")
+    if targets.ndim != 1:
+        raise ValueError(f"integer targets must have shape (N,), got {tuple(targets.shape)}")
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= num_classes):
+        raise ValueError(
+            f"targets must lie in [0, {num_classes - 1}] for num_classes={num_classes}, "
+            f"got values in [{int(targets.min())}, {int(targets.max())}]"
+        )
+    off = label_smoothing / num_classes
+    out = torch.full((targets.shape[0], num_classes), off, dtype=dtype, device=targets.device)
+    out.scatter_(1, targets.long().unsqueeze(1), 1.0 - label_smoothing + off)
+    return out
+
+
+def _soft_targets(targets: Tensor, n: int, num_classes: int | None, images_dtype: torch.dtype) -> Tensor:
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+    if targets.shape[:1] != (n,):
+        raise ValueError(
+            f"targets must have the batch size {n} of images as first dim, got shape {tuple(targets.shape)}"
+        )
+    if targets.is_floating_point():
+        if targets.ndim != 2:
+            raise ValueError(f"soft targets must have shape (N, K), got {tuple(targets.shape)}")
+        if num_classes is not None and targets.shape[1] != num_classes:
+            raise ValueError(
+                f"soft targets have {targets.shape[1]} classes but num_classes={num_classes}"
+            )
+        if not bool(torch.isfinite(targets).all()):
+            raise ValueError("targets contain NaN or inf values")
+        return targets
+    if num_classes is None:
+        raise ValueError("num_classes is required when targets are integer class ids")
+    dtype = torch.float64 if images_dtype == torch.float64 else torch.float32
+    return one_hot(targets, num_classes, dtype=dtype)
+
+
+def _as_column(value: float | Tensor, ndim: int, dtype: torch.dtype, device: torch.device) -> float | Tensor:
+    """Per-sample weights as a (N, 1, ..., 1) tensor broadcastable against ndim-dim tensors."""
+    if isinstance(value, Tensor):
+        return value.to(device=device, dtype=dtype).view([-1] + [1] * (ndim - 1))
+    return value
+
+
+def _mix_targets(y1: Tensor, index: Tensor, lam: float | Tensor) -> Tensor:
+    y2 = y1[index]
+    lam = _as_column(lam, 2, y1.dtype, y1.device)
+    return y2 + lam * (y1 - y2)
+
+
+def _restore_format(out: Tensor, like: Tensor) -> Tensor:
+    if like.ndim == 4 and like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
+        return out.contiguous(memory_format=torch.channels_last)
+    if like.ndim == 5 and like.is_contiguous(memory_format=torch.channels_last_3d) and not like.is_contiguous():
+        return out.contiguous(memory_format=torch.channels_last_3d)
+    return out.contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# Mixup and CutMix
+
+
+def mixup(
+    images: Tensor,
+    targets: Tensor,
+    *,
+    lam: Scalar,
+    index: Tensor | None = None,
+    num_classes: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Mixup (Zhang et al. 2018): ``lam * x1 + (1 - lam) * x2`` and the same for the targets.
+
+    Args:
+        images: floating batch ``(N, ...)``.
+        targets: int class ids ``(N,)`` (needs ``num_classes``) or soft targets ``(N, K)``.
+        lam: weight of ``x1``: a float in [0, 1] or a ``(N,)`` tensor (one per sample).
+        index: partner permutation, ``x2 = images[index]``; default ``roll(arange(N), 1)``.
+        num_classes: number of classes for integer targets.
+
+    Returns:
+        ``(mixed_images, soft_targets)``; images keep dtype, device and memory format.
+
+    Example:
+        >>> x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+        >>> out, soft = mixup(x, y, lam=0.7, num_classes=4)
+        >>> soft[0].tolist()
+        [0.699999988079071, 0.0, 0.0, 0.30000001192092896]
+    """
+    _check_images(images, 2)
+    n = images.shape[0]
+    lam = _check_weight(lam, "lam", n, images.device)
+    index = _check_index(index, n, images.device)
+    y1 = _soft_targets(targets, n, num_classes, images.dtype)
+    _check_finite_images(images)
+    x2 = images[index]
+    out = torch.lerp(x2, images, _as_column_weight(lam, images))
+    return _restore_format(out, images), _mix_targets(y1, index, lam)
+
+
+def _as_column_weight(lam: float | Tensor, images: Tensor) -> float | Tensor:
+    # torch.lerp wants the weight in the images' dtype when it is a tensor.
+    return _as_column(lam, images.ndim, images.dtype, images.device)
+
+
+def cutmix(
+    images: Tensor,
+    targets: Tensor,
+    *,
+    box: tuple[int, int, int, int],
+    index: Tensor | None = None,
+    num_classes: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """CutMix (Yun et al. 2019): paste ``box`` of the partner into every image.
+
+    Args:
+        images: floating batch ``(N, ..., H, W)``.
+        targets: int class ids ``(N,)`` or soft targets ``(N, K)``.
+        box: ``(top, left, height, width)`` in pixels, inside the image (the sampler clips it).
+        index: partner permutation; default ``roll(arange(N), 1)``.
+        num_classes: number of classes for integer targets.
+
+    The target weight of ``x1`` is ``1 - height * width / (H * W)``.
+    """
+    _check_images(images, 3)
+    n = images.shape[0]
+    height_img, width_img = images.shape[-2], images.shape[-1]
+    try:
+        top, left, h, w = (int(v) for v in box)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"box must be 4 ints (top, left, height, width), got {box!r}") from exc
+    if min(top, left, h, w) < 0 or top + h > height_img or left + w > width_img:
+        raise ValueError(
+            f"box (top, left, height, width)={box!r} must lie inside the {height_img}x{width_img} image"
+        )
+    index = _check_index(index, n, images.device)
+    y1 = _soft_targets(targets, n, num_classes, images.dtype)
+    _check_finite_images(images)
+    out = images.clone()
+    out[..., top : top + h, left : left + w] = images[index][..., top : top + h, left : left + w]
+    lam = 1.0 - (h * w) / float(height_img * width_img)
+    return _restore_format(out, images), _mix_targets(y1, index, lam)
+
+
+# --------------------------------------------------------------------------------------------
+# Robustmix
+
+
+def _check_energy(energy: str | float) -> str | float:
+    if isinstance(energy, str):
+        if energy not in ENERGY_MODES:
+            raise ValueError(f"energy must be one of {ENERGY_MODES} or a float in [0, 1], got {energy!r}")
+        return energy
+    if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0.0 <= float(energy) <= 1.0:
+        raise ValueError(f"energy must be one of {ENERGY_MODES} or a float in [0, 1], got {energy!r}")
+    return float(energy)
+
+
+def _sum_over(x: Tensor, keep_batch: bool) -> Tensor:
+    return x.flatten(1).sum(1) if keep_batch else x.sum()
+
+
+def _safe_ratio(num: Tensor, den: Tensor) -> Tensor:
+    # 0/0 counts as 1: an all-zero image has all of its (zero) energy in the low band.
+    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.ones_like(num))
+
+
+def _uniform_share(cutoff: float | Tensor, sizes: Sequence[int]) -> float | Tensor:
+    if isinstance(cutoff, Tensor):
+        share = torch.ones_like(cutoff)
+        for n in sizes:
+            share = share * torch.floor(cutoff * n + 0.5).clamp(0, n) / n
+        return share
+    return math.prod(k / n for k, n in zip(freq.band_sizes(cutoff, sizes), sizes))
+
+
+def robustmix(
+    images: Tensor,
+    targets: Tensor,
+    *,
+    lam_low: Scalar,
+    lam_high: Scalar,
+    cutoff: Scalar,
+    index: Tensor | None = None,
+    num_classes: int | None = None,
+    energy: str | float = "batch",
+    dims: Sequence[int] = (-2, -1),
+) -> tuple[Tensor, Tensor]:
+    """Robustmix: Mixup with separate weights for the low and high DCT bands.
+
+    Args:
+        images: floating batch ``(N, ...)``, e.g. ``(N, C, H, W)``.
+        targets: int class ids ``(N,)`` (needs ``num_classes``) or soft targets ``(N, K)``.
+        lam_low: weight of ``x1`` in the low band: float in [0, 1] or ``(N,)`` tensor.
+        lam_high: weight of ``x1`` in the high band: float in [0, 1] or ``(N,)`` tensor.
+        cutoff: low band = DCT indices ``< floor(cutoff * n + 0.5)`` along every dim in ``dims``;
+            float in [0, 1] or ``(N,)`` tensor.
+        index: partner permutation, ``x2 = images[index]``; default ``roll(arange(N), 1)``.
+        num_classes: number of classes for integer targets.
+        energy: how ``lam_c`` (the label weight of the low band) is measured:
+            ``"batch"`` energy share of the low band in the unmixed batch (one scalar per cutoff),
+            ``"sample"`` share in each mixed image, ``"uniform"`` share of kept coefficients,
+            or a fixed float in [0, 1].
+        dims: the signal dims: ``(-2, -1)`` images, ``(-1,)`` audio, ``(-3, -2, -1)`` volumes.
+
+    Returns:
+        ``(mixed_images, soft_targets)``; images keep shape, dtype, device and memory format,
+        soft targets are ``(N, K)``.
+
+    Shape:
+        images ``(N, *)``, targets ``(N,)`` or ``(N, K)``.
+
+    Example:
+        >>> x, y = torch.rand(8, 3, 32, 32), torch.arange(8)
+        >>> out, soft = robustmix(x, y, lam_low=0.7, lam_high=0.2, cutoff=0.4, num_classes=8)
+        >>> out.shape, soft.shape
+        (torch.Size([8, 3, 32, 32]), torch.Size([8, 8]))
+    """
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    ndims = len(dims) if isinstance(dims, Sequence) else 1
+    _check_images(images, ndims + 1)
+    dims_t = freq.normalize_dims(dims, images.ndim, batched=True)
+    n = images.shape[0]
+    device = images.device
+    lam_low = _check_weight(lam_low, "lam_low", n, device)
+    lam_high = _check_weight(lam_high, "lam_high", n, device)
+    cutoff = _check_weight(cutoff, "cutoff", n, device)
+    energy = _check_energy(energy)
+    index = _check_index(index, n, device)
+    y1 = _soft_targets(targets, n, num_classes, images.dtype)
+
+    compute = freq._compute_dtype(images.dtype)
+    sizes = {d: images.shape[d] for d in dims_t}
+
+    # Low(x1) once, as coefficients of the kept block only; Low(x2) is its permutation.
+    coef, mask = freq.low_band_coefficients(images, cutoff, dims_t)
+    sq_norms = _sum_over(images.to(compute).square(), keep_batch=True)
+    _check_finite_norms(sq_norms)
+
+    # out = Low(mixL) + mixH - Low(mixH) = mixH + (lam_low - lam_high) * Low(x1 - x2):
+    # one band-limited inverse transform of a coefficient difference instead of two full ones.
+    # With per-sample cutoffs, output i uses its own band for both x1_i and its partner.
+    x2 = images[index]
+    mix_high = torch.lerp(x2, images, _as_column_weight(lam_high, images))
+    delta = _as_column(lam_low - lam_high, coef.ndim, compute, device)
+    delta_coef = (coef - coef[index]) * delta
+    if mask is not None:
+        delta_coef = delta_coef * mask
+    low_diff = freq.coefficients_to_signal(delta_coef, sizes)
+    out = (mix_high.to(compute) + low_diff).to(images.dtype)
+
+    lam_c = _low_band_share(energy, coef, mask, sq_norms, cutoff, index, lam_low, out, dims_t)
+    lam = lam_c * lam_low + (1 - lam_c) * lam_high
+    return _restore_format(out, images), _mix_targets(y1, index, lam)
+
+
+def _low_band_share(
+    energy: str | float,
+    coef: Tensor,
+    mask: Tensor | None,
+    sq_norms: Tensor,
+    cutoff: float | Tensor,
+    index: Tensor,
+    lam_low: float | Tensor,
+    out: Tensor,
+    dims: tuple[int, ...],
+) -> float | Tensor:
+    """lam_c, the label weight of the low band: a float or a (N,) float64 tensor."""
+    if isinstance(energy, float):
+        return energy
+    if energy == "uniform":
+        return _uniform_share(cutoff, [out.shape[d] for d in dims])
+    if energy == "sample":
+        # Low(out) = Low(mixL): its coefficients are a lerp of the batch's own coefficients.
+        low_out = torch.lerp(coef[index], coef, _as_column(lam_low, coef.ndim, coef.dtype, coef.device))
+        if mask is not None:
+            low_out = low_out * mask
+        num = _sum_over(low_out.square(), keep_batch=True)
+        den = _sum_over(out.to(coef.dtype).square(), keep_batch=True)
+        return _safe_ratio(num.double(), den.double())
+    total = sq_norms.double().sum()
+    if not isinstance(cutoff, Tensor):
+        return float(_safe_ratio(coef.double().square().sum(), total))
+    return _batch_share_per_cutoff(coef, cutoff, dims, [out.shape[d] for d in dims], total)
+
+
+def _batch_share_per_cutoff(
+    coef: Tensor, cutoff: Tensor, dims: tuple[int, ...], sizes: list[int], total: Tensor
+) -> Tensor:
+    """lam_c_i = sum_j |Low(x1_j, c_i)|^2 / sum_j |x1_j|^2 for per-sample cutoffs c_i.
+
+    Each sample's band is a box inside the largest one, whose unmasked coefficients ``coef``
+    hold for the whole batch: an N-d prefix sum of their energy answers every cutoff at once.
+    """
+    other = [d for d in range(coef.ndim) if d not in dims]
+    energy = coef.double().square().sum(dim=other)  # (k_1, ..., k_D), the largest band
+    prefix = torch.nn.functional.pad(energy, [1, 0] * energy.ndim)  # prefix[k] = sum over < k
+    for axis in range(prefix.ndim):
+        prefix = prefix.cumsum(axis)
+    ks = [freq._band_sizes_tensor(cutoff, n).clamp(max=prefix.shape[i] - 1) for i, n in enumerate(sizes)]
+    return _safe_ratio(prefix[tuple(ks)], total.expand(cutoff.shape[0]))

@@ -1,0 +1,274 @@
+"""Batch mixers as thin classes: sample parameters (:mod:`robustmix.params`), call the pure op.
+
+Use them like timm's ``Mixup``: ``images, soft_targets = mixer(images, targets)``, or as a
+DataLoader ``collate_fn`` through :class:`MixCollate`.
+
+Example:
+    >>> mixer = RobustMix(num_classes=10, seed=0)
+    >>> images, targets = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    >>> mixed, soft = mixer(images, targets)
+    >>> mixed.shape, soft.shape
+    (torch.Size([8, 3, 32, 32]), torch.Size([8, 10]))
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import default_collate, get_worker_info
+
+from robustmix import functional as F
+from robustmix import params as P
+
+__all__ = ["CutMix", "MixCollate", "MixUp", "RobustMix", "build_mixer", "mixer_names"]
+
+
+class _BatchMixer:
+    """Shared plumbing: options, generator, soft targets, pickling."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        p: float,
+        label_smoothing: float,
+        seed: int | None,
+        generator: torch.Generator | None,
+    ) -> None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.p = P.check_probability(p, "p")
+        self.label_smoothing = P.check_probability(label_smoothing, "label_smoothing", upper_open=True)
+        self.generator = P.make_generator(seed, generator)
+
+    def _soft_targets(self, images: Tensor, targets: Tensor) -> Tensor:
+        if not isinstance(targets, Tensor):
+            raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+        if targets.is_floating_point():
+            soft = F._soft_targets(targets, images.shape[0], self.num_classes, images.dtype)
+            if self.label_smoothing:
+                soft = soft * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes
+            return soft
+        if targets.ndim != 1 or targets.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"targets must have shape ({images.shape[0]},) to match images, got {tuple(targets.shape)}"
+            )
+        dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+        return F.one_hot(targets, self.num_classes, label_smoothing=self.label_smoothing, dtype=dtype)
+
+    def _check_batch(self, images: Tensor, min_dims: int) -> None:
+        F._check_images(images, min_dims)
+
+    def __call__(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    # torch.Generator does not pickle; carry its state instead (DataLoader workers, spawn).
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        g = state.pop("generator")
+        state["_generator_state"] = (str(g.device), g.get_state())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        device, rng_state = state.pop("_generator_state")
+        self.__dict__.update(state)
+        self.generator = torch.Generator(device=device)
+        self.generator.set_state(rng_state)
+
+    def _options(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        opts = {"num_classes": self.num_classes, **self._options(), "p": self.p,
+                "label_smoothing": self.label_smoothing}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in opts.items())})"
+
+
+class RobustMix(_BatchMixer):
+    """Robustmix: Mixup with separate weights for the low and high DCT bands (arXiv 2304.02847).
+
+    Per call: ``lam_low, lam_high ~ Beta(alpha, alpha)`` independently, ``cutoff ~ U[tau, 1]``,
+    a random partner permutation; with probability ``1 - p`` the batch is returned unmixed with
+    (smoothed) one-hot targets. Label smoothing is applied to both targets before mixing.
+
+    Args:
+        num_classes: number of classes of the integer targets.
+        alpha: Beta concentration of both lambdas.
+        tau: lower end of the cutoff range.
+        p: probability of mixing a batch.
+        label_smoothing: epsilon of label smoothing.
+        energy: label weighting, see :func:`robustmix.functional.robustmix`.
+        per_sample: draw lambdas and cutoff per sample instead of per batch.
+        dims: signal dims (``(-2, -1)`` images, ``(-1,)`` audio, ``(-3, -2, -1)`` volumes).
+        seed: seed of a private generator. generator: or use this one.
+        lam_low, lam_high: fixed values instead of Beta draws (an ablation; default: draw).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        alpha: float = 1.0,
+        tau: float = 0.0,
+        p: float = 1.0,
+        label_smoothing: float = 0.0,
+        energy: str | float = "batch",
+        per_sample: bool = False,
+        dims: Sequence[int] = (-2, -1),
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        lam_low: float | None = None,
+        lam_high: float | None = None,
+    ) -> None:
+        super().__init__(num_classes, p=p, label_smoothing=label_smoothing, seed=seed, generator=generator)
+        self.alpha = P._check_alpha(alpha)
+        self.tau = P.check_probability(tau, "tau")
+        self.energy = F._check_energy(energy)
+        self.per_sample = bool(per_sample)
+        self.dims = tuple(dims)
+        self.lam_low = None if lam_low is None else P.check_probability(lam_low, "lam_low")
+        self.lam_high = None if lam_high is None else P.check_probability(lam_high, "lam_high")
+
+    def make_params(self, images: Tensor) -> P.RobustMixParams:
+        """Draw the parameters of one call for this batch."""
+        return P.sample_robustmix_params(
+            images.shape[0], alpha=self.alpha, tau=self.tau, p=self.p, per_sample=self.per_sample,
+            generator=self.generator, lam_low=self.lam_low, lam_high=self.lam_high,
+        )
+
+    def __call__(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_batch(images, len(self.dims) + 1)
+        soft = self._soft_targets(images, targets)
+        params = self.make_params(images)
+        if not params.apply:
+            return images, soft
+        return F.robustmix(
+            images, soft, lam_low=params.lam_low, lam_high=params.lam_high, cutoff=params.cutoff,
+            index=params.index.to(images.device), energy=self.energy, dims=self.dims,
+        )
+
+    def _options(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "tau": self.tau, "energy": self.energy, "per_sample": self.per_sample,
+                "dims": self.dims}
+
+
+class MixUp(_BatchMixer):
+    """Mixup: ``lam ~ Beta(alpha, alpha)`` per batch (or per sample), a random partner."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        alpha: float = 1.0,
+        p: float = 1.0,
+        label_smoothing: float = 0.0,
+        per_sample: bool = False,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(num_classes, p=p, label_smoothing=label_smoothing, seed=seed, generator=generator)
+        self.alpha = P._check_alpha(alpha)
+        self.per_sample = bool(per_sample)
+
+    def make_params(self, images: Tensor) -> P.MixUpParams:
+        return P.sample_mixup_params(
+            images.shape[0], alpha=self.alpha, p=self.p, per_sample=self.per_sample, generator=self.generator
+        )
+
+    def __call__(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_batch(images, 2)
+        soft = self._soft_targets(images, targets)
+        params = self.make_params(images)
+        if not params.apply:
+            return images, soft
+        return F.mixup(images, soft, lam=params.lam, index=params.index.to(images.device))
+
+    def _options(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "per_sample": self.per_sample}
+
+
+class CutMix(_BatchMixer):
+    """CutMix: one box per batch from ``lam ~ Beta(alpha, alpha)``, pasted from a random partner."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        alpha: float = 1.0,
+        p: float = 1.0,
+        label_smoothing: float = 0.0,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(num_classes, p=p, label_smoothing=label_smoothing, seed=seed, generator=generator)
+        self.alpha = P._check_alpha(alpha)
+
+    def make_params(self, images: Tensor) -> P.CutMixParams:
+        return P.sample_cutmix_params(
+            images.shape[0], images.shape[-2], images.shape[-1], alpha=self.alpha, p=self.p,
+            generator=self.generator,
+        )
+
+    def __call__(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_batch(images, 3)
+        soft = self._soft_targets(images, targets)
+        params = self.make_params(images)
+        if not params.apply:
+            return images, soft
+        return F.cutmix(images, soft, box=params.box, index=params.index.to(images.device))
+
+    def _options(self) -> dict[str, Any]:
+        return {"alpha": self.alpha}
+
+
+class MixCollate:
+    """A DataLoader ``collate_fn`` that collates a batch and mixes it.
+
+    In a worker process the mixer's generator is reseeded once from the worker's seed
+    (``torch.utils.data.get_worker_info().seed``, itself drawn from the loader's generator), so
+    workers do not repeat each other's parameters and a seeded loader stays reproducible.
+    """
+
+    def __init__(self, mixer: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], collate: Callable = default_collate):
+        self.mixer = mixer
+        self.collate = collate
+        self._seeded_worker: int | None = None
+
+    def __call__(self, batch: list) -> tuple[Tensor, Tensor]:
+        info = get_worker_info()
+        if info is not None and self._seeded_worker != info.id and hasattr(self.mixer, "generator"):
+            self.mixer.generator.manual_seed(info.seed)
+            self._seeded_worker = info.id
+        images, targets = self.collate(batch)[:2]
+        return self.mixer(images, targets)
+
+    def __repr__(self) -> str:
+        return f"MixCollate({self.mixer!r})"
+
+
+_MIXERS = {"mixup": MixUp, "cutmix": CutMix, "robustmix": RobustMix}
+
+
+def mixer_names() -> tuple[str, ...]:
+    """Names accepted by :func:`build_mixer`."""
+    return ("none", *_MIXERS)
+
+
+def build_mixer(name: str, num_classes: int, **options: Any) -> _BatchMixer | None:
+    """A mixer by name; ``"none"`` gives ``None``.
+
+    Options that the named mixer does not take (e.g. ``tau`` for ``"mixup"``) are ignored, so one
+    training config can carry the options of every mixer.
+    """
+    if name == "none":
+        return None
+    if name not in _MIXERS:
+        raise ValueError(f"mixer must be one of {mixer_names()}, got {name!r}")
+    cls = _MIXERS[name]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "num_classes"}
+    return cls(num_classes, **{k: v for k, v in options.items() if k in accepted})

@@ -1,0 +1,311 @@
+"""robustmix.functional against an independent NumPy/SciPy implementation of the contract."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import scipy.fft as sfft
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import robustmix.functional as F
+
+# ----------------------------------------------------------------------------------------------
+# The reference: the formulas of the contract, sample by sample, with scipy's DCT. It does not
+# call the library.
+
+
+def ref_low(x: np.ndarray, c: float, axes: tuple[int, ...]) -> np.ndarray:
+    coef = sfft.dctn(x, type=2, norm="ortho", axes=axes)
+    keep = np.ones(coef.shape, dtype=bool)
+    for ax in axes:
+        n = x.shape[ax]
+        shape = [1] * x.ndim
+        shape[ax] = n
+        keep &= (np.arange(n) < math.floor(c * n + 0.5)).reshape(shape)
+    return sfft.idctn(np.where(keep, coef, 0.0), type=2, norm="ortho", axes=axes)
+
+
+def ref_robustmix(x, y1, lam_low, lam_high, cutoff, index, energy="batch", axes=(-2, -1)):
+    """x: (N, ...) float64; y1: (N, K) soft targets; lam/cutoff: scalars or (N,) arrays."""
+    n = x.shape[0]
+    lam_low, lam_high, cutoff = (np.broadcast_to(np.asarray(v, float), (n,)) for v in (lam_low, lam_high, cutoff))
+    sample_axes = tuple(a - 1 if a > 0 else a for a in axes)  # axes of one sample (no batch dim)
+    out = np.empty_like(x)
+    lam_c = np.empty(n)
+    for i in range(n):
+        j = index[i]
+        mix_l = lam_low[i] * x[i] + (1 - lam_low[i]) * x[j]
+        mix_h = lam_high[i] * x[i] + (1 - lam_high[i]) * x[j]
+        out[i] = ref_low(mix_l, cutoff[i], sample_axes) + (mix_h - ref_low(mix_h, cutoff[i], sample_axes))
+    for i in range(n):
+        if energy == "batch":
+            num = sum(np.sum(ref_low(x[k], cutoff[i], sample_axes) ** 2) for k in range(n))
+            den = np.sum(x**2)
+        elif energy == "sample":
+            num = np.sum(ref_low(out[i], cutoff[i], sample_axes) ** 2)
+            den = np.sum(out[i] ** 2)
+        elif energy == "uniform":
+            num = np.prod([math.floor(cutoff[i] * x.shape[a] + 0.5) for a in axes])
+            den = np.prod([x.shape[a] for a in axes])
+        else:
+            num, den = energy, 1.0
+        lam_c[i] = 1.0 if den == 0 else num / den
+    lam = lam_c * lam_low + (1 - lam_c) * lam_high
+    soft = lam[:, None] * y1 + (1 - lam[:, None]) * y1[index]
+    return out, soft
+
+
+def rand(shape, seed=0, dtype=torch.float64):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+INDEX5 = torch.tensor([3, 0, 4, 1, 2])
+
+
+@pytest.mark.parametrize("energy", ["batch", "sample", "uniform", 0.3])
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("soft_targets", [False, True])
+def test_robustmix_matches_reference(energy, per_sample, soft_targets):
+    x = rand((5, 3, 9, 7))
+    if per_sample:
+        lam_low = torch.tensor([0.0, 0.25, 0.5, 0.9, 1.0], dtype=torch.float64)
+        lam_high = torch.tensor([1.0, 0.6, 0.1, 0.3, 0.0], dtype=torch.float64)
+        cutoff = torch.tensor([0.0, 0.2, 0.5, 0.77, 1.0], dtype=torch.float64)
+    else:
+        lam_low, lam_high, cutoff = 0.8, 0.15, 0.42
+    if soft_targets:
+        y = torch.softmax(rand((5, 4), seed=3), dim=1)
+        y1 = y.numpy()
+        kwargs = {}
+    else:
+        y = torch.tensor([0, 3, 1, 1, 2])
+        y1 = np.eye(4)[y.numpy()]
+        kwargs = {"num_classes": 4}
+    out, soft = F.robustmix(
+        x, y, lam_low=lam_low, lam_high=lam_high, cutoff=cutoff, index=INDEX5, energy=energy, **kwargs
+    )
+    as_np = (lambda v: v.numpy()) if per_sample else (lambda v: v)
+    ref_out, ref_soft = ref_robustmix(x.numpy(), y1, as_np(lam_low), as_np(lam_high), as_np(cutoff), INDEX5.numpy(), energy)
+    np.testing.assert_allclose(out.numpy(), ref_out, atol=1e-12)
+    np.testing.assert_allclose(soft.numpy(), ref_soft, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "shape,dims", [((4, 2, 33), (-1,)), ((3, 2, 4, 5, 6), (-3, -2, -1)), ((3, 5, 6, 2), (1, 2))]
+)
+@pytest.mark.parametrize("energy", ["batch", "sample"])
+def test_robustmix_other_signal_dims(shape, dims, energy):
+    x = rand(shape, seed=4)
+    n = shape[0]
+    index = torch.roll(torch.arange(n), 1)
+    y = torch.arange(n) % 3
+    out, soft = F.robustmix(x, y, lam_low=0.35, lam_high=0.9, cutoff=0.3, num_classes=3, dims=dims, energy=energy)
+    axes = tuple(d % len(shape) for d in dims)
+    ref_out, ref_soft = ref_robustmix(x.numpy(), np.eye(3)[y.numpy()], 0.35, 0.9, 0.3, index.numpy(), energy, axes)
+    np.testing.assert_allclose(out.numpy(), ref_out, atol=1e-12)
+    np.testing.assert_allclose(soft.numpy(), ref_soft, atol=1e-12)
+
+
+def test_default_index_is_roll_by_one():
+    x = rand((4, 1, 6, 6))
+    y = torch.tensor([0, 1, 2, 3])
+    a = F.robustmix(x, y, lam_low=0.3, lam_high=0.6, cutoff=0.5, num_classes=4)
+    b = F.robustmix(x, y, lam_low=0.3, lam_high=0.6, cutoff=0.5, num_classes=4, index=torch.tensor([3, 0, 1, 2]))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_energy_zero_over_zero_counts_as_one():
+    x = torch.zeros(3, 1, 4, 4, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2])
+    for energy in ("batch", "sample"):
+        _, soft = F.robustmix(x, y, lam_low=0.9, lam_high=0.2, cutoff=0.5, num_classes=3, energy=energy)
+        # lam_c = 1 -> lam = lam_low
+        torch.testing.assert_close(soft[0], torch.tensor([0.9, 0.0, 0.1], dtype=torch.float64))
+
+
+def test_mixup_hand_computed():
+    x = torch.tensor([[1.0, 2.0], [3.0, 5.0], [0.0, -1.0]])
+    y = torch.tensor([0, 1, 1])
+    out, soft = F.mixup(x, y, lam=0.25, num_classes=2, index=torch.tensor([1, 2, 0]))
+    torch.testing.assert_close(out, torch.tensor([[2.5, 4.25], [0.75, 0.5], [0.75, 1.25]]))
+    torch.testing.assert_close(soft, torch.tensor([[0.25, 0.75], [0.0, 1.0], [0.75, 0.25]]))
+
+
+def test_mixup_per_sample_lambda():
+    x = rand((3, 2, 2))
+    lam = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    out, _ = F.mixup(x, torch.tensor([0, 1, 2]), lam=lam, num_classes=3)
+    torch.testing.assert_close(out[0], x[2])
+    torch.testing.assert_close(out[1], 0.5 * x[1] + 0.5 * x[0])
+    torch.testing.assert_close(out[2], x[2])
+
+
+def test_cutmix_hand_computed():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    y = torch.tensor([0, 1])
+    out, soft = F.cutmix(x, y, box=(1, 2, 2, 2), num_classes=2)
+    expected = x.clone()
+    expected[0, :, 1:3, 2:4] = x[1, :, 1:3, 2:4]
+    expected[1, :, 1:3, 2:4] = x[0, :, 1:3, 2:4]
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(soft, torch.tensor([[0.75, 0.25], [0.25, 0.75]]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Identities and invariants (hypothesis)
+
+batches = st.tuples(st.integers(1, 5), st.integers(1, 3), st.integers(1, 8), st.integers(1, 8), st.integers(0, 10_000))
+unit = st.floats(0, 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches, unit, unit, unit, st.sampled_from(["batch", "sample"]))
+def test_identities(spec, lam_low, lam_high, cutoff, energy):
+    n, c, h, w, seed = spec
+    x = rand((n, c, h, w), seed)
+    y = torch.arange(n) % 4
+    kw = {"num_classes": 4, "energy": energy}
+    mix = lambda lam: F.mixup(x, y, lam=lam, num_classes=4)
+    # cutoff=1 -> mixup with lam_low; cutoff=0 -> mixup with lam_high; equal lambdas -> mixup
+    torch.testing.assert_close(F.robustmix(x, y, lam_low=lam_low, lam_high=lam_high, cutoff=1.0, **kw), mix(lam_low))
+    torch.testing.assert_close(F.robustmix(x, y, lam_low=lam_low, lam_high=lam_high, cutoff=0.0, **kw), mix(lam_high))
+    torch.testing.assert_close(F.robustmix(x, y, lam_low=lam_low, lam_high=lam_low, cutoff=cutoff, **kw), mix(lam_low))
+    _, soft = F.robustmix(x, y, lam_low=lam_low, lam_high=lam_high, cutoff=cutoff, **kw)
+    torch.testing.assert_close(soft.sum(1), torch.ones(n, dtype=soft.dtype))
+    assert bool(((soft >= -1e-12) & (soft <= 1 + 1e-12)).all())
+    # lam = 1 in both bands returns the input
+    torch.testing.assert_close(F.robustmix(x, y, lam_low=1.0, lam_high=1.0, cutoff=cutoff, **kw)[0], x)
+
+
+@settings(max_examples=25, deadline=None)
+@given(batches, st.sampled_from(["batch", "sample", "uniform"]))
+def test_batched_equals_per_sample_mode(spec, energy):
+    """Per-sample tensors filled with one value equal the scalar call."""
+    n, c, h, w, seed = spec
+    x = rand((n, c, h, w), seed)
+    y = torch.arange(n) % 3
+    scalar = F.robustmix(x, y, lam_low=0.3, lam_high=0.7, cutoff=0.45, num_classes=3, energy=energy)
+    full = lambda v: torch.full((n,), v, dtype=torch.float64)
+    vector = F.robustmix(
+        x, y, lam_low=full(0.3), lam_high=full(0.7), cutoff=full(0.45), num_classes=3, energy=energy
+    )
+    torch.testing.assert_close(scalar, vector)
+
+
+# ----------------------------------------------------------------------------------------------
+# dtype / device / layout / no mutation
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dtype_layout_preserved_and_input_untouched(dtype, channels_last):
+    x = torch.rand(6, 3, 10, 12).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    before = x.clone()
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    for out, _ in (
+        F.robustmix(x, y, lam_low=0.2, lam_high=0.7, cutoff=0.3, num_classes=3),
+        F.mixup(x, y, lam=0.3, num_classes=3),
+        F.cutmix(x, y, box=(0, 0, 5, 5), num_classes=3),
+    ):
+        assert out.dtype == dtype and out.shape == x.shape and out.device == x.device
+        assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert torch.equal(x, before)
+    ref, _ = F.robustmix(x.double(), y, lam_low=0.2, lam_high=0.7, cutoff=0.3, num_classes=3)
+    got, _ = F.robustmix(x, y, lam_low=0.2, lam_high=0.7, cutoff=0.3, num_classes=3)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+    torch.testing.assert_close(got.double(), ref, atol=tol, rtol=tol)
+
+
+def test_batch_of_one_and_1x1_images():
+    x = rand((1, 3, 1, 1))
+    out, soft = F.robustmix(x, torch.tensor([2]), lam_low=0.3, lam_high=0.9, cutoff=0.5, num_classes=3)
+    torch.testing.assert_close(out, x)  # the only partner is itself
+    torch.testing.assert_close(soft, torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64))
+
+
+def test_functions_pickle():
+    assert pickle.loads(pickle.dumps(F.robustmix)) is F.robustmix
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: every case names the argument
+
+X = torch.rand(4, 3, 8, 8)
+Y = torch.tensor([0, 1, 2, 3])
+OK = {"lam_low": 0.5, "lam_high": 0.5, "cutoff": 0.5, "num_classes": 4}
+
+
+def _with(**changes):
+    kw = {"images": X, "targets": Y, **OK}
+    kw.update(changes)
+    return kw
+
+
+@pytest.mark.parametrize(
+    "kwargs,err,match",
+    [
+        (_with(images=torch.ones(4, 3, 8, 8, dtype=torch.long)), TypeError, "images must be a floating-point"),
+        (_with(images=np.ones((4, 3, 8, 8))), TypeError, "images must be a torch.Tensor"),
+        (_with(images=torch.rand(8, 8)), ValueError, "images must have at least 3 dims"),
+        (_with(images=torch.rand(0, 3, 8, 8), targets=torch.zeros(0, dtype=torch.long)), ValueError, "non-empty batch"),
+        (_with(images=X.clone().index_fill_(0, torch.tensor([1]), float("nan"))), ValueError, "NaN or inf"),
+        (_with(images=X.clone().index_fill_(0, torch.tensor([2]), float("inf"))), ValueError, "NaN or inf"),
+        (_with(targets=torch.tensor([0, 1, 2])), ValueError, "targets must have the batch size 4"),
+        (_with(targets=torch.tensor([0, 1, 2, 4])), ValueError, r"targets must lie in \[0, 3\]"),
+        (_with(targets=torch.tensor([0, -1, 2, 3])), ValueError, "targets must lie in"),
+        (_with(targets=torch.zeros(4, 3)), ValueError, "soft targets have 3 classes but num_classes=4"),
+        (_with(targets=torch.zeros(4, 2, 2)), ValueError, r"soft targets must have shape \(N, K\)"),
+        (_with(targets=torch.full((4, 4), float("nan"))), ValueError, "targets contain NaN"),
+        (_with(num_classes=None), ValueError, "num_classes is required"),
+        (_with(lam_low=1.5), ValueError, r"lam_low must lie in \[0, 1\]"),
+        (_with(lam_high=-0.1), ValueError, r"lam_high must lie in \[0, 1\]"),
+        (_with(lam_low=float("nan")), ValueError, "lam_low must lie"),
+        (_with(lam_low=torch.rand(3)), ValueError, "lam_low must be a float or a 1-D tensor of length 4"),
+        (_with(cutoff=2.0), ValueError, r"cutoff must lie in \[0, 1\]"),
+        (_with(cutoff=torch.tensor([0.1, 0.2, 0.3, 1.2])), ValueError, "cutoff must lie"),
+        (_with(cutoff="high"), TypeError, "cutoff must be a float"),
+        (_with(energy="pixel"), ValueError, "energy must be one of"),
+        (_with(energy=1.5), ValueError, "energy must be one of"),
+        (_with(index=torch.tensor([0, 1, 2])), ValueError, "index must be a permutation of length 4"),
+        (_with(index=torch.tensor([0, 1, 1, 2])), ValueError, "index must be a permutation of 0..3"),
+        (_with(index=torch.tensor([0.0, 1.0, 2.0, 3.0])), TypeError, "index must be an integer tensor"),
+        (_with(dims=(-2, 5)), ValueError, "dims entry 5 is out of range"),
+        (_with(dims=(0, 1)), ValueError, "batch dim"),
+    ],
+)
+def test_robustmix_bad_input(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        F.robustmix(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "call,err,match",
+    [
+        (lambda: F.mixup(X, Y, lam=1.2, num_classes=4), ValueError, "lam must lie"),
+        (lambda: F.mixup(X, Y, lam=0.5), ValueError, "num_classes is required"),
+        (lambda: F.cutmix(X, Y, box=(0, 0, 9, 2), num_classes=4), ValueError, "must lie inside the 8x8 image"),
+        (lambda: F.cutmix(X, Y, box=(0, 0, 2), num_classes=4), TypeError, "box must be 4 ints"),
+        (lambda: F.one_hot(Y, 0), ValueError, "num_classes must be a positive int"),
+        (lambda: F.one_hot(Y.float(), 4), TypeError, "integer class ids"),
+        (lambda: F.one_hot(Y, 4, label_smoothing=2.0), ValueError, "label_smoothing must lie"),
+    ],
+)
+def test_other_bad_input(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_one_hot_smoothing_matches_cross_entropy_definition():
+    y = torch.tensor([1, 0])
+    soft = F.one_hot(y, 4, label_smoothing=0.2)
+    torch.testing.assert_close(soft, torch.tensor([[0.05, 0.85, 0.05, 0.05], [0.85, 0.05, 0.05, 0.05]]))
+    logits = torch.randn(2, 4)
+    ce = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.2)
+    torch.testing.assert_close(-(soft * logits.log_softmax(1)).sum(1).mean(), ce)

@@ -1,0 +1,191 @@
+"""Mixer classes: same as the functional for the same parameters, seeded, picklable, strict."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import robustmix
+import robustmix.functional as F
+from robustmix import params as P
+from robustmix.transforms import CutMix, MixCollate, MixUp, RobustMix, build_mixer, mixer_names
+
+X = torch.rand(6, 3, 12, 10, generator=torch.Generator().manual_seed(0))
+Y = torch.tensor([0, 1, 2, 3, 4, 0])
+
+
+def test_robustmix_class_equals_functional():
+    mixer = RobustMix(5, alpha=0.7, tau=0.2, seed=11, energy="sample")
+    twin = copy.deepcopy(mixer)
+    out, soft = mixer(X, Y)
+    params = twin.make_params(X)
+    ref = F.robustmix(
+        X, Y, lam_low=params.lam_low, lam_high=params.lam_high, cutoff=params.cutoff, index=params.index,
+        num_classes=5, energy="sample",
+    )
+    torch.testing.assert_close((out, soft), ref, rtol=0, atol=0)
+    assert 0.2 <= params.cutoff <= 1.0
+
+
+def test_per_sample_parameters_are_vectors():
+    params = RobustMix(5, per_sample=True, seed=0).make_params(X)
+    for v in (params.lam_low, params.lam_high, params.cutoff):
+        assert isinstance(v, torch.Tensor) and v.shape == (6,)
+        assert bool(((v >= 0) & (v <= 1)).all())
+    assert sorted(params.index.tolist()) == list(range(6))
+
+
+def test_mixup_and_cutmix_class_equal_functional():
+    for cls, fn in ((MixUp, "mixup"), (CutMix, "cutmix")):
+        mixer = cls(5, seed=3)
+        params = copy.deepcopy(mixer).make_params(X)
+        out = mixer(X, Y)
+        if fn == "mixup":
+            ref = F.mixup(X, Y, lam=params.lam, index=params.index, num_classes=5)
+        else:
+            ref = F.cutmix(X, Y, box=params.box, index=params.index, num_classes=5)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", [RobustMix, MixUp, CutMix])
+def test_seeded_reproducible_and_pickle_round_trip(cls):
+    a, b = cls(5, seed=42), cls(5, seed=42)
+    first = [a(X, Y) for _ in range(3)]
+    second = [b(X, Y) for _ in range(3)]
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    restored = pickle.loads(pickle.dumps(a))
+    torch.testing.assert_close(a(X, Y), restored(X, Y), rtol=0, atol=0)
+    assert cls(5, seed=1)(X, Y)[1].tolist() != cls(5, seed=2)(X, Y)[1].tolist()
+
+
+def test_no_global_rng_touched():
+    torch_state = torch.get_rng_state()
+    np_state = np.random.get_state()[1].copy()  # noqa: NPY002 (checking it is untouched)
+    for cls in (RobustMix, MixUp, CutMix):
+        cls(5)(X, Y)  # unseeded too
+        cls(5, seed=0, p=0.5)(X, Y)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert np.array_equal(np.random.get_state()[1], np_state)  # noqa: NPY002
+
+
+def test_p_zero_returns_batch_unmixed_with_smoothed_targets():
+    out, soft = RobustMix(5, p=0.0, label_smoothing=0.1, seed=0)(X, Y)
+    assert out is X
+    torch.testing.assert_close(soft, F.one_hot(Y, 5, label_smoothing=0.1))
+
+
+def test_p_is_the_mixing_probability():
+    mixer = MixUp(5, p=0.3, seed=0)
+    applied = sum(mixer.make_params(X).apply for _ in range(2000))
+    # Binomial(2000, 0.3): mean 600, std ~20.5; 5 sigma
+    assert abs(applied - 600) < 103
+
+
+def test_label_smoothing_applied_before_mixing():
+    mixer = RobustMix(5, label_smoothing=0.2, seed=5)
+    params = copy.deepcopy(mixer).make_params(X)
+    _, soft = mixer(X, Y)
+    smooth = F.one_hot(Y, 5, label_smoothing=0.2)
+    _, ref = F.robustmix(X, smooth, lam_low=params.lam_low, lam_high=params.lam_high, cutoff=params.cutoff,
+                         index=params.index)
+    torch.testing.assert_close(soft, ref)
+    assert float(soft.min()) >= 0.2 / 5 - 1e-7
+
+
+def test_generator_argument_is_used():
+    g = torch.Generator().manual_seed(9)
+    a = RobustMix(5, generator=g)(X, Y)
+    b = RobustMix(5, seed=9)(X, Y)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_beta_sampler_moments():
+    g = torch.Generator().manual_seed(0)
+    draws = P.sample_beta(0.5, 20000, g)
+    # Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1)) = 0.125 for a = 0.5
+    assert abs(float(draws.mean()) - 0.5) < 0.01
+    assert abs(float(draws.var()) - 0.125) < 0.005
+
+
+def test_cutmix_box_follows_paper_sampler():
+    g = torch.Generator().manual_seed(1)
+    areas = []
+    for _ in range(500):
+        params = P.sample_cutmix_params(2, 32, 32, alpha=1.0, p=1.0, generator=g)
+        top, left, h, w = params.box
+        assert 0 <= top and top + h <= 32 and 0 <= left and left + w <= 32
+        areas.append(h * w / 1024)
+    # lam ~ U(0, 1) -> unclipped area fraction 1 - lam has mean 1/2; clipping only shrinks it
+    assert 0.25 < float(np.mean(areas)) < 0.5
+
+
+def test_mix_collate_in_dataloader_workers_is_reproducible():
+    data = TensorDataset(torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(32) % 4)
+
+    def run():
+        loader = DataLoader(
+            data, batch_size=8, num_workers=2, collate_fn=MixCollate(RobustMix(4, seed=0)),
+            generator=torch.Generator().manual_seed(7),
+        )
+        return [b for b in loader]
+
+    first, second = run(), run()
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    for images, soft in first:
+        assert images.shape == (8, 1, 8, 8) and soft.shape == (8, 4)
+        torch.testing.assert_close(soft.sum(1), torch.ones(8))
+
+
+def test_build_mixer():
+    assert build_mixer("none", 10) is None
+    assert isinstance(build_mixer("robustmix", 10, tau=0.3, energy="sample", alpha=0.5), RobustMix)
+    # options of other mixers are ignored
+    m = build_mixer("mixup", 10, tau=0.3, alpha=0.4)
+    assert isinstance(m, MixUp) and m.alpha == 0.4
+    assert mixer_names() == ("none", "mixup", "cutmix", "robustmix")
+    with pytest.raises(ValueError, match="mixer must be one of"):
+        build_mixer("fmix", 10)
+
+
+@pytest.mark.parametrize(
+    "call,err,match",
+    [
+        (lambda: RobustMix(0), ValueError, "num_classes must be a positive int"),
+        (lambda: RobustMix(5, alpha=0.0), ValueError, "alpha must be a positive"),
+        (lambda: RobustMix(5, alpha=float("inf")), ValueError, "alpha must be a positive"),
+        (lambda: RobustMix(5, tau=1.5), ValueError, r"tau must lie in \[0, 1\]"),
+        (lambda: RobustMix(5, p=-0.1), ValueError, r"p must lie in \[0, 1\]"),
+        (lambda: RobustMix(5, label_smoothing=1.0), ValueError, r"label_smoothing must lie in \[0, 1\)"),
+        (lambda: RobustMix(5, energy="pixels"), ValueError, "energy must be one of"),
+        (lambda: RobustMix(5, seed=1, generator=torch.Generator()), ValueError, "either seed or generator"),
+        (lambda: RobustMix(5, seed="1"), TypeError, "seed must be an int"),
+        (lambda: RobustMix(5)(X.long(), Y), TypeError, "floating-point"),
+        (lambda: RobustMix(5)(X, Y[:3]), ValueError, r"targets must have shape \(6,\)"),
+        (lambda: RobustMix(5)(X, Y + 5), ValueError, "targets must lie in"),
+        (lambda: RobustMix(5)(X[:0], Y[:0]), ValueError, "non-empty batch"),
+        (lambda: MixUp(5, alpha=-1.0), ValueError, "alpha must be a positive"),
+        (lambda: CutMix(5)(torch.rand(6, 8), Y), ValueError, "at least 3 dims"),
+    ],
+)
+def test_bad_arguments(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_repr_names_options():
+    assert repr(RobustMix(3, tau=0.5)).startswith("RobustMix(num_classes=3, alpha=1.0, tau=0.5")
+
+
+def test_public_api_surface():
+    expected = {"CutMix", "MixCollate", "MixUp", "RobustMix", "build_mixer", "cutmix", "mixup", "one_hot",
+                "robustmix", "freq", "functional", "params", "__version__"}
+    assert expected <= set(robustmix.__all__)
+    for name in robustmix.__all__:
+        assert hasattr(robustmix, name), name
+    assert {"dct", "idct", "lowpass", "highpass", "dct_basis"} <= set(robustmix.freq.__all__)
+    assert {"mixup", "cutmix", "robustmix", "one_hot"} <= set(F.__all__)
