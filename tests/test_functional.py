@@ -309,3 +309,30 @@ def test_one_hot_smoothing_matches_cross_entropy_definition():
     logits = torch.randn(2, 4)
     ce = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.2)
     torch.testing.assert_close(-(soft * logits.log_softmax(1)).sum(1).mean(), ce)
+
+
+def test_half_precision_band_products_tolerance(monkeypatch):
+    """Where bf16 GEMMs are native (CUDA, AMX/AVX512-BF16 CPUs) the band products run in bf16.
+
+    Forced on here: the output must stay within a few bf16 ulps (2^-8 relative) of float64.
+    """
+    from robustmix import freq
+
+    monkeypatch.setattr(freq, "_cpu_has_native_bf16", lambda: True)
+    assert freq.matmul_dtype(torch.bfloat16, torch.device("cpu")) == torch.bfloat16
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0)).bfloat16()
+    y = torch.arange(8) % 4
+    got, soft = F.robustmix(x, y, lam_low=0.9, lam_high=0.1, cutoff=0.5, num_classes=4)
+    ref, ref_soft = F.robustmix(x.double(), y, lam_low=0.9, lam_high=0.1, cutoff=0.5, num_classes=4)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), ref, atol=2.5e-2, rtol=2e-2)
+    torch.testing.assert_close(soft.double(), ref_soft, atol=1e-3, rtol=0)
+
+
+def test_matmul_dtype_policy():
+    from robustmix import freq
+
+    assert freq.matmul_dtype(torch.float16, torch.device("cpu")) == torch.float32
+    assert freq.matmul_dtype(torch.float16, torch.device("cuda")) == torch.float16
+    assert freq.matmul_dtype(torch.bfloat16, torch.device("cuda")) == torch.bfloat16
+    assert freq.matmul_dtype(torch.float64, torch.device("cuda")) == torch.float64

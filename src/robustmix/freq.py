@@ -76,8 +76,31 @@ def _check_float(x: Tensor, name: str) -> None:
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Half types lose too much in sums of squares and in long dot products: accumulate in fp32.
+    # Half types lose too much in sums of squares and long dot products: accumulate in fp32.
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@lru_cache(maxsize=8)
+def _cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch._C._cpu._is_avx512_bf16_supported() or torch._C._cpu._is_amx_tile_supported())
+    except AttributeError:  # older torch: assume not
+        return False
+
+
+def matmul_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype the band transforms multiply in.
+
+    Half inputs multiply in their own dtype where the hardware has native half GEMMs (CUDA;
+    CPUs with AVX512-BF16 or AMX for bfloat16), accumulating in fp32 as those kernels do; the
+    error of the low-band term is then that of one half rounding (documented in the tests).
+    Elsewhere (e.g. AVX2 CPUs, where a bf16 GEMM is emulated and slower than fp32) in fp32.
+    """
+    if dtype == torch.float16 and device.type == "cuda":
+        return dtype
+    if dtype == torch.bfloat16 and (device.type == "cuda" or (device.type == "cpu" and _cpu_has_native_bf16())):
+        return dtype
+    return _compute_dtype(dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,9 +209,9 @@ def _check_cutoff(cutoff: Cutoff, batch: int, device: torch.device) -> float | T
 
 
 def low_band_coefficients(
-    x: Tensor, cutoff: float | Tensor, dims: tuple[int, ...]
+    x: Tensor, cutoff: float | Tensor, dims: tuple[int, ...], *, dtype: torch.dtype | None = None
 ) -> tuple[Tensor, Tensor | None]:
-    """DCT coefficients of the kept low-band block, in the compute dtype (fp32 for half types).
+    """DCT coefficients of the kept low-band block, in ``dtype`` (default: fp32 for half types).
 
     For a float cutoff returns the ``k_d``-sized block and ``None``. For per-sample cutoffs
     returns the block of the largest ``k_d`` (unmasked: every sample's coefficients up to the
@@ -196,7 +219,7 @@ def low_band_coefficients(
     ``dims`` must already be normalised and ``cutoff`` checked (see :func:`lowpass`).
     """
     sizes = [x.shape[d] for d in dims]
-    compute = _compute_dtype(x.dtype)
+    compute = dtype or _compute_dtype(x.dtype)
     if isinstance(cutoff, Tensor):
         ks_per_dim = [_band_sizes_tensor(cutoff, n) for n in sizes]
         block = tuple(int(k.max()) for k in ks_per_dim)
@@ -230,20 +253,33 @@ def _per_sample_mask(
     return mask.to(dtype)
 
 
-def coefficients_to_signal(coef: Tensor, sizes: dict[int, int]) -> Tensor:
-    """Inverse of :func:`low_band_coefficients`: zero-pad the block back to full size."""
+def coefficients_to_signal(coef: Tensor, sizes: dict[int, int], *, add_to: Tensor | None = None) -> Tensor:
+    """Inverse of :func:`low_band_coefficients`: the signal of a low-band coefficient block.
+
+    ``sizes`` maps each signal dim to its full size. With ``add_to`` the signal is added into
+    that tensor in place (fused into the last matrix product when the last dim is a signal dim
+    and ``add_to`` is contiguous) and ``add_to`` is returned.
+    """
+    dims = sorted(sizes)
+    if any(coef.shape[d] == 0 for d in dims):
+        if add_to is not None:
+            return add_to
+        shape = list(coef.shape)
+        for d in dims:
+            shape[d] = sizes[d]
+        return coef.new_zeros(shape)
     y = coef
-    for d in sorted(sizes, reverse=True):
-        k = coef.shape[d]
-        n = sizes[d]
-        if k == 0:
-            shape = list(y.shape)
-            shape[d] = n
-            y = y.new_zeros(shape)
-            continue
-        basis = dct_basis(n, device=coef.device, dtype=coef.dtype)[:k]
+    last = dims[-1]
+    fuse = add_to is not None and last == coef.ndim - 1 and add_to.is_contiguous() and add_to.dtype == coef.dtype
+    # The last dim last: its product is one large 2-D GEMM that can accumulate into add_to.
+    for d in dims[:-1] if fuse else dims:
+        basis = dct_basis(sizes[d], device=coef.device, dtype=coef.dtype)[: coef.shape[d]]
         y = _apply_along(y, basis.T, d)
-    return y
+    if not fuse:
+        return y if add_to is None else add_to.add_(y)
+    basis = dct_basis(sizes[last], device=coef.device, dtype=coef.dtype)[: coef.shape[last]]
+    add_to.view(-1, sizes[last]).addmm_(y.reshape(-1, basis.shape[0]), basis)
+    return add_to
 
 
 def lowpass(x: Tensor, cutoff: Cutoff, dims: Dims = (-2, -1)) -> Tensor:

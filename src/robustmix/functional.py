@@ -352,25 +352,26 @@ def robustmix(
     index = _check_index(index, n, device)
     y1 = _soft_targets(targets, n, num_classes, images.dtype)
 
-    compute = freq._compute_dtype(images.dtype)
     sizes = {d: images.shape[d] for d in dims_t}
+    # Contiguous, in the dtype of the band products: the products below are views of it.
+    x1 = images.to(freq.matmul_dtype(images.dtype, device)).contiguous()
 
     # Low(x1) once, as coefficients of the kept block only; Low(x2) is its permutation.
-    coef, mask = freq.low_band_coefficients(images, cutoff, dims_t)
-    sq_norms = _sum_over(images.to(compute).square(), keep_batch=True)
+    coef, mask = freq.low_band_coefficients(x1, cutoff, dims_t, dtype=x1.dtype)
+    acc = torch.float64 if images.dtype == torch.float64 else torch.float32
+    sq_norms = torch.linalg.vector_norm(x1.flatten(1), dim=1, dtype=acc).square()
     _check_finite_norms(sq_norms)
 
     # out = Low(mixL) + mixH - Low(mixH) = mixH + (lam_low - lam_high) * Low(x1 - x2):
-    # one band-limited inverse transform of a coefficient difference instead of two full ones.
-    # With per-sample cutoffs, output i uses its own band for both x1_i and its partner.
-    x2 = images[index]
-    mix_high = torch.lerp(x2, images, _as_column_weight(lam_high, images))
-    delta = _as_column(lam_low - lam_high, coef.ndim, compute, device)
-    delta_coef = (coef - coef[index]) * delta
+    # one band-limited inverse transform of a coefficient difference instead of two full ones,
+    # accumulated straight into mixH. With per-sample cutoffs, output i uses its own band for
+    # both x1_i and its partner.
+    out = torch.lerp(x1[index], x1, _as_column_weight(lam_high, x1))
+    delta_coef = (coef - coef[index]) * _as_column(lam_low - lam_high, coef.ndim, coef.dtype, device)
     if mask is not None:
         delta_coef = delta_coef * mask
-    low_diff = freq.coefficients_to_signal(delta_coef, sizes)
-    out = (mix_high.to(compute) + low_diff).to(images.dtype)
+    freq.coefficients_to_signal(delta_coef, sizes, add_to=out)
+    out = out.to(images.dtype)
 
     lam_c = _low_band_share(energy, coef, mask, sq_norms, cutoff, index, lam_low, out, dims_t)
     lam = lam_c * lam_low + (1 - lam_c) * lam_high
@@ -395,11 +396,12 @@ def _low_band_share(
         return _uniform_share(cutoff, [out.shape[d] for d in dims])
     if energy == "sample":
         # Low(out) = Low(mixL): its coefficients are a lerp of the batch's own coefficients.
-        low_out = torch.lerp(coef[index], coef, _as_column(lam_low, coef.ndim, coef.dtype, coef.device))
+        c = coef.to(freq._compute_dtype(coef.dtype))
+        low_out = torch.lerp(c[index], c, _as_column(lam_low, c.ndim, c.dtype, c.device))
         if mask is not None:
             low_out = low_out * mask
         num = _sum_over(low_out.square(), keep_batch=True)
-        den = _sum_over(out.to(coef.dtype).square(), keep_batch=True)
+        den = torch.linalg.vector_norm(out.flatten(1), dim=1, dtype=c.dtype).square()
         return _safe_ratio(num.double(), den.double())
     total = sq_norms.double().sum()
     if not isinstance(cutoff, Tensor):
