@@ -336,3 +336,50 @@ def test_matmul_dtype_policy():
     assert freq.matmul_dtype(torch.float16, torch.device("cuda")) == torch.float16
     assert freq.matmul_dtype(torch.bfloat16, torch.device("cuda")) == torch.bfloat16
     assert freq.matmul_dtype(torch.float64, torch.device("cuda")) == torch.float64
+
+
+def ref_fft_low(x: np.ndarray, c: float, axes=(-2, -1)) -> np.ndarray:
+    """The FFT box with numpy's full complex FFT: keep |f| = min(m, n - m) < floor(c (n//2 + 1) + 1/2)."""
+    spec = np.fft.fftn(x, axes=axes, norm="ortho")
+    keep = np.ones(spec.shape, dtype=bool)
+    for ax in axes:
+        n = x.shape[ax]
+        m = np.arange(n)
+        shape = [1] * x.ndim
+        shape[ax] = n
+        keep &= (np.minimum(m, n - m) < math.floor(c * (n // 2 + 1) + 0.5)).reshape(shape)
+    return np.fft.ifftn(spec * keep, axes=axes, norm="ortho").real
+
+
+@pytest.mark.parametrize("energy", ["batch", "sample"])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_fft_band_ablation_matches_numpy(energy, per_sample):
+    x = rand((5, 2, 9, 8), seed=8)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    if per_sample:
+        lam_low = torch.tensor([0.1, 0.5, 0.9, 0.3, 1.0], dtype=torch.float64)
+        lam_high = torch.tensor([0.7, 0.2, 0.0, 0.6, 0.4], dtype=torch.float64)
+        cutoff = torch.tensor([0.0, 0.25, 0.5, 0.8, 1.0], dtype=torch.float64)
+    else:
+        lam_low, lam_high, cutoff = 0.25, 0.75, 0.4
+    out, soft = F.robustmix(x, y, lam_low=lam_low, lam_high=lam_high, cutoff=cutoff, num_classes=3,
+                            energy=energy, transform="fft", index=INDEX5)
+    xs, n = x.numpy(), 5
+    ll, lh, cc = (np.broadcast_to(np.asarray(v, float), (n,)) for v in (lam_low, lam_high, cutoff))
+    ref = np.empty_like(xs)
+    for i, j in enumerate(INDEX5.tolist()):
+        mix_l, mix_h = ll[i] * xs[i] + (1 - ll[i]) * xs[j], lh[i] * xs[i] + (1 - lh[i]) * xs[j]
+        ref[i] = ref_fft_low(mix_l, cc[i]) + mix_h - ref_fft_low(mix_h, cc[i])
+    np.testing.assert_allclose(out.numpy(), ref, atol=1e-12)
+    if energy == "batch":
+        lam_c = np.array([sum((ref_fft_low(xs[k], cc[i]) ** 2).sum() for k in range(n)) / (xs**2).sum() for i in range(n)])
+    else:
+        lam_c = np.array([(ref_fft_low(ref[i], cc[i]) ** 2).sum() / (ref[i] ** 2).sum() for i in range(n)])
+    lam = lam_c * ll + (1 - lam_c) * lh
+    y1 = np.eye(3)[y.numpy()]
+    np.testing.assert_allclose(soft.numpy(), lam[:, None] * y1 + (1 - lam[:, None]) * y1[INDEX5.numpy()], atol=1e-12)
+
+
+def test_transform_must_be_known():
+    with pytest.raises(ValueError, match="transform must be one of"):
+        F.robustmix(X, Y, lam_low=0.5, lam_high=0.5, cutoff=0.5, num_classes=4, transform="wavelet")

@@ -26,6 +26,7 @@ __all__ = [
     "band_sizes",
     "dct",
     "dct_basis",
+    "fft_band_sizes",
     "highpass",
     "idct",
     "low_band_coefficients",
@@ -282,13 +283,76 @@ def coefficients_to_signal(coef: Tensor, sizes: dict[int, int], *, add_to: Tenso
     return add_to
 
 
-def lowpass(x: Tensor, cutoff: Cutoff, dims: Dims = (-2, -1)) -> Tensor:
+# --------------------------------------------------------------------------------------------
+# FFT box (an ablation of the op): the same box, in |frequency| of a real FFT.
+
+
+def fft_band_sizes(cutoff: float, sizes: Sequence[int]) -> tuple[int, ...]:
+    """Kept |frequency| indices per dim for the FFT box: ``floor(cutoff * (n // 2 + 1) + 0.5)``.
+
+    |frequency| of FFT bin ``m`` is ``min(m, n - m)``, at most ``n // 2``, so cutoff 1 keeps all.
+    """
+    return tuple(min(n // 2 + 1, math.floor(cutoff * (n // 2 + 1) + 0.5)) for n in sizes)
+
+
+def fft_low_mask(cutoff: float | Tensor, sizes: Sequence[int], dims: tuple[int, ...], ndim: int, device: torch.device) -> Tensor:
+    """0/1 mask over ``torch.fft.rfftn(x, dim=dims)`` keeping |frequency| < k along every dim.
+
+    Shape ``(N or 1, ...)`` broadcastable against the spectrum; the last of ``dims`` is the
+    half-spectrum axis of the real FFT.
+    """
+    per_sample = isinstance(cutoff, Tensor)
+    mask = None
+    for i, (d, n) in enumerate(zip(dims, sizes)):
+        m = torch.arange(n // 2 + 1 if i == len(dims) - 1 else n, device=device)
+        freq_abs = torch.minimum(m, n - m)
+        shape = [1] * ndim
+        shape[d] = m.shape[0]
+        if per_sample:
+            k = torch.floor(cutoff.to(device=device, dtype=torch.float64) * (n // 2 + 1) + 0.5).long()
+            keep = freq_abs.view(shape) < k.view([-1] + [1] * (ndim - 1))
+        else:
+            keep = freq_abs.view(shape) < fft_band_sizes(cutoff, [n])[0]
+        mask = keep if mask is None else mask & keep
+    return mask
+
+
+def rfft_bin_weights(n_last: int, dim: int, ndim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Multiplicity of each half-spectrum bin in the full spectrum (Parseval for ``rfftn``)."""
+    w = torch.full((n_last // 2 + 1,), 2.0, device=device, dtype=dtype)
+    w[0] = 1.0
+    if n_last % 2 == 0:
+        w[-1] = 1.0
+    shape = [1] * ndim
+    shape[dim] = w.shape[0]
+    return w.view(shape)
+
+
+def _fft_lowpass(x: Tensor, cutoff: float | Tensor, dims: tuple[int, ...]) -> Tensor:
+    sizes = [x.shape[d] for d in dims]
+    spec = torch.fft.rfftn(x.to(_compute_dtype(x.dtype)), dim=dims, norm="ortho")
+    spec = spec * fft_low_mask(cutoff, sizes, dims, x.ndim, x.device)
+    return torch.fft.irfftn(spec, s=sizes, dim=dims, norm="ortho")
+
+
+TRANSFORMS = ("dct", "fft")
+
+
+def check_transform(transform: str) -> str:
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+    return transform
+
+
+def lowpass(x: Tensor, cutoff: Cutoff, dims: Dims = (-2, -1), *, transform: str = "dct") -> Tensor:
     """Keep the DCT coefficients with index ``< floor(cutoff * n_d + 0.5)`` along every dim.
 
     Args:
         x: floating tensor. With a per-sample ``cutoff`` its dim 0 is the batch.
         cutoff: float in [0, 1], or a 1-D tensor of length ``x.shape[0]`` (one per sample).
         dims: the signal dims to filter over.
+        transform: ``"dct"`` (the contract) or ``"fft"``: the same box in |frequency| of a real
+            FFT, keeping ``|f| < floor(cutoff * (n // 2 + 1) + 0.5)`` (an ablation).
 
     Shape: output has the shape, dtype and device of ``x``.
 
@@ -303,6 +367,8 @@ def lowpass(x: Tensor, cutoff: Cutoff, dims: Dims = (-2, -1)) -> Tensor:
     if per_sample and x.shape[0] == 0:
         raise ValueError("x must have a non-empty batch dim when cutoff is per sample")
     c = _check_cutoff(cutoff, x.shape[0] if x.ndim else 1, x.device)
+    if check_transform(transform) == "fft":
+        return _fft_lowpass(x, c, dims_t).to(x.dtype)
     coef, mask = low_band_coefficients(x, c, dims_t)
     if mask is not None:
         coef = coef * mask
@@ -310,6 +376,6 @@ def lowpass(x: Tensor, cutoff: Cutoff, dims: Dims = (-2, -1)) -> Tensor:
     return out.to(x.dtype)
 
 
-def highpass(x: Tensor, cutoff: Cutoff, dims: Dims = (-2, -1)) -> Tensor:
+def highpass(x: Tensor, cutoff: Cutoff, dims: Dims = (-2, -1), *, transform: str = "dct") -> Tensor:
     """``x - lowpass(x, cutoff, dims)``: everything outside the low box."""
-    return x - lowpass(x, cutoff, dims)
+    return x - lowpass(x, cutoff, dims, transform=transform)

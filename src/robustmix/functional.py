@@ -307,6 +307,7 @@ def robustmix(
     num_classes: int | None = None,
     energy: str | float = "batch",
     dims: Sequence[int] = (-2, -1),
+    transform: str = "dct",
 ) -> tuple[Tensor, Tensor]:
     """Robustmix: Mixup with separate weights for the low and high DCT bands.
 
@@ -324,6 +325,8 @@ def robustmix(
             ``"sample"`` share in each mixed image, ``"uniform"`` share of kept coefficients,
             or a fixed float in [0, 1].
         dims: the signal dims: ``(-2, -1)`` images, ``(-1,)`` audio, ``(-3, -2, -1)`` volumes.
+        transform: ``"dct"`` (the paper) or ``"fft"``: the same box in |frequency| of a real
+            FFT (see :func:`robustmix.freq.lowpass`), an ablation.
 
     Returns:
         ``(mixed_images, soft_targets)``; images keep shape, dtype, device and memory format,
@@ -349,10 +352,15 @@ def robustmix(
     lam_high = _check_weight(lam_high, "lam_high", n, device)
     cutoff = _check_weight(cutoff, "cutoff", n, device)
     energy = _check_energy(energy)
+    freq.check_transform(transform)
     index = _check_index(index, n, device)
     y1 = _soft_targets(targets, n, num_classes, images.dtype)
 
     sizes = {d: images.shape[d] for d in dims_t}
+    if transform == "fft":
+        out, lam_c = _robustmix_fft(images, lam_low, lam_high, cutoff, index, energy, dims_t)
+        lam = lam_c * lam_low + (1 - lam_c) * lam_high
+        return _restore_format(out, images), _mix_targets(y1, index, lam)
     # Contiguous, in the dtype of the band products: the products below are views of it.
     x1 = images.to(freq.matmul_dtype(images.dtype, device)).contiguous()
 
@@ -424,3 +432,47 @@ def _batch_share_per_cutoff(
         prefix = prefix.cumsum(axis)
     ks = [freq._band_sizes_tensor(cutoff, n).clamp(max=prefix.shape[i] - 1) for i, n in enumerate(sizes)]
     return _safe_ratio(prefix[tuple(ks)], total.expand(cutoff.shape[0]))
+
+
+def _robustmix_fft(
+    images: Tensor,
+    lam_low: float | Tensor,
+    lam_high: float | Tensor,
+    cutoff: float | Tensor,
+    index: Tensor,
+    energy: str | float,
+    dims: tuple[int, ...],
+) -> tuple[Tensor, float | Tensor]:
+    """The FFT-box ablation: same algebra as the DCT path, on the half spectrum of a real FFT."""
+    compute = freq._compute_dtype(images.dtype)
+    device = images.device
+    sizes = [images.shape[d] for d in dims]
+    x1 = images.to(compute)
+    sq_norms = torch.linalg.vector_norm(x1.flatten(1), dim=1).square()
+    _check_finite_norms(sq_norms)
+    spec = torch.fft.rfftn(x1, dim=dims, norm="ortho")
+    keep = freq.fft_low_mask(cutoff, sizes, dims, x1.ndim, device).to(compute)
+    weights = freq.rfft_bin_weights(sizes[-1], dims[-1], x1.ndim, device, compute)
+    delta = _as_column(lam_low - lam_high, x1.ndim, compute, device)
+    low_diff = torch.fft.irfftn((spec - spec[index]) * keep * delta, s=sizes, dim=dims, norm="ortho")
+    out = (torch.lerp(x1[index], x1, _as_column(lam_high, x1.ndim, compute, device)) + low_diff).to(images.dtype)
+
+    def band_energy(s: Tensor) -> Tensor:  # per sample, Parseval on the half spectrum
+        return (s.abs().square() * weights * keep).flatten(1).sum(1).double()
+
+    if isinstance(energy, float):
+        return out, energy
+    if energy == "uniform":
+        per = (keep * weights).flatten(1).sum(1).double() / math.prod(sizes)
+        return out, per if isinstance(cutoff, Tensor) else float(per[0])
+    if energy == "sample":
+        partner = spec[index]
+        low_out = partner + _as_column(lam_low, x1.ndim, compute, device) * (spec - partner)
+        den = torch.linalg.vector_norm(out.to(compute).flatten(1), dim=1).square().double()
+        return out, _safe_ratio(band_energy(low_out), den)
+    total = sq_norms.double().sum()
+    other = [d for d in range(spec.ndim) if d not in dims]
+    spectrum_energy = (spec.abs().square() * weights).sum(dim=other, keepdim=True)  # batch summed
+    num = (spectrum_energy * keep).flatten(1).sum(1).double()
+    lam_c = _safe_ratio(num, total.expand_as(num))
+    return out, lam_c if isinstance(cutoff, Tensor) else float(lam_c[0])

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import default_collate, get_worker_info
 
+from robustmix import freq
 from robustmix import functional as F
 from robustmix import params as P
 
@@ -107,6 +108,7 @@ class RobustMix(_BatchMixer):
         dims: signal dims (``(-2, -1)`` images, ``(-1,)`` audio, ``(-3, -2, -1)`` volumes).
         seed: seed of a private generator. generator: or use this one.
         lam_low, lam_high: fixed values instead of Beta draws (an ablation; default: draw).
+        transform: ``"dct"`` (the paper) or ``"fft"`` band (an ablation).
     """
 
     def __init__(
@@ -124,10 +126,12 @@ class RobustMix(_BatchMixer):
         generator: torch.Generator | None = None,
         lam_low: float | None = None,
         lam_high: float | None = None,
+        transform: str = "dct",
     ) -> None:
         super().__init__(num_classes, p=p, label_smoothing=label_smoothing, seed=seed, generator=generator)
         self.alpha = P._check_alpha(alpha)
         self.tau = P.check_probability(tau, "tau")
+        self.transform = freq.check_transform(transform)
         self.energy = F._check_energy(energy)
         self.per_sample = bool(per_sample)
         self.dims = tuple(dims)
@@ -149,12 +153,12 @@ class RobustMix(_BatchMixer):
             return images, soft
         return F.robustmix(
             images, soft, lam_low=params.lam_low, lam_high=params.lam_high, cutoff=params.cutoff,
-            index=params.index.to(images.device), energy=self.energy, dims=self.dims,
+            index=params.index.to(images.device), energy=self.energy, dims=self.dims, transform=self.transform,
         )
 
     def _options(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "tau": self.tau, "energy": self.energy, "per_sample": self.per_sample,
-                "dims": self.dims}
+                "dims": self.dims, "transform": self.transform}
 
 
 class MixUp(_BatchMixer):
