@@ -383,3 +383,15 @@ def test_fft_band_ablation_matches_numpy(energy, per_sample):
 def test_transform_must_be_known():
     with pytest.raises(ValueError, match="transform must be one of"):
         F.robustmix(X, Y, lam_low=0.5, lam_high=0.5, cutoff=0.5, num_classes=4, transform="wavelet")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_on_each_device(device, dtype):
+    x = torch.rand(6, 3, 16, 12, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(6) % 3
+    ref, ref_soft = F.robustmix(x.double(), y, lam_low=0.6, lam_high=0.1, cutoff=0.35, num_classes=3)
+    got, soft = F.robustmix(x.to(device, dtype), y.to(device), lam_low=0.6, lam_high=0.1, cutoff=0.35, num_classes=3)
+    assert got.device.type == device.type and got.dtype == dtype
+    tol = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}[dtype]
+    torch.testing.assert_close(got.cpu().double(), ref, atol=tol, rtol=tol)
+    torch.testing.assert_close(soft.cpu().double(), ref_soft, atol=1e-3, rtol=0)
