@@ -59,7 +59,10 @@ def _check_finite_norms(sq_norms: Tensor) -> None:
 
 
 def _check_finite_images(images: Tensor) -> None:
-    if not bool(torch.isfinite(images).all()):
+    # A sum is non-finite iff some value is (fp32/fp64 accumulation cannot overflow on
+    # finite image data), and it reads the batch once without a full-size boolean temporary.
+    acc = torch.float64 if images.dtype == torch.float64 else torch.float32
+    if not bool(torch.isfinite(images.sum(dtype=acc))):
         raise ValueError("images contain NaN or inf values")
 
 
@@ -215,8 +218,7 @@ def mixup(
     index = _check_index(index, n, images.device)
     y1 = _soft_targets(targets, n, num_classes, images.dtype)
     _check_finite_images(images)
-    x2 = images[index]
-    out = torch.lerp(x2, images, _as_column_weight(lam, images))
+    out = images.index_select(0, index).lerp_(images, _as_column_weight(lam, images))  # x2 + lam (x1 - x2)
     return _restore_format(out, images), _mix_targets(y1, index, lam)
 
 
@@ -374,7 +376,7 @@ def robustmix(
     # one band-limited inverse transform of a coefficient difference instead of two full ones,
     # accumulated straight into mixH. With per-sample cutoffs, output i uses its own band for
     # both x1_i and its partner.
-    out = torch.lerp(x1[index], x1, _as_column_weight(lam_high, x1))
+    out = x1.index_select(0, index).lerp_(x1, _as_column_weight(lam_high, x1))  # x2 + lam_h (x1 - x2)
     delta_coef = (coef - coef[index]) * _as_column(lam_low - lam_high, coef.ndim, coef.dtype, device)
     if mask is not None:
         delta_coef = delta_coef * mask
