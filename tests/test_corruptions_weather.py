@@ -1,0 +1,401 @@
+"""Weather corruptions (snow, frost, fog, spatter) against the reference definitions and tables."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from robustmix.corruptions import weather
+from robustmix.corruptions._common import rgb_to_gray
+from robustmix.corruptions._textures import frost_texture, motion_blur_magick, plasma_fractal
+from robustmix.corruptions.weather import TABLES, fog, frost, snow, spatter
+
+FUNCS = {"snow": snow, "frost": frost, "fog": fog, "spatter": spatter}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors run fastest single-threaded on the shared 2-core test machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _natural(n: int, side: int, channels: int = 3, *, seed: int = 1) -> torch.Tensor:
+    """Smooth colour blobs plus a little texture: natural-ish images with a known seed."""
+    g = _gen(seed)
+    coarse = torch.rand(n, channels, 4, 4, generator=g)
+    x = F.interpolate(coarse, size=(side, side), mode="bicubic", align_corners=False)
+    return (x + 0.1 * torch.rand(n, channels, side, side, generator=g)).clamp(0, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables: numbers copied from hendrycks/robustness make_imagenet_c.py and make_cifar_c.py
+
+
+REFERENCE = {
+    "snow": (
+        [
+            (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
+            (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
+            (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
+            (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
+            (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
+        ],
+        [
+            (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
+            (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+            (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+            (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+            (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
+        ],
+    ),
+    "frost": (
+        [(1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75)],
+        [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)],
+    ),
+    "fog": (
+        [(1.5, 2), (2, 2), (2.5, 1.7), (2.5, 1.5), (3, 1.4)],
+        [(0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)],
+    ),
+    "spatter": (
+        [
+            (0.65, 0.3, 4, 0.69, 0.6, 0),
+            (0.65, 0.3, 3, 0.68, 0.6, 0),
+            (0.65, 0.3, 2, 0.68, 0.5, 0),
+            (0.65, 0.3, 1, 0.65, 1.5, 1),
+            (0.67, 0.4, 1, 0.65, 1.5, 1),
+        ],
+        [
+            (0.62, 0.1, 0.7, 0.7, 0.5, 0),
+            (0.65, 0.1, 0.8, 0.7, 0.5, 0),
+            (0.65, 0.3, 1, 0.69, 0.5, 0),
+            (0.65, 0.1, 0.7, 0.69, 0.6, 1),
+            (0.65, 0.1, 0.5, 0.68, 0.6, 1),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_tables_equal_reference(name: str) -> None:
+    imagenet, cifar = REFERENCE[name]
+    assert [tuple(r) for r in TABLES[name].imagenet] == imagenet
+    assert [tuple(r) for r in TABLES[name].cifar] == cifar
+
+
+def test_table_rows_follow_size_rule() -> None:
+    assert TABLES["fog"].row(torch.zeros(1, 3, 28, 28), 2)[0] == (0.5, 3)  # CIFAR table
+    assert TABLES["fog"].row(torch.zeros(1, 3, 64, 64), 2)[0] == (2, 2)  # ImageNet table
+
+
+# --------------------------------------------------------------------------------------------
+# Contract: shape, dtype, range, determinism, no in-place change
+
+
+@pytest.mark.parametrize("name", sorted(FUNCS))
+@pytest.mark.parametrize("side", [28, 32, 64])
+def test_shape_range_dtype_all_severities(name: str, side: int) -> None:
+    x = _natural(2, side)
+    before = x.clone()
+    for severity in range(1, 6):
+        y = FUNCS[name](x, severity, _gen(severity))
+        assert y.shape == x.shape and y.dtype == x.dtype
+        assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+        assert not torch.equal(y, x)
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("name", sorted(FUNCS))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_dtypes_computed_like_float32(name: str, dtype: torch.dtype) -> None:
+    x = _natural(2, 32)
+    ref = FUNCS[name](x, 3, _gen(0))
+    y = FUNCS[name](x.to(dtype), 3, _gen(0))
+    assert y.dtype == dtype
+    # half inputs are rounded on the way in and out only; float32 internals keep the rest
+    tol = {torch.float16: 2e-2, torch.bfloat16: 6e-2, torch.float64: 1e-4}[dtype]
+    assert (y.double() - ref.double()).abs().mean() < tol
+
+
+@pytest.mark.parametrize("name", sorted(FUNCS))
+def test_seed_determinism(name: str) -> None:
+    x = _natural(3, 32)
+    a = FUNCS[name](x, 4, _gen(7))
+    b = FUNCS[name](x, 4, _gen(7))
+    c = FUNCS[name](x, 4, _gen(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    # each image of the batch gets its own random layer
+    same = _natural(1, 32).expand(3, -1, -1, -1)
+    out = FUNCS[name](same, 4, _gen(7))
+    assert not torch.equal(out[0], out[1])
+
+
+@pytest.mark.parametrize("name", sorted(FUNCS))
+def test_non_square_and_grayscale(name: str) -> None:
+    x = _natural(2, 48)[..., :40, :]
+    assert FUNCS[name](x, 2, _gen(0)).shape == (2, 3, 40, 48)
+    gray = _natural(2, 32, channels=1)
+    y = FUNCS[name](gray, 5, _gen(0))
+    assert y.shape == gray.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    # grayscale = the RGB corruption of (x, x, x), converted back with luma weights
+    rgb = FUNCS[name](gray.expand(-1, 3, -1, -1), 5, _gen(0))
+    if name in ("snow", "fog"):  # channel-independent effects: luma of equal channels
+        assert torch.allclose(y, rgb[:, :1], atol=1e-5)
+    # frost/spatter: luma of the unclipped RGB result equals the C=1 result up to clipping
+    assert (y - rgb_to_gray(rgb)).abs().mean() < 2e-2
+
+
+@pytest.mark.parametrize("name", sorted(FUNCS))
+def test_smoke_224(name: str) -> None:
+    x = _natural(1, 224)
+    y = FUNCS[name](x, 5, _gen(0))
+    assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1
+    assert (y - x).abs().mean() > 0.02
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", sorted(FUNCS))
+def test_cuda_matches_cpu(name: str) -> None:
+    x = _natural(2, 32)
+    cpu = FUNCS[name](x, 3, _gen(0))
+    gpu = FUNCS[name](x.cuda(), 3, _gen(0))
+    assert gpu.device.type == "cuda"
+    assert (gpu.cpu() - cpu).abs().mean() < 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(FUNCS))
+def test_bad_inputs(name: str) -> None:
+    x = _natural(1, 32)
+    with pytest.raises(ValueError, match="severity"):
+        FUNCS[name](x, 6, _gen(0))
+    with pytest.raises(TypeError, match="severity"):
+        FUNCS[name](x, "3", _gen(0))
+    with pytest.raises(TypeError, match="generator"):
+        FUNCS[name](x, 3, 123)
+
+
+# --------------------------------------------------------------------------------------------
+# Severity: distance to clean grows
+
+
+def _decorrelation(x: torch.Tensor, y: torch.Tensor) -> float:
+    a = x.flatten(1) - x.flatten(1).mean(1, keepdim=True)
+    b = y.flatten(1) - y.flatten(1).mean(1, keepdim=True)
+    return float((1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).mean())
+
+
+@pytest.mark.parametrize("name", sorted(FUNCS))
+@pytest.mark.parametrize("side", [32, 64])
+def test_severity_monotone(name: str, side: int) -> None:
+    """1 - corr(clean, corrupted) grows strictly with severity for every weather corruption.
+
+    Mean |corrupted - clean| is not monotone in the reference itself: frost trades image weight
+    for frost weight (a: 1 -> 0.6, b: 0.4 -> 0.75), so |b f - (1 - a) x| can shrink (a gray
+    haze replaces the image); fog's severities 3 and 4 share the strength 2.5; CIFAR spatter
+    switches from water (3) to sparse mud (4). Loss of image content, i.e. decorrelation, is the
+    quantity the tables increase, so it is asserted per step; mean |diff| only on the trend.
+    """
+    x = _natural(8, side)
+    outs = [FUNCS[name](x, s, _gen(100 + s)) for s in range(1, 6)]
+    dec = [_decorrelation(x, y) for y in outs]
+    assert all(b > a for a, b in itertools.pairwise(dec)), dec
+    diff = [float((y - x).abs().mean()) for y in outs]
+    if name != "frost":
+        assert diff[4] > diff[0] and diff[4] == pytest.approx(max(diff), rel=0.25), diff
+
+
+# --------------------------------------------------------------------------------------------
+# Fog and the plasma fractal
+
+
+def _reference_plasma(mapsize: int, decay: float, draw) -> np.ndarray:
+    """Transcription of the reference ``plasma_fractal`` with the uniform draws injected."""
+    maparray = np.zeros((mapsize, mapsize))
+    stepsize, wibble = mapsize, 100.0
+
+    def wibbledmean(array):
+        return array / 4 + wibble * draw(array.shape, wibble)
+
+    while stepsize >= 2:
+        cornerref = maparray[0:mapsize:stepsize, 0:mapsize:stepsize]
+        squareaccum = cornerref + np.roll(cornerref, shift=-1, axis=0)
+        squareaccum += np.roll(squareaccum, shift=-1, axis=1)
+        maparray[stepsize // 2 : mapsize : stepsize, stepsize // 2 : mapsize : stepsize] = wibbledmean(
+            squareaccum
+        )
+        drgrid = maparray[stepsize // 2 : mapsize : stepsize, stepsize // 2 : mapsize : stepsize]
+        ulgrid = maparray[0:mapsize:stepsize, 0:mapsize:stepsize]
+        ltsum = drgrid + np.roll(drgrid, 1, axis=0) + ulgrid + np.roll(ulgrid, -1, axis=1)
+        maparray[0:mapsize:stepsize, stepsize // 2 : mapsize : stepsize] = wibbledmean(ltsum)
+        ttsum = drgrid + np.roll(drgrid, 1, axis=1) + ulgrid + np.roll(ulgrid, -1, axis=0)
+        maparray[stepsize // 2 : mapsize : stepsize, 0:mapsize:stepsize] = wibbledmean(ttsum)
+        stepsize //= 2
+        wibble /= decay
+    maparray -= maparray.min()
+    return maparray / maparray.max()
+
+
+def test_plasma_matches_reference_recursion() -> None:
+    g = _gen(3)
+
+    def draw(shape, wibble):
+        u = torch.rand((1, *shape), generator=g, dtype=torch.float32)[0].double().numpy()
+        return u * 2 * wibble - wibble
+
+    expected = _reference_plasma(64, 1.7, draw)
+    got = plasma_fractal(1, mapsize=64, wibbledecay=1.7, generator=_gen(3), like=torch.zeros(1))
+    np.testing.assert_allclose(got[0].numpy(), expected, atol=1e-4)
+
+
+def test_plasma_statistics() -> None:
+    def roughness(decay: float) -> float:
+        p = plasma_fractal(4, mapsize=128, wibbledecay=decay, generator=_gen(0), like=torch.zeros(1))
+        assert float(p.amin()) == 0.0 and float(p.amax()) == 1.0
+        assert torch.all(p.amin(dim=(1, 2)) == 0) and torch.all(p.amax(dim=(1, 2)) == 1)
+        return float((p[:, 1:] - p[:, :-1]).abs().mean() + (p[..., 1:] - p[..., :-1]).abs().mean())
+
+    values = [roughness(d) for d in (1.4, 1.5, 1.7, 2.0, 3.0)]
+    assert all(b < a for a, b in itertools.pairwise(values)), values
+    with pytest.raises(ValueError, match="mapsize"):
+        plasma_fractal(1, mapsize=48, generator=_gen(0), like=torch.zeros(1))
+
+
+@pytest.mark.parametrize("severity", [1, 4])
+def test_fog_formula_recovers_plasma(severity: int) -> None:
+    """On a constant image c: out = (c + s p) c / (c + s), so p can be solved for and compared."""
+    c = 0.5
+    strength, decay = REFERENCE["fog"][1][severity - 1]
+    out = fog(torch.full((2, 3, 32, 32), c), severity, _gen(5))
+    haze = (out.double() * (c + strength) / c - c) / strength
+    expected = plasma_fractal(2, mapsize=32, wibbledecay=decay, generator=_gen(5), like=out)
+    assert torch.allclose(haze[:, 0].float(), expected, atol=1e-5)
+    assert torch.equal(out[:, 0], out[:, 2])
+
+
+# --------------------------------------------------------------------------------------------
+# Frost
+
+
+@pytest.mark.parametrize(("side", "severity"), [(32, 3), (64, 2), (64, 5)])
+def test_frost_blend_coefficients(side: int, severity: int) -> None:
+    """clip(a x + b frost): two constant images with the same seed differ by exactly a * dc."""
+    table = 1 if side <= 32 else 0
+    a, b = REFERENCE["frost"][table][severity - 1]
+    black = frost(torch.zeros(2, 3, side, side), severity, _gen(9))
+    lifted = frost(torch.full((2, 3, side, side), 0.2), severity, _gen(9))
+    assert float(black.max()) <= b + 1e-6  # black image: b * texture with texture <= 1
+    unclipped = lifted < 1.0
+    delta = (lifted - black)[unclipped]
+    assert torch.allclose(delta, torch.full_like(delta, a * 0.2), atol=1e-5)
+    assert unclipped.float().mean() > 0.9
+
+
+def test_frost_texture_statistics() -> None:
+    t = frost_texture(4, 224, 224, generator=_gen(0), like=torch.zeros(1))
+    assert t.shape == (4, 3, 224, 224) and float(t.min()) >= 0 and float(t.max()) <= 1
+    assert 0.35 < float(t.mean()) < 0.55 and 0.1 < float(t.std()) < 0.25
+    r, g, b = t.mean(dim=(0, 2, 3)).tolist()
+    assert r < g < b  # pale blue ice
+    # crystalline: strong fine-scale structure (neighbour differences) unlike a smooth haze
+    assert float((t[..., 1:] - t[..., :-1]).abs().mean()) > 0.03
+
+
+# --------------------------------------------------------------------------------------------
+# Snow
+
+
+def test_imagemagick_motion_blur_kernel() -> None:
+    """A point smeared by radius 2, sigma 1: width 5, taps exp(-i^2 / 2) / sum, one-sided."""
+    point = torch.zeros(2, 15, 15)
+    point[:, 7, 7] = 1.0
+    out = motion_blur_magick(point, radius=2, sigma=1.0, angle_deg=torch.tensor([-90.0, 0.0]))
+    taps = [math.exp(-(i**2) / 2) for i in range(5)]
+    taps = torch.tensor([t / sum(taps) for t in taps])
+    # angle -90: pixel (y, x) reads (y - i, x), so the point trails downwards
+    assert torch.allclose(out[0, 7:12, 7], taps, atol=1e-6)
+    assert float(out[0].sum()) == pytest.approx(1.0, abs=1e-6)
+    assert float(out[0, :7].abs().sum()) == 0
+    # angle 0: pixel (y, x) reads (y, x + i), so the point trails to the left
+    assert torch.allclose(out[1, 7, 3:8].flip(0), taps, atol=1e-6)
+
+
+@pytest.mark.parametrize(("side", "severity"), [(32, 1), (32, 4), (224, 2)])
+def test_snow_on_black_image(side: int, severity: int) -> None:
+    """Black image: w * 0 + (1 - w) * max(0, 1.5 * 0 + 0.5) plus non-negative snow."""
+    weight = REFERENCE["snow"][1 if side <= 32 else 0][severity - 1][6]
+    out = snow(torch.zeros(1, 3, side, side), severity, _gen(2))
+    base = (1 - weight) * 0.5
+    assert float(out.min()) == pytest.approx(base, abs=1e-6)
+    assert float(out.max()) > base + 0.2  # flakes
+    assert torch.equal(out[:, 0], out[:, 1])  # white snow: same on every channel
+
+
+# --------------------------------------------------------------------------------------------
+# Spatter and its OpenCV pieces
+
+
+def test_distance_matches_scipy_edt() -> None:
+    g = _gen(0)
+    edges = torch.rand(2, 1, 40, 50, generator=g) < 0.004
+    edges[1] = False
+    edges[1, 0, 5, 5] = True
+    got = weather._distance_to(edges, cap=20.0)
+    for i in range(2):
+        expected = np.minimum(ndimage.distance_transform_edt(~edges[i, 0].numpy()), 20.0)
+        np.testing.assert_allclose(got[i, 0].numpy(), expected, atol=1e-5)
+
+
+def test_equalize_hist_hand_computed() -> None:
+    # hist {0: 2, 1: 1, 2: 1}: cdf 2, 3, 4; lut = round((cdf - 2) * 255 / (4 - 2))
+    values = torch.tensor([0.0, 0.0, 1.0, 2.0]).view(1, 1, 2, 2)
+    assert weather._equalize_hist(values).flatten().tolist() == [0, 0, 128, 255]
+    constant = torch.full((1, 1, 2, 2), 7.0)
+    assert torch.equal(weather._equalize_hist(constant), constant)
+
+
+def test_canny_outlines_a_square() -> None:
+    img = torch.zeros(1, 1, 24, 24)
+    img[..., 6:18, 6:18] = 200.0
+    edges = weather._canny(img, low=50, high=150)[0, 0]
+    inside = torch.zeros(24, 24, dtype=torch.bool)
+    inside[6:18, 6:18] = True
+    boundary = inside ^ torch.from_numpy(ndimage.binary_erosion(inside.numpy()))
+    near = torch.from_numpy(ndimage.binary_dilation(boundary.numpy()))
+    assert edges.any() and not (edges & ~near).any()  # thin contour at the step only
+    assert edges[6:18].any(dim=1).all() and edges[:, 6:18].any(dim=0).all()  # closed
+
+
+def test_spatter_water_color_and_peak() -> None:
+    """Black image, water: out = m * (175, 238, 238) / 255 with max(m) = tabled intensity."""
+    intensity = REFERENCE["spatter"][1][0][4]
+    out = spatter(torch.zeros(2, 3, 32, 32), 1, _gen(4))
+    color = torch.tensor([175, 238, 238]) / 255
+    peak = out.amax(dim=(2, 3))
+    assert torch.allclose(peak, intensity * color.expand(2, 3), atol=1e-5)
+    wet = out[:, 1] > 0
+    assert torch.allclose(out[:, 0][wet] / out[:, 1][wet], torch.tensor(175 / 238), atol=1e-4)
+
+
+def test_spatter_mud_weights() -> None:
+    """Constant image, mud: x (1 - m) + brown m with m = 0 or in [0.8, 1] (reference threshold)."""
+    c = 0.9
+    out = spatter(torch.full((1, 3, 224, 224), c), 4, _gen(4))
+    brown = torch.tensor([63, 42, 20]).view(1, 3, 1, 1) / 255
+    m = (c - out) / (c - brown)
+    assert torch.allclose(m[:, 0], m[:, 2], atol=1e-5)  # one weight for all channels
+    muddy = m[:, 0] > 1e-6
+    assert 0.01 < float(muddy.float().mean()) < 0.5
+    assert float(m[:, 0][muddy].min()) >= 0.8 - 1e-5 and float(m.max()) <= 1 + 1e-5
