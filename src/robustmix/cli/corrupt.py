@@ -1,0 +1,153 @@
+"""``robustmix corrupt``: write a corrupted copy of a test set in the CIFAR-10-C layout.
+
+The folder gets ``<corruption>.npy``, uint8 (5 * N, H, W, C), severity-major (rows ``s * N .. (s+1)
+* N - 1`` hold severity ``s + 1``), and ``labels.npy`` (5 * N,) int64, the clean labels repeated
+five times, as in CIFAR-10-C. Each (corruption, severity) pair draws from its own generator seeded
+by ``(seed, corruption index in ALL_CORRUPTIONS, severity)``, so a file does not depend on which
+other corruptions were written. Outputs are rounded to uint8 (the reference truncates, which
+darkens by half a level on average).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["add_parser", "corrupt_uint8", "run", "write_corrupted_set"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "corrupt",
+        help="write a corrupted test set (CIFAR-10-C layout: <corruption>.npy + labels.npy)",
+        description=(
+            "Apply ImageNet-C / CIFAR-10-C corruptions at severities 1-5 to a test split and "
+            "write <corruption>.npy (uint8, 5N x H x W x C, severity-major) plus labels.npy."
+        ),
+    )
+    parser.add_argument("--dataset", default="fashion_mnist", help="dataset name (default fashion_mnist)")
+    parser.add_argument("--data-dir", default=None, help="clean dataset folder (default: its standard place)")
+    parser.add_argument(
+        "--corruptions", default="all",
+        help="'all', 'benchmark', 'extra', a group (noise, blur, weather, digital) or comma-separated names",
+    )  # fmt: skip
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--limit", type=int, default=None, help="corrupt the first N test images only")
+    parser.add_argument("--device", default="cpu", help="'cpu', 'cuda', 'cuda:1'")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _generator_for(seed: int, name: str, severity: int) -> Any:
+    import torch
+
+    from robustmix.corruptions import ALL_CORRUPTIONS
+
+    state = np.random.SeedSequence([seed, ALL_CORRUPTIONS.index(name), severity]).generate_state(1)
+    return torch.Generator(device="cpu").manual_seed(int(state[0]))
+
+
+def corrupt_uint8(
+    images: np.ndarray,
+    name: str,
+    severity: int,
+    *,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str = "cpu",
+    on_batch: Any = None,
+) -> np.ndarray:
+    """Corrupt uint8 (N, H, W, C) images with ``name`` at ``severity``; return uint8 (N, H, W, C)."""
+    import torch
+
+    from robustmix.corruptions import corrupt
+
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    generator = _generator_for(seed, name, severity)
+    out = np.empty_like(images)
+    for start in range(0, len(images), batch_size):
+        chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        x = chunk.to(device).permute(0, 3, 1, 2).float() / 255
+        y = corrupt(x, name, severity, generator=generator)
+        y8 = (y * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        out[start : start + len(chunk)] = y8
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return out
+
+
+def write_corrupted_set(
+    images: np.ndarray,
+    labels: np.ndarray,
+    out_dir: str | Path,
+    corruptions: Sequence[str],
+    *,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[Path]:
+    """Write ``labels.npy`` and one ``<corruption>.npy`` per name (atomically); return the paths."""
+    from robustmix._io import atomic_write
+
+    out_dir = Path(out_dir)
+    n = len(images)
+    if len(labels) != n:
+        raise ValueError(f"labels must have one entry per image ({n}), got {len(labels)}")
+    total = n * 5 * len(corruptions)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="img", desc="corrupt")
+    written = [out_dir / "labels.npy"]
+    all_labels = np.tile(np.asarray(labels, dtype=np.int64), 5)
+    atomic_write(written[0], lambda f: np.save(f, all_labels, allow_pickle=False))
+    try:
+        for name in corruptions:
+            if bar is not None:
+                bar.set_postfix_str(name)
+            update = None if bar is None else bar.update
+            stack = np.concatenate(
+                [
+                    corrupt_uint8(
+                        images, name, severity, seed=seed, batch_size=batch_size, device=device, on_batch=update
+                    )
+                    for severity in range(1, 6)
+                ]
+            )
+            path = out_dir / f"{name}.npy"
+            atomic_write(path, lambda f, a=stack: np.save(f, a, allow_pickle=False))
+            written.append(path)
+    finally:
+        if bar is not None:
+            bar.close()
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    from robustmix.corruptions import resolve_corruptions
+    from robustmix.data import load_split_tensors
+
+    names = resolve_corruptions(args.corruptions)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    images, labels = load_split_tensors(args.dataset, root=args.data_dir, split="test", limit=args.limit)
+    if images.ndim == 3:  # grayscale stored without a channel axis
+        images = images[..., None]
+    paths = write_corrupted_set(
+        images, labels, args.out, names,
+        seed=args.seed, batch_size=args.batch_size, device=args.device, progress=args.progress,
+    )  # fmt: skip
+    print(f"wrote {len(paths) - 1} corruptions x 5 severities x {len(images)} images to {args.out}")
+    return 0

@@ -1,0 +1,469 @@
+"""Shared helpers for the corruptions: severity tables, randomness, padding, filters, colour.
+
+Every corruption module builds on these so that the size rule, the border conventions and the
+random-number handling are the same everywhere (and written once):
+
+* :class:`SeverityTable` holds the reference parameters of one corruption for ImageNet-C (224 px)
+  and CIFAR-10-C (32 px) and picks the row and the spatial scale for a batch (size rule in
+  :func:`reference_scale`).
+* ``random_*`` draw on the generator's device and move the result to the images' device, so a CPU
+  generator drives CUDA images and the same seed gives the same numbers on every device.
+* :func:`pad2d` supports the border modes of the reference code for any pad width (scipy
+  ``nearest``/``reflect``/``mirror``, i.e. torch ``replicate``, half-sample symmetric and OpenCV's
+  ``BORDER_REFLECT_101``), which ``F.pad`` cannot do (no symmetric mode, pad < size only).
+* :func:`gaussian_filter` equals ``scipy.ndimage.gaussian_filter`` (and so ``skimage.filters.gaussian``)
+  over the two spatial dims.
+* :func:`rgb_to_hsv` / :func:`hsv_to_rgb` follow ``skimage.color`` (H, S, V all in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "CIFAR_SIDE",
+    "IMAGENET_SIDE",
+    "SEVERITIES",
+    "BorderMode",
+    "SeverityTable",
+    "apply_motion_blur",
+    "check_images",
+    "check_severity",
+    "clipped_zoom",
+    "filter2d",
+    "finish",
+    "gaussian_filter",
+    "gaussian_kernel1d",
+    "hsv_to_rgb",
+    "linear_resample_matrix",
+    "motion_blur_offsets",
+    "motion_blur_taps",
+    "pad2d",
+    "random_integers",
+    "random_normal",
+    "random_poisson",
+    "random_uniform",
+    "reference_scale",
+    "resolve_generator",
+    "rgb_to_gray",
+    "rgb_to_hsv",
+    "to_work",
+    "with_rgb",
+]
+
+IMAGENET_SIDE = 224
+"""Side length the ImageNet-C parameter tables were written for."""
+CIFAR_SIDE = 32
+"""Side length the CIFAR-10-C parameter tables were written for."""
+SEVERITIES = (1, 2, 3, 4, 5)
+
+BorderMode = str
+"""scipy.ndimage names: ``"nearest"`` (edge), ``"reflect"`` (d c b a | a b c d), ``"mirror"`` (d c b | a b c d)."""
+_BORDER_MODES = ("nearest", "reflect", "mirror")
+
+
+# --------------------------------------------------------------------------------------------
+# Validation, dtype and the size rule
+
+
+def check_severity(severity: Any) -> int:
+    """Return ``severity`` as an int in 1..5 or raise ``ValueError``/``TypeError`` naming it."""
+    if isinstance(severity, bool) or not isinstance(severity, int):
+        raise TypeError(f"severity must be an int in 1..5, got {type(severity).__name__} {severity!r}")
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity must be an int in 1..5, got {severity}")
+    return severity
+
+
+def check_images(images: Any, *, name: str = "images", eps: float = 1e-4) -> Tensor:
+    """Check ``images`` is a floating (N, C, H, W) tensor with C in {1, 3} and values in [0, 1]."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor with values in [0, 1], got dtype {images.dtype}")
+    if images.ndim != 4:
+        raise ValueError(f"{name} must have shape (N, C, H, W), got shape {tuple(images.shape)}")
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"{name} must have 1 or 3 channels, got {images.shape[1]} (shape {tuple(images.shape)})")
+    if images.numel():
+        lo, hi = float(images.min()), float(images.max())
+        if not (lo >= -eps and hi <= 1 + eps):  # also catches NaN
+            raise ValueError(f"{name} values must lie in [0, 1], got min {lo:.4g} and max {hi:.4g}")
+    return images
+
+
+def to_work(images: Tensor) -> Tensor:
+    """The working copy: float32 for half dtypes (their rounding biases noise and blur), else as is."""
+    if images.dtype in (torch.float16, torch.bfloat16):
+        return images.float()
+    return images
+
+
+def finish(out: Tensor, like: Tensor) -> Tensor:
+    """Clip to [0, 1] and return in ``like``'s dtype (the contract of every corruption)."""
+    return out.clamp(0.0, 1.0).to(like.dtype)
+
+
+def reference_scale(side: int, *, has_cifar: bool = True) -> tuple[str, float]:
+    """Which reference table applies to images of ``side`` px, and the factor for spatial parameters.
+
+    The one size rule of this package: images with ``min(H, W) <= 32`` use the CIFAR-10-C table
+    as is (scale 1); larger images use the ImageNet-C table with spatial parameters scaled by
+    ``side / 224``. So 32 px reproduces CIFAR-10-C and 224 px ImageNet-C exactly, and 28 px
+    (Fashion-MNIST) gets exactly the CIFAR-10-C parameters. CIFAR-10-C lengths are not rescaled
+    below 32 px because they already sit at the pixel scale, where rescaling a binary disk radius
+    or an integer shift reorders the severities (defocus radius 1 -> 0.875 px is a no-op disk).
+    Returns ``("cifar" | "imagenet", scale)``.
+    """
+    if has_cifar and side <= CIFAR_SIDE:
+        return "cifar", 1.0
+    return "imagenet", side / IMAGENET_SIDE
+
+
+@dataclass(frozen=True)
+class SeverityTable:
+    """Reference parameters of one corruption, one row per severity 1..5.
+
+    Attributes:
+        imagenet: rows of ``make_imagenet_c.py`` (224 px).
+        cifar: rows of ``make_cifar_c.py`` (32 px), or ``None`` when CIFAR-10-C has no own table.
+    """
+
+    imagenet: tuple[Any, ...]
+    cifar: tuple[Any, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for field, rows in (("imagenet", self.imagenet), ("cifar", self.cifar)):
+            if rows is not None and len(rows) != len(SEVERITIES):
+                raise ValueError(f"SeverityTable.{field} needs 5 rows, got {len(rows)}")
+
+    def row(self, images: Tensor, severity: int) -> tuple[Any, float]:
+        """The row for ``severity`` and the spatial scale for ``images`` (see :func:`reference_scale`)."""
+        severity = check_severity(severity)
+        side = min(int(images.shape[-2]), int(images.shape[-1]))
+        which, scale = reference_scale(side, has_cifar=self.cifar is not None)
+        rows = self.cifar if which == "cifar" else self.imagenet
+        return rows[severity - 1], scale  # type: ignore[index]
+
+
+# --------------------------------------------------------------------------------------------
+# Randomness: draw on the generator's device, then move
+
+
+def resolve_generator(generator: torch.Generator | None) -> torch.Generator:
+    """``generator`` itself, or a fresh CPU generator seeded from OS entropy when ``None``.
+
+    Pass a seeded generator for reproducible output; ``None`` means "any randomness is fine".
+    """
+    if generator is None:
+        fresh = torch.Generator(device="cpu")
+        fresh.seed()
+        return fresh
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
+def random_uniform(
+    shape: Sequence[int], generator: torch.Generator, *, like: Tensor, low: float = 0.0, high: float = 1.0
+) -> Tensor:
+    """Uniform float32 draws in [low, high) of ``shape`` on ``like``'s device."""
+    u = torch.rand(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+    return (u * (high - low) + low).to(like.device)
+
+
+def random_normal(
+    shape: Sequence[int], generator: torch.Generator, *, like: Tensor, mean: float = 0.0, std: float = 1.0
+) -> Tensor:
+    """Normal float32 draws of ``shape`` on ``like``'s device."""
+    z = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+    return (z * std + mean).to(like.device)
+
+
+def random_integers(
+    low: int, high: int, shape: Sequence[int], generator: torch.Generator, *, like: Tensor
+) -> Tensor:
+    """Integer draws in ``[low, high)`` (int64, NumPy's ``randint`` convention) on ``like``'s device."""
+    r = torch.randint(low, high, tuple(shape), generator=generator, device=generator.device)
+    return r.to(like.device)
+
+
+def random_poisson(rates: Tensor, generator: torch.Generator) -> Tensor:
+    """Poisson draws with the given (float32) rates, returned on ``rates``' device."""
+    counts = torch.poisson(rates.float().to(generator.device), generator=generator)
+    return counts.to(rates.device)
+
+
+# --------------------------------------------------------------------------------------------
+# Borders and filters
+
+
+def _border_index(n: int, pad_before: int, pad_after: int, mode: BorderMode, device: torch.device) -> Tensor:
+    i = torch.arange(-pad_before, n + pad_after, device=device)
+    if mode == "nearest" or n == 1:
+        return i.clamp(0, n - 1)
+    if mode == "reflect":  # half-sample symmetric, period 2n
+        j = i.remainder(2 * n)
+        return torch.where(j < n, j, 2 * n - 1 - j)
+    if mode == "mirror":  # whole-sample symmetric (OpenCV BORDER_REFLECT_101), period 2n - 2
+        j = i.remainder(2 * n - 2)
+        return torch.where(j < n, j, 2 * n - 2 - j)
+    raise ValueError(f"mode must be one of {_BORDER_MODES}, got {mode!r}")
+
+
+def pad2d(images: Tensor, pad: tuple[int, int, int, int], *, mode: BorderMode = "nearest") -> Tensor:
+    """Pad the last two dims by ``(top, bottom, left, right)`` with a scipy border mode, any width.
+
+    Shape:
+        (..., H, W) -> (..., H + top + bottom, W + left + right)
+    """
+    top, bottom, left, right = (int(p) for p in pad)
+    if min(top, bottom, left, right) < 0:
+        raise ValueError(f"pad must be non-negative, got {pad}")
+    h, w = images.shape[-2:]
+    rows = _border_index(h, top, bottom, mode, images.device)
+    cols = _border_index(w, left, right, mode, images.device)
+    return images.index_select(-2, rows).index_select(-1, cols)
+
+
+def gaussian_kernel1d(sigma: float, *, truncate: float = 4.0) -> Tensor:
+    """Normalised float64 Gaussian taps of radius ``int(truncate * sigma + 0.5)`` (scipy's rule)."""
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    radius = int(truncate * float(sigma) + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / float(sigma)) ** 2)
+    return k / k.sum()
+
+
+def _filter_matrix(n: int, taps: Tensor, mode: BorderMode, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    # (n, n) matrix of a 1-D correlation with the border folded in: y = M @ x.
+    r = (taps.numel() - 1) // 2
+    src = _border_index(n, r, r, mode, device).unfold(0, taps.numel(), 1)  # (n, taps)
+    m = torch.zeros(n, n, dtype=torch.float64, device=device)
+    rows = torch.arange(n, device=device).view(-1, 1).expand_as(src)
+    m.index_put_((rows, src), taps.to(device).expand_as(src).clone(), accumulate=True)
+    return m.to(dtype)
+
+
+def _separable(images: Tensor, taps_y: Tensor, taps_x: Tensor, mode: BorderMode) -> Tensor:
+    n, c, h, w = images.shape
+    if taps_y.numel() > 2 * h or taps_x.numel() > 2 * w:
+        # Kernels longer than the image (elastic's sigma of 0.7 * side): two small matmuls beat
+        # a convolution over a padded copy many times the image's size.
+        my = _filter_matrix(h, taps_y, mode, dtype=images.dtype, device=images.device)
+        mx = _filter_matrix(w, taps_x, mode, dtype=images.dtype, device=images.device)
+        return my @ images @ mx.T
+    ry, rx = (taps_y.numel() - 1) // 2, (taps_x.numel() - 1) // 2
+    x = pad2d(images.reshape(n * c, 1, h, w), (ry, ry, rx, rx), mode=mode)
+    ky = taps_y.to(device=images.device, dtype=images.dtype).view(1, 1, -1, 1)
+    kx = taps_x.to(device=images.device, dtype=images.dtype).view(1, 1, 1, -1)
+    x = F.conv2d(F.conv2d(x, ky), kx)
+    return x.reshape(n, c, h, w)
+
+
+def gaussian_filter(
+    images: Tensor, sigma: float, *, truncate: float = 4.0, mode: BorderMode = "nearest"
+) -> Tensor:
+    """Gaussian blur of the two spatial dims, equal to ``scipy.ndimage.gaussian_filter``.
+
+    ``skimage.filters.gaussian`` (used by the reference) is this with ``mode="nearest"``,
+    ``truncate=4.0`` and no blur across channels.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H, W)
+    """
+    if sigma <= 0:
+        return images
+    taps = gaussian_kernel1d(sigma, truncate=truncate)
+    return _separable(images, taps, taps, mode)
+
+
+def filter2d(images: Tensor, kernel: Tensor, *, mode: BorderMode = "mirror") -> Tensor:
+    """Correlate each channel with ``kernel`` (as ``cv2.filter2D``; its default border is ``"mirror"``).
+
+    ``kernel`` is (kh, kw) shared by the batch or (N, kh, kw) one per image, odd sizes, centred.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H, W)
+    """
+    n, c, h, w = images.shape
+    if kernel.ndim == 2:
+        kernel = kernel.expand(n, *kernel.shape)
+    if kernel.ndim != 3 or kernel.shape[0] != n or kernel.shape[1] % 2 == 0 or kernel.shape[2] % 2 == 0:
+        raise ValueError(f"kernel must be (kh, kw) or (N, kh, kw) with odd sizes, got {tuple(kernel.shape)}")
+    kh, kw = kernel.shape[1:]
+    x = pad2d(images, (kh // 2, kh // 2, kw // 2, kw // 2), mode=mode)
+    weight = kernel.to(device=images.device, dtype=images.dtype)
+    weight = weight.repeat_interleave(c, dim=0).unsqueeze(1)  # (N*C, 1, kh, kw), one group per plane
+    out = F.conv2d(x.reshape(1, n * c, *x.shape[-2:]), weight, groups=n * c)
+    return out.reshape(n, c, h, w)
+
+
+def linear_resample_matrix(coords: Tensor, size: int) -> Tensor:
+    """(len(coords), size) matrix of linear-interpolation weights at float pixel ``coords``.
+
+    Coordinates are clamped to ``[0, size - 1]`` (edge values), which is all the zooms here need.
+    """
+    coords = coords.clamp(0, size - 1)
+    lo = coords.floor().long().clamp(max=size - 1)
+    hi = (lo + 1).clamp(max=size - 1)
+    frac = coords - lo.to(coords.dtype)
+    m = torch.zeros(coords.numel(), size, dtype=coords.dtype, device=coords.device)
+    rows = torch.arange(coords.numel(), device=coords.device)
+    m.index_put_((rows, lo), 1 - frac, accumulate=True)
+    m.index_put_((rows, hi), frac, accumulate=True)
+    return m
+
+
+def _zoom_coords(n: int, zoom: float, device: torch.device) -> Tensor:
+    # scipy.ndimage.zoom(order=1) of the centre crop, trimmed back to n (the reference's clipped_zoom).
+    crop = math.ceil(n / zoom)
+    top = (n - crop) // 2
+    out = round(crop * zoom)
+    trim = (out - n) // 2
+    step = (crop - 1) / (out - 1) if out > 1 else 0.0
+    o = torch.arange(trim, trim + n, dtype=torch.float64, device=device)
+    return top + o * step
+
+
+def clipped_zoom(images: Tensor, zoom: float) -> Tensor:
+    """Zoom into the centre by ``zoom`` >= 1 keeping the size (reference ``clipped_zoom``, order 1).
+
+    Equals the reference's ``scipy.ndimage.zoom`` of the centre crop up to float rounding; done as
+    two small interpolation matrices, so the whole batch is two matmuls.
+
+    Shape:
+        (..., H, W) -> (..., H, W)
+    """
+    h, w = images.shape[-2:]
+    wy = linear_resample_matrix(_zoom_coords(h, zoom, images.device), h).to(images.dtype)
+    wx = linear_resample_matrix(_zoom_coords(w, zoom, images.device), w).to(images.dtype)
+    return wy @ images @ wx.T
+
+
+# --------------------------------------------------------------------------------------------
+# Colour
+
+
+def rgb_to_gray(images: Tensor) -> Tensor:
+    """ITU-R 601-2 luma (0.299, 0.587, 0.114), as OpenCV/PIL/torchvision; C=1 passes through.
+
+    Shape:
+        (N, C, H, W) -> (N, 1, H, W)
+    """
+    if images.shape[-3] == 1:
+        return images
+    r, g, b = images.unbind(-3)
+    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
+
+
+def with_rgb(images: Tensor, op: Callable[[Tensor], Tensor]) -> Tensor:
+    """Apply an RGB-only ``op``; a grayscale batch goes in as three equal channels, comes out as luma."""
+    if images.shape[-3] == 3:
+        return op(images)
+    return rgb_to_gray(op(images.expand(*images.shape[:-3], 3, *images.shape[-2:])))
+
+
+def rgb_to_hsv(rgb: Tensor) -> Tensor:
+    """RGB in [0, 1] -> HSV with H, S, V in [0, 1] (``skimage.color.rgb2hsv`` conventions).
+
+    Shape:
+        (..., 3, H, W) -> (..., 3, H, W)
+    """
+    r, g, b = rgb.unbind(-3)
+    v, _ = rgb.max(dim=-3)
+    delta = v - rgb.min(dim=-3).values
+    s = torch.where(v > 0, delta / torch.where(v > 0, v, torch.ones_like(v)), torch.zeros_like(v))
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    h = torch.where(
+        r == v, (g - b) / safe, torch.where(g == v, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe)
+    )
+    h = torch.where(delta > 0, (h / 6.0).remainder(1.0), torch.zeros_like(h))
+    return torch.stack((h, s, v), dim=-3)
+
+
+def hsv_to_rgb(hsv: Tensor) -> Tensor:
+    """HSV with components in [0, 1] -> RGB (``skimage.color.hsv2rgb`` conventions).
+
+    Shape:
+        (..., 3, H, W) -> (..., 3, H, W)
+    """
+    h, s, v = hsv.unbind(-3)
+    h6 = h * 6.0
+    i = torch.floor(h6)
+    f = h6 - i
+    i = i.long().remainder(6)
+    p = v * (1 - s)
+    q = v * (1 - s * f)
+    t = v * (1 - s * (1 - f))
+    # Sector table of the standard HSV cone: (r, g, b) for i = 0..5.
+    r = torch.stack((v, q, p, p, t, v), dim=0)
+    g = torch.stack((t, v, v, q, p, p), dim=0)
+    b = torch.stack((p, p, t, v, v, q), dim=0)
+    idx = i.unsqueeze(0)
+    out = [ch.gather(0, idx).squeeze(0) for ch in (r, g, b)]
+    return torch.stack(out, dim=-3)
+
+
+# --------------------------------------------------------------------------------------------
+# Motion blur (ImageMagick's MotionBlurImage, used by motion_blur and snow)
+
+
+def motion_blur_taps(radius: float, sigma: float) -> Tensor:
+    """ImageMagick's one-sided motion-blur weights: ``2 * ceil(radius) + 1`` Gaussian taps from 0.
+
+    Tap ``i`` weighs ``exp(-i^2 / (2 sigma^2))`` (normalised to sum 1) and sits ``i`` pixels along
+    the blur direction.
+    """
+    if not radius > 0 or not sigma > 0:
+        raise ValueError(f"radius and sigma must be > 0, got radius={radius}, sigma={sigma}")
+    width = int(2 * math.ceil(radius) + 1)
+    i = torch.arange(width, dtype=torch.float64)
+    k = torch.exp(-(i**2) / (2.0 * float(sigma) ** 2))
+    return k / k.sum()
+
+
+def motion_blur_offsets(width: int, angles: Tensor) -> tuple[Tensor, Tensor]:
+    """Integer (dx, dy) of taps 0..width-1 for each angle in degrees, ImageMagick's rounding.
+
+    ``dx = ceil(i cos(a) - 1/2)``, ``dy = ceil(i sin(a) - 1/2)`` with x to the right and y down.
+    Shape: angles (N,) -> two (N, width) int64 tensors.
+    """
+    a = torch.deg2rad(angles.double()).unsqueeze(-1)
+    i = torch.arange(width, dtype=torch.float64, device=angles.device)
+    dx = torch.ceil(i * torch.cos(a) - 0.5).long()
+    dy = torch.ceil(i * torch.sin(a) - 0.5).long()
+    return dx, dy
+
+
+def apply_motion_blur(images: Tensor, *, radius: float, sigma: float, angles: Tensor) -> Tensor:
+    """Motion-blur each image along its own angle (degrees), as ImageMagick's ``-motion-blur``.
+
+    ``out(y, x) = sum_i w_i * in(y + dy_i, x + dx_i)`` with edge pixels repeated beyond the border
+    (ImageMagick's default virtual pixels). One gather per tap, so a long blur costs ``width``
+    passes over the batch, not a dense ``(2 width)^2`` convolution.
+
+    Shape:
+        images (N, C, H, W), angles (N,) -> (N, C, H, W)
+    """
+    n, _, h, w = images.shape
+    taps = motion_blur_taps(radius, sigma).to(device=images.device, dtype=images.dtype)
+    dx, dy = motion_blur_offsets(taps.numel(), angles.to(images.device))
+    rows = torch.arange(h, device=images.device)
+    cols = torch.arange(w, device=images.device)
+    batch = torch.arange(n, device=images.device).view(n, 1, 1)
+    planes = images.permute(0, 2, 3, 1)  # (N, H, W, C) so one index pair picks all channels
+    out = torch.zeros_like(planes)
+    for i in range(taps.numel()):
+        r = (rows.view(1, h) + dy[:, i : i + 1]).clamp(0, h - 1).view(n, h, 1)
+        q = (cols.view(1, w) + dx[:, i : i + 1]).clamp(0, w - 1).view(n, 1, w)
+        out = out + taps[i] * planes[batch, r, q]
+    return out.permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,270 @@
+"""Digital corruptions: brightness, contrast, saturate, elastic transform, pixelate, JPEG.
+
+Definitions and tables follow Hendrycks & Dietterich (ICLR 2019), ``make_imagenet_c.py`` (224 px)
+and ``make_cifar_c.py`` (32 px). Size rule (one for the package, see
+:func:`robustmix.corruptions._common.reference_scale`): side <= 32 px uses the CIFAR-10-C table
+as is, larger images the ImageNet-C table with lengths scaled by ``side / 224``.
+Only the elastic transform has lengths (alpha, sigma and the affine jitter, all in pixels; the
+ImageNet-C table keeps its ``244 *`` factors, which the reference notes as harmless). Pixelate's
+factor is a ratio of the side; the others have no spatial parameter.
+
+Grayscale (C = 1): brightness and saturate are defined on HSV, so a grayscale batch is processed as
+the RGB image with three equal channels and converted back with ITU-R 601 luma. For brightness
+this is exactly ``clip(x + c)``; for saturate, grey pixels have zero saturation, so only the
+additive offset of severities 4-5 acts (it tints towards hue 0, which darkens the luma).
+
+Deviations from the reference, and why:
+
+* pixelate: PIL's ``BOX`` resize (down to ``int(side * c)``, back up) is rebuilt as two exact
+  resampling matrices per axis (PIL's own weights), applied in float: the reference rounds to
+  ``uint8`` after each PIL pass. ``F.interpolate(mode="area")`` equals PIL's BOX only when the
+  side is a multiple of the small side, so it is not used; the upsampling half is PIL BOX =
+  nearest-exact.
+* jpeg_compression: libjpeg through ``torchvision.io`` (the codec is per image by nature, so the
+  batch is a list), always on the CPU so every device gives the same bytes; PIL (the reference's
+  encoder, also libjpeg) is the fallback when torchvision lacks the codec.
+* elastic_transform: OpenCV's ``warpAffine`` (bilinear, mirror border) and SciPy's
+  ``map_coordinates`` (order 1, ``reflect``) become two ``grid_sample`` calls with the matching
+  border rules; OpenCV's 1/32-pixel fixed-point interpolation is done in float. Non-square images
+  use (W//2, H//2) as the affine centre.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._common import (
+    SeverityTable,
+    finish,
+    gaussian_filter,
+    hsv_to_rgb,
+    random_uniform,
+    resolve_generator,
+    rgb_to_hsv,
+    to_work,
+    with_rgb,
+)
+
+__all__ = [
+    "TABLES",
+    "box_resize_matrix",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "jpeg_compression",
+    "pixelate",
+    "saturate",
+]
+
+TABLES: dict[str, SeverityTable] = {
+    # added to V in HSV
+    "brightness": SeverityTable(imagenet=(0.1, 0.2, 0.3, 0.4, 0.5), cifar=(0.05, 0.1, 0.15, 0.2, 0.3)),
+    # factor c of (x - mean) * c + mean, per-channel mean
+    "contrast": SeverityTable(imagenet=(0.4, 0.3, 0.2, 0.1, 0.05), cifar=(0.75, 0.5, 0.4, 0.3, 0.15)),
+    # (a, b) of S -> clip(S * a + b)
+    "saturate": SeverityTable(
+        imagenet=((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2)),
+        cifar=((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),
+    ),
+    # (alpha, sigma, affine jitter) in pixels at the reference side (244 * ..., 32 * ...)
+    "elastic_transform": SeverityTable(
+        imagenet=(
+            (244 * 2, 244 * 0.7, 244 * 0.1),
+            (244 * 2, 244 * 0.08, 244 * 0.2),
+            (244 * 0.05, 244 * 0.01, 244 * 0.02),
+            (244 * 0.07, 244 * 0.01, 244 * 0.02),
+            (244 * 0.12, 244 * 0.01, 244 * 0.02),
+        ),
+        cifar=(
+            (32 * 0, 32 * 0, 32 * 0.08),
+            (32 * 0.05, 32 * 0.2, 32 * 0.07),
+            (32 * 0.08, 32 * 0.06, 32 * 0.06),
+            (32 * 0.1, 32 * 0.04, 32 * 0.05),
+            (32 * 0.1, 32 * 0.03, 32 * 0.03),
+        ),
+    ),
+    # side of the small image as a fraction of the side
+    "pixelate": SeverityTable(imagenet=(0.6, 0.5, 0.4, 0.3, 0.25), cifar=(0.95, 0.9, 0.85, 0.75, 0.65)),
+    # JPEG quality
+    "jpeg_compression": SeverityTable(imagenet=(25, 18, 15, 10, 7), cifar=(80, 65, 58, 50, 40)),
+}
+
+
+def brightness(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
+    """Add the tabled amount to V in HSV (clipped to 1). Deterministic.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H, W)
+    """
+    c, _ = TABLES["brightness"].row(images, severity)
+
+    def op(rgb: Tensor) -> Tensor:
+        h, s, v = rgb_to_hsv(rgb).unbind(-3)
+        return hsv_to_rgb(torch.stack((h, s, (v + c).clamp(0, 1)), dim=-3))
+
+    return finish(with_rgb(to_work(images), op), images)
+
+
+def contrast(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
+    """Shrink each channel towards its image mean: ``(x - mean) * c + mean``. Deterministic.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H, W)
+    """
+    c, _ = TABLES["contrast"].row(images, severity)
+    x = to_work(images)
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    return finish((x - mean) * c + mean, images)
+
+
+def saturate(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
+    """Scale and shift S in HSV: ``S -> clip(S * a + b)``. Deterministic.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H, W)
+    """
+    (a, b), _ = TABLES["saturate"].row(images, severity)
+
+    def op(rgb: Tensor) -> Tensor:
+        h, s, v = rgb_to_hsv(rgb).unbind(-3)
+        return hsv_to_rgb(torch.stack((h, (s * a + b).clamp(0, 1), v), dim=-3))
+
+    return finish(with_rgb(to_work(images), op), images)
+
+
+def _pixel_grid(x: Tensor, y: Tensor, h: int, w: int, *, align_corners: bool) -> Tensor:
+    # Pixel coordinates -> grid_sample's [-1, 1] coordinates.
+    if align_corners:
+        gx, gy = 2 * x / max(w - 1, 1) - 1, 2 * y / max(h - 1, 1) - 1
+    else:
+        gx, gy = (2 * x + 1) / w - 1, (2 * y + 1) / h - 1
+    return torch.stack((gx, gy), dim=-1)
+
+
+def elastic_transform(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
+    """Random affine warp, then a smooth random displacement field (elastic deformation).
+
+    The affine map moves three reference points by uniform jitter in ``[-j, j]``; the displacement
+    is uniform noise in [-1, 1] smoothed by a Gaussian of sigma ``s`` (truncate 3) times ``alpha``.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H, W)
+    """
+    (alpha, sigma, jitter), scale = TABLES["elastic_transform"].row(images, severity)
+    alpha, sigma, jitter = alpha * scale, sigma * scale, jitter * scale
+    gen = resolve_generator(generator)
+    x = to_work(images)
+    n, _, h, w = x.shape
+    grid_dtype = torch.float32 if x.dtype != torch.float64 else torch.float64
+
+    # Affine: three points around the centre, each jittered; sample at M^-1 (as cv2.warpAffine).
+    cx, cy, sq = w // 2, h // 2, min(h, w) // 3
+    src = torch.tensor(
+        [[cx + sq, cy + sq], [cx + sq, cy - sq], [cx - sq, cy - sq]], dtype=torch.float64, device=x.device
+    )
+    moved = src + random_uniform((n, 3, 2), gen, like=x, low=-jitter, high=jitter).double()
+    ones = torch.ones(n, 3, 1, dtype=torch.float64, device=x.device)
+    inverse = torch.linalg.solve(torch.cat((moved, ones), dim=-1), src.expand(n, 3, 2))  # (N, 3, 2)
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64, device=x.device),
+        torch.arange(w, dtype=torch.float64, device=x.device),
+        indexing="ij",
+    )
+    homog = torch.stack((xs, ys, torch.ones_like(xs)), dim=-1).view(1, h * w, 3)
+    sample = (homog @ inverse).view(n, h, w, 2)
+    grid = _pixel_grid(sample[..., 0], sample[..., 1], h, w, align_corners=True).to(grid_dtype)
+    warped = F.grid_sample(
+        x.to(grid_dtype), grid, mode="bilinear", padding_mode="reflection", align_corners=True
+    )
+
+    # Elastic: smoothed uniform displacement, sampled with SciPy's half-sample "reflect" border.
+    noise = random_uniform((n, 2, h, w), gen, like=x, low=-1.0, high=1.0).to(grid_dtype)
+    disp = gaussian_filter(noise, sigma, truncate=3.0, mode="reflect") * alpha  # sigma 0: no smoothing
+    px = xs.to(grid_dtype) + disp[:, 0]
+    py = ys.to(grid_dtype) + disp[:, 1]
+    grid = _pixel_grid(px, py, h, w, align_corners=False)
+    out = F.grid_sample(warped, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return finish(out.to(x.dtype), images)
+
+
+def box_resize_matrix(in_size: int, out_size: int, *, dtype: torch.dtype = torch.float64) -> Tensor:
+    """(out_size, in_size) weights of PIL's ``Image.resize(..., BOX)`` along one axis.
+
+    PIL's rule: output pixel ``o`` has centre ``c = (o + 1/2) * in/out`` and averages the input
+    pixels ``i`` with ``-1/2 < (i + 1/2 - c) / max(in/out, 1) <= 1/2`` (for upsampling: the pixel
+    under ``c``, i.e. nearest-exact).
+    """
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 0.5 * filterscale
+    centre = (torch.arange(out_size, dtype=torch.float64) + 0.5) * scale
+    lo = (centre - support + 0.5).floor().clamp(min=0).view(-1, 1)
+    hi = (centre + support + 0.5).floor().clamp(max=in_size).view(-1, 1)
+    i = torch.arange(in_size, dtype=torch.float64).view(1, -1)
+    t = (i - centre.view(-1, 1) + 0.5) / filterscale
+    m = ((t > -0.5) & (t <= 0.5) & (i >= lo) & (i < hi)).double()
+    return (m / m.sum(dim=1, keepdim=True).clamp(min=1)).to(dtype)
+
+
+def pixelate(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
+    """Box-downsample to ``int(side * c)`` and upsample back (PIL ``BOX`` both ways). Deterministic.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H, W)
+    """
+    c, _ = TABLES["pixelate"].row(images, severity)
+    x = to_work(images)
+    h, w = x.shape[-2:]
+    sh, sw = max(1, int(h * c)), max(1, int(w * c))
+    wy = box_resize_matrix(sh, h) @ box_resize_matrix(h, sh)
+    wx = box_resize_matrix(sw, w) @ box_resize_matrix(w, sw)
+    out = wy.to(device=x.device, dtype=x.dtype) @ x @ wx.to(device=x.device, dtype=x.dtype).T
+    return finish(out, images)
+
+
+def _jpeg_roundtrip(batch: Tensor, quality: int) -> Tensor:
+    # batch: uint8 (N, C, H, W) on the CPU. One encode/decode per image: the codec has no batch.
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+    except ImportError:  # pragma: no cover - torchvision without its codec
+        return _jpeg_roundtrip_pil(batch, quality)
+    mode = ImageReadMode.GRAY if batch.shape[1] == 1 else ImageReadMode.RGB
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its codec in favour of torchcodec; it is still libjpeg.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        encoded = encode_jpeg(list(batch), quality=quality)
+        decoded = decode_jpeg(encoded, mode=mode)
+    return torch.stack(decoded)
+
+
+def _jpeg_roundtrip_pil(batch: Tensor, quality: int) -> Tensor:  # pragma: no cover - fallback
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    for img in batch:
+        arr = img.permute(1, 2, 0).numpy()
+        pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+        buf = io.BytesIO()
+        pil.save(buf, "JPEG", quality=quality)
+        dec = np.asarray(Image.open(buf)).reshape(arr.shape)
+        out.append(torch.from_numpy(dec.copy()).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+def jpeg_compression(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
+    """Encode as JPEG at the tabled quality and decode (8-bit, as the reference). Deterministic.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H, W)
+    """
+    quality, _ = TABLES["jpeg_compression"].row(images, severity)
+    x = to_work(images)
+    as_uint8 = (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    out = _jpeg_roundtrip(as_uint8, int(quality)).to(device=x.device, dtype=x.dtype) / 255
+    return finish(out, images)

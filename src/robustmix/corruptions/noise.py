@@ -1,0 +1,98 @@
+"""Noise corruptions: gaussian, shot (Poisson), impulse (salt and pepper) and speckle noise.
+
+Definitions and tables are those of Hendrycks & Dietterich (ICLR 2019), ``make_imagenet_c.py``
+(224 px) and ``make_cifar_c.py`` (32 px); images of side <= 32 px use the CIFAR-10-C table (see
+:func:`robustmix.corruptions._common.reference_scale`). Noise has no spatial parameter, so nothing
+is scaled. Every element (pixel and channel) gets its own draw, as in the reference.
+
+Deviations: none in the definitions; draws come from ``torch`` generators instead of NumPy's global
+RNG, so the individual noise samples differ from the released datasets while their distribution is
+the same.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import (
+    SeverityTable,
+    finish,
+    random_normal,
+    random_poisson,
+    random_uniform,
+    resolve_generator,
+    to_work,
+)
+
+__all__ = ["TABLES", "gaussian_noise", "impulse_noise", "shot_noise", "speckle_noise"]
+
+TABLES: dict[str, SeverityTable] = {
+    # standard deviation of the additive noise
+    "gaussian_noise": SeverityTable(
+        imagenet=(0.08, 0.12, 0.18, 0.26, 0.38), cifar=(0.04, 0.06, 0.08, 0.09, 0.10)
+    ),
+    # photons per unit intensity: x -> Poisson(c x) / c
+    "shot_noise": SeverityTable(imagenet=(60, 25, 12, 5, 3), cifar=(500, 250, 100, 75, 50)),
+    # fraction of elements replaced by 0 or 1 (half each)
+    "impulse_noise": SeverityTable(
+        imagenet=(0.03, 0.06, 0.09, 0.17, 0.27), cifar=(0.01, 0.02, 0.03, 0.05, 0.07)
+    ),
+    # standard deviation of the multiplicative noise
+    "speckle_noise": SeverityTable(
+        imagenet=(0.15, 0.2, 0.35, 0.45, 0.6), cifar=(0.06, 0.1, 0.12, 0.16, 0.2)
+    ),
+}
+
+
+def gaussian_noise(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
+    """Add zero-mean Gaussian noise with the tabled standard deviation, then clip.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H, W)
+    """
+    std, _ = TABLES["gaussian_noise"].row(images, severity)
+    x = to_work(images)
+    noise = random_normal(x.shape, resolve_generator(generator), like=x, std=std)
+    return finish(x + noise.to(x.dtype), images)
+
+
+def shot_noise(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
+    """Poisson (photon) noise: ``Poisson(c x) / c`` with the tabled ``c``, then clip.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H, W)
+    """
+    c, _ = TABLES["shot_noise"].row(images, severity)
+    x = to_work(images)
+    counts = random_poisson(x.float().clamp_min(0) * c, resolve_generator(generator))
+    return finish((counts / c).to(x.dtype), images)
+
+
+def impulse_noise(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
+    """Salt-and-pepper noise: each element is set to 0 or 1 (equally likely) with the tabled rate.
+
+    This is ``skimage.util.random_noise(mode="s&p", amount=c)`` as used by the reference.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H, W)
+    """
+    amount, _ = TABLES["impulse_noise"].row(images, severity)
+    x = to_work(images)
+    gen = resolve_generator(generator)
+    flipped = random_uniform(x.shape, gen, like=x) < amount
+    salt = random_uniform(x.shape, gen, like=x) < 0.5
+    out = torch.where(flipped, salt.to(x.dtype), x)
+    return finish(out, images)
+
+
+def speckle_noise(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
+    """Multiplicative Gaussian noise ``x + x * N(0, c^2)`` with the tabled ``c``, then clip.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H, W)
+    """
+    std, _ = TABLES["speckle_noise"].row(images, severity)
+    x = to_work(images)
+    noise = random_normal(x.shape, resolve_generator(generator), like=x, std=std)
+    return finish(x + x * noise.to(x.dtype), images)
