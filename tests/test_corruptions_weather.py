@@ -209,7 +209,9 @@ def test_severity_monotone(name: str, side: int) -> None:
     quantity the tables increase, so it is asserted per step; mean |diff| only on the trend.
     """
     x = _natural(8, side)
-    outs = [FUNCS[name](x, s, _gen(100 + s)) for s in range(1, 6)]
+    # Frost draws only which window of its photo bank each image gets: the same draws at every
+    # severity isolate the table's effect from the windows' own variety.
+    outs = [FUNCS[name](x, s, _gen(100 if name == "frost" else 100 + s)) for s in range(1, 6)]
     dec = [_decorrelation(x, y) for y in outs]
     assert all(b > a for a, b in itertools.pairwise(dec)), dec
     diff = [float((y - x).abs().mean()) for y in outs]

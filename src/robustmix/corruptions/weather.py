@@ -19,9 +19,10 @@ Deviations from the reference, and why:
 
 * Frost: the six frost photographs of the reference cannot be shipped, so the frost layer is a
   procedural texture (:func:`._textures.frost_texture`: cloudy ice film plus 60-degree crystal
-  needles, pale blue, mean ~0.45). The blend ``clip(a * x + b * frost)`` and its table are exact.
-  For CIFAR-10-C the reference shrinks the photos by 0.2 before cropping 32 px, so the texture is
-  rendered on 160 px and resized.
+  needles, pale blue, mean ~0.45). Like the reference's six photos, a bank of six 320 px
+  textures is rendered once (fixed seed) and each image gets a random window of a random one.
+  The blend ``clip(a * x + b * frost)`` and its table are exact. For CIFAR-10-C the reference
+  shrinks the photos by 0.2 before cropping 32 px; the bank is shrunk the same way.
 * Snow: ImageMagick's motion blur (called through Wand) is rebuilt in torch with ImageMagick's
   own kernel (one-sided Gaussian taps, rounded integer offsets, edge pixels); the 8-bit
   quantisation around it (PNG round trip) is kept.
@@ -35,6 +36,7 @@ Deviations from the reference, and why:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -49,6 +51,7 @@ from ._common import (
     filter2d,
     finish,
     gaussian_filter,
+    random_integers,
     random_normal,
     random_uniform,
     resolve_generator,
@@ -170,11 +173,51 @@ def snow(images: Tensor, severity: int, generator: torch.Generator | None = None
 # Frost
 
 
-def frost(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
-    """Frost on a window: ``clip(a * x + b * frost)`` with a synthetic frost texture.
+FROST_BANK_SIZE = 6
+"""Number of frost 'photos' (the reference ships six), rendered once per process."""
+FROST_PHOTO_SIDE = 320
+"""Side of each synthetic photo in photo pixels (larger than the 224 px crops, as the photos are)."""
+FROST_BANK_SEED = 20190401
 
-    The reference crops a random window of one of its frost photos; here a procedural texture
-    is rendered in photo pixels (see the module deviations) and resized to the image.
+
+@functools.lru_cache(maxsize=4)
+def _frost_bank(device: torch.device) -> Tensor:
+    """The synthetic frost 'photographs', (6, 3, S, S), rendered once from a fixed seed.
+
+    Rendering a texture costs far more than corrupting an image, so, as the reference does with
+    its six photos, every call crops random windows of this fixed bank instead of rendering.
+    """
+    g = torch.Generator().manual_seed(FROST_BANK_SEED)
+    like = torch.zeros(1, device=device)
+    return frost_texture(FROST_BANK_SIZE, FROST_PHOTO_SIDE, FROST_PHOTO_SIDE, generator=g, like=like)
+
+
+def _frost_crops(n: int, which: str, rh: int, rw: int, generator: torch.Generator, like: Tensor) -> Tensor:
+    """Random (photo, window) crops of the bank at the reference scale, as ``make_*_c.py`` does."""
+    bank = _frost_bank(like.device)
+    zoom = FROST_PHOTO_ZOOM[which]
+    if zoom != 1.0:  # make_cifar_c.py shrinks the photos before cropping
+        side = max(rh, rw, round(FROST_PHOTO_SIDE * zoom))
+        bank = F.interpolate(bank, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+    if bank.shape[-2] < rh or bank.shape[-1] < rw:  # images larger than the photos: upscale
+        scale = max(rh / bank.shape[-2], rw / bank.shape[-1])
+        size = (math.ceil(bank.shape[-2] * scale), math.ceil(bank.shape[-1] * scale))
+        bank = F.interpolate(bank, size=size, mode="bilinear", align_corners=False)
+    which_photo = random_integers(0, bank.shape[0], (n,), generator, like=like)
+    top = random_integers(0, bank.shape[-2] - rh + 1, (n,), generator, like=like)
+    left = random_integers(0, bank.shape[-1] - rw + 1, (n,), generator, like=like)
+    rows = (top.view(n, 1) + torch.arange(rh, device=like.device)).view(n, 1, rh, 1)
+    cols = (left.view(n, 1) + torch.arange(rw, device=like.device)).view(n, 1, 1, rw)
+    channels = torch.arange(3, device=like.device).view(1, 3, 1, 1)
+    return bank[which_photo.view(n, 1, 1, 1), channels, rows, cols]
+
+
+def frost(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
+    """Frost on a window: ``clip(a * x + b * frost)`` with a window of a synthetic frost photo.
+
+    As the reference picks one of its frost photos and crops a random window, this picks one of
+    a fixed bank of synthetic photos (see the module deviations) and crops a random window at
+    the reference scale, then resizes it to the image.
 
     Shape:
         (N, C, H, W) -> (N, C, H, W)
@@ -183,10 +226,7 @@ def frost(images: Tensor, severity: int, generator: torch.Generator | None = Non
     generator = resolve_generator(generator)
     x = to_work(images)
     which, rh, rw = _reference_shape(x)
-    zoom = FROST_PHOTO_ZOOM[which]
-    texture = frost_texture(
-        x.shape[0], round(rh / zoom), round(rw / zoom), generator=generator, like=x
-    )
+    texture = _frost_crops(x.shape[0], which, rh, rw, generator, x)
     texture = _resize(texture, tuple(x.shape[-2:])).clamp(0.0, 1.0).to(x.dtype)
     return finish(with_rgb(x, lambda rgb: a * rgb + b * texture), images)
 
