@@ -1,0 +1,234 @@
+"""How fast are the 19 corruptions? Images/s of ``robustmix.corruptions`` vs ``imagecorruptions``.
+
+The reference is the ``imagecorruptions`` package (the ImageNet-C code as a library), called per
+image through its public API ``imagecorruptions.corrupt(uint8 HWC, corruption_name=, severity=)``,
+as a user corrupting a test set would. Ours is called on a float (N, 3, S, S) batch. Neither side
+is charged for converting between uint8 HWC and float NCHW. Both use severity 3 on the same
+smooth synthetic images (a smooth random field, so JPEG and blurs see natural-like content).
+
+``imagecorruptions`` 1.1.2 does not import or run as published on numpy 2 / scikit-image >= 0.19 /
+setuptools without ``pkg_resources``; :func:`load_imagecorruptions` patches, inside this process
+only: a stand-in ``pkg_resources.resource_filename`` (frost texture paths), ``gaussian(...,
+multichannel=)`` -> ``channel_axis`` (gaussian blur, glass blur, spatter, elastic) and ``np.float_``
+(fog). A corruption that still fails is recorded as unavailable with the error.
+
+Note for 32 px: ``imagecorruptions`` applies the ImageNet-C parameters at every size, while ours
+uses the CIFAR-10-C table at <= 32 px, so the 32 px rows compare the two suites as a user gets
+them, not identical work.
+
+Run: ``python benchmarks/corruptions.py [--device cuda] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+import types
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import _harness as H
+from robustmix.corruptions import ALL_CORRUPTIONS, corrupt
+
+SEVERITY = 3
+# (image size, our batch) per device; the reference goes image by image.
+FULL_CASES = {"cpu": ((224, 8), (32, 32)), "cuda": ((224, 64), (32, 256))}
+QUICK_CASES = ((64, 2), (32, 4))
+CASE_BUDGET_S = 4.0
+
+
+def smooth_images(n: int, size: int, *, seed: int = 0) -> Tensor:
+    """Deterministic smooth colour images in [0, 1], (n, 3, size, size), float32."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(n, 3, max(2, size // 8), max(2, size // 8), generator=g)
+    field = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    fine = 0.05 * torch.randn(n, 3, size, size, generator=g)
+    return torch.sigmoid(field + fine)
+
+
+def to_uint8_hwc(images: Tensor) -> list[np.ndarray]:
+    return list((images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy())
+
+
+# --------------------------------------------------------------------------------------------
+# The reference and its compatibility shim
+
+
+class _NumpyCompat(types.ModuleType):
+    """numpy with the aliases removed in numpy 2 that imagecorruptions still uses (``np.float_``)."""
+
+    def __init__(self) -> None:
+        super().__init__("numpy")
+        self.float_ = np.float64
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+
+def _gaussian_compat(gaussian: Any) -> Any:
+    def patched(image: Any, *args: Any, multichannel: bool | None = None, **kwargs: Any) -> Any:
+        # scikit-image 0.19 renamed multichannel=True to channel_axis=-1 (and later removed it).
+        if multichannel is not None and "channel_axis" not in kwargs:
+            kwargs["channel_axis"] = -1 if multichannel else None
+        return gaussian(image, *args, **kwargs)
+
+    return patched
+
+
+def load_imagecorruptions() -> tuple[Any, dict[str, str]]:
+    """Import ``imagecorruptions`` with the shims above; returns the module and the list of shims.
+
+    Raises ImportError (with the missing piece named) when it cannot be imported at all.
+    """
+    spec = importlib.util.find_spec("imagecorruptions")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("imagecorruptions is not installed (pip install --no-deps imagecorruptions)")
+    root = spec.submodule_search_locations[0]
+    shims: dict[str, str] = {}
+    stub_added = False
+    if importlib.util.find_spec("pkg_resources") is None:
+        stub = types.ModuleType("pkg_resources")
+        stub.resource_filename = lambda package, relative: os.path.join(root, relative)  # type: ignore[attr-defined]
+        sys.modules["pkg_resources"] = stub
+        stub_added = True
+        shims["pkg_resources"] = "stand-in resource_filename (setuptools no longer ships pkg_resources)"
+    try:
+        ic = importlib.import_module("imagecorruptions")
+    finally:
+        if stub_added:
+            sys.modules.pop("pkg_resources", None)
+    module = importlib.import_module("imagecorruptions.corruptions")
+    module.gaussian = _gaussian_compat(module.gaussian)
+    shims["skimage.filters.gaussian"] = "multichannel= mapped to channel_axis= (removed in scikit-image >= 0.19)"
+    if not hasattr(np, "float_"):
+        module.np = _NumpyCompat()
+        shims["np.float_"] = "alias of np.float64 inside imagecorruptions (removed in numpy 2)"
+    return ic, shims
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Measurement
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def bench_size(
+    size: int, batch: int, device: torch.device, repeats: int, warmup: int, reference: Any | None
+) -> list[dict[str, Any]]:
+    images = smooth_images(batch, size)
+    x = images.to(device)
+    hwc = to_uint8_hwc(images)
+    rows = []
+    for name in ALL_CORRUPTIONS:
+        row: dict[str, Any] = {"corruption": name, "image_size": size, "batch": batch, "severity": SEVERITY}
+        g = torch.Generator(device=device).manual_seed(0)
+        try:
+            timing = H.measure(lambda name=name, g=g: corrupt(x, name, SEVERITY, generator=g), device=device,
+                               warmup=warmup, repeats=repeats, max_time_s=CASE_BUDGET_S, min_repeats=2)
+            row["ours"] = {"timing": timing.to_dict(), "images_per_s": batch / timing.median_s}
+        except Exception as exc:  # a broken corruption is a result to report, not a crash
+            row["ours"] = {"unavailable": _error(exc)}
+        if reference is None:
+            row["reference"] = {"unavailable": "imagecorruptions not importable"}
+        else:
+            cycle = iter(range(10**9))
+            try:
+                timing = H.measure(
+                    lambda img, name=name: reference.corrupt(img, corruption_name=name, severity=SEVERITY),
+                    setup=lambda cycle=cycle: hwc[next(cycle) % len(hwc)],
+                    warmup=warmup, repeats=max(repeats, 2 * batch), max_time_s=CASE_BUDGET_S, min_repeats=2,
+                )
+                row["reference"] = {"timing": timing.to_dict(), "images_per_s": 1.0 / timing.median_s}
+            except Exception as exc:
+                row["reference"] = {"unavailable": _error(exc)}
+        if "images_per_s" in row["ours"] and "images_per_s" in row["reference"]:
+            row["speedup"] = row["ours"]["images_per_s"] / row["reference"]["images_per_s"]
+        ours_s = f"{row['ours']['images_per_s']:10.1f}" if "images_per_s" in row["ours"] else "       n/a"
+        ref_s = f"{row['reference']['images_per_s']:10.1f}" if "images_per_s" in row["reference"] else "       n/a"
+        speed = f"{row['speedup']:8.2f}x" if "speedup" in row else ""
+        print(f"  {size:>3}px {name:<18} ours {ours_s} img/s  ref {ref_s} img/s {speed}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Geometric-mean speedup over the corruptions both sides ran, per image size."""
+    out: dict[str, Any] = {}
+    for size in sorted({r["image_size"] for r in rows}, reverse=True):
+        both = [r for r in rows if r["image_size"] == size and "speedup" in r]
+        entry: dict[str, Any] = {"compared": len(both)}
+        if both:
+            entry["geomean_speedup"] = H.geometric_mean([r["speedup"] for r in both])
+            slowest = min(both, key=lambda r: r["speedup"])
+            entry["min_speedup"] = {"corruption": slowest["corruption"], "speedup": slowest["speedup"]}
+            entry["slower_than_reference"] = [r["corruption"] for r in both if r["speedup"] < 1.0]
+        out[str(size)] = entry
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = H.add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), repeats=5)
+    args = parser.parse_args(argv)
+    device = H.resolve_device(args.device)
+    H.apply_threads(args.threads)
+    cases = QUICK_CASES if args.quick else FULL_CASES[device.type]
+    repeats = 1 if args.quick else args.repeats
+    try:
+        reference, shims = load_imagecorruptions()
+        ref_error = None
+    except ImportError as exc:
+        reference, shims, ref_error = None, {}, _error(exc)
+        print(f"reference unavailable: {ref_error}", file=sys.stderr)
+    try:
+        import cv2
+
+        cv2_threads = cv2.getNumThreads()
+    except ImportError:
+        cv2_threads = None
+
+    rows = []
+    for size, batch in cases:
+        rows += bench_size(size, batch, device, repeats, 1, reference)
+    summary = summarize(rows)
+    for size, entry in summary.items():
+        if "geomean_speedup" in entry:
+            print(f"  {size}px: geometric-mean speedup {entry['geomean_speedup']:.2f}x over {entry['compared']}"
+                  f" corruptions; slowest {entry['min_speedup']}")
+    versions = {d: _version(d) for d in ("imagecorruptions", "scikit-image", "opencv-python-headless", "scipy", "Pillow")}
+    result = {
+        "benchmark": "corruptions",
+        "quick": args.quick,
+        "meta": H.collect_metadata(device, extra={"peer_versions": versions, "cv2_threads": cv2_threads}),
+        "config": {"severity": SEVERITY, "repeats": repeats, "warmup": 1, "case_budget_s": CASE_BUDGET_S,
+                   "images": "smooth random field (bicubic-upsampled noise), seed 0",
+                   "reference_call": "imagecorruptions.corrupt(uint8 HWC, corruption_name=, severity=) per image",
+                   "ours_call": "robustmix.corruptions.corrupt(float NCHW batch, name, severity, generator=)"},
+        "reference_shims": shims,
+        "reference_error": ref_error,
+        "rows": rows,
+        "summary": summary,
+    }
+    out = args.out or H.default_out_path("corruptions", device, quick=args.quick)
+    print(f"wrote {H.write_result(out, result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

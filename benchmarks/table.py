@@ -1,0 +1,166 @@
+"""Render the markdown result tables of ``benchmarks/README.md`` from ``benchmarks/results/*.json``.
+
+``python benchmarks/table.py`` prints them; ``--write-readme`` replaces the part of README.md
+between the ``results:begin`` / ``results:end`` markers (atomically), so every number in the
+README comes from a result file. Smoke results (``"quick": true``) are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from robustmix._io import atomic_write
+
+HERE = Path(__file__).resolve().parent
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _meta_line(meta: dict[str, Any]) -> str:
+    commit = (meta.get("commit") or "unknown")[:10]
+    return (f"{meta.get('device_name')}; torch {meta.get('torch')}, numpy {meta.get('numpy')}, "
+            f"python {meta.get('python')}; {meta.get('torch_threads')} torch threads; commit `{commit}`; "
+            f"{meta.get('date')}")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def render_mixing(res: dict[str, Any]) -> list[str]:
+    out = [f"### Mixing ({res['meta']['device']})", "", _meta_line(res["meta"]), ""]
+    out += ["GEMM rate of the op's largest product shape (the floor's denominator):", ""]
+    out += _table(["batch", "GEMM", "dtype", "median ms", "GFLOP/s"], [
+        ["x".join(map(str, g["shape"])), g["gemm"], g["dtype"], _f(g["timing"]["median_ms"]), _f(g["gflops_per_s"], 1)]
+        for g in res["gemm"]
+    ])
+    out += ["", "Time per call; `÷ peer` is our time over the peer's (below 1 = faster), "
+            "`torch-dct ×` how many times faster than the torch-dct implementation, `÷ floor` our time over "
+            "the matrix-product floor.", ""]
+    rows = []
+    for c in res["cases"]:
+        vs = c.get("time_over_peer", {})
+        dct = vs.get("torch-dct")
+        rows.append([
+            "x".join(map(str, c["shape"])), c["dtype"], c["method"], _f(c["timing"]["median_ms"]),
+            _f(c["timing"]["iqr_ms"]), str(c["timing"]["repeats"]),
+            _f(vs.get("timm Mixup")) if vs else "", _f(vs.get("torchvision v2.MixUp")) if vs else "",
+            (_f(1 / dct, 1) if dct else "n/a") if vs else "",
+            _f(c["floor"]["time_over_floor"]) if "floor" in c else "",
+        ])
+    out += _table(["batch", "dtype", "method", "median ms", "IQR ms", "n", "÷ timm", "÷ v2.MixUp",
+                   "torch-dct ×", "÷ floor"], rows)
+    for chk in res.get("checks_vs_torch_dct", []):
+        out.append("")
+        out.append(f"Check vs torch-dct at {'x'.join(map(str, chk['shape']))} (8 samples): max |Δ| images "
+                   f"{chk['max_abs_diff_images']:.2e}, targets {chk['max_abs_diff_targets']:.2e}.")
+    for name, why in res.get("unavailable", {}).items():
+        out.append(f"\nUnavailable peer {name}: {why}")
+    return out
+
+
+def render_train_step(res: dict[str, Any]) -> list[str]:
+    out = [f"### Training step, ResNet-18 ({res['meta']['device']})", "", _meta_line(res["meta"]), ""]
+    rows = []
+    for case in res["cases"]:
+        for r in case["rows"]:
+            extra = _f(r["overhead_pct"]) + " %" if "overhead_pct" in r else (
+                f"({_f(r['share_of_step_pct'])} % of a step)" if "share_of_step_pct" in r else "")
+            rows.append([f"{case['image_size']}²", str(case["batch"]), r["case"], _f(r["timing"]["median_ms"]),
+                         _f(r["timing"]["iqr_ms"]), str(r["timing"]["repeats"]), extra])
+    return out + _table(["image", "batch", "case", "median ms", "IQR ms", "n", "overhead vs no mixing"], rows)
+
+
+def render_corruptions(res: dict[str, Any]) -> list[str]:
+    out = [f"### Corruptions, severity {res['config']['severity']} ({res['meta']['device']})", "",
+           _meta_line(res["meta"]), ""]
+    sizes = sorted({r["image_size"] for r in res["rows"]}, reverse=True)
+    by = {(r["corruption"], r["image_size"]): r for r in res["rows"]}
+    names = list(dict.fromkeys(r["corruption"] for r in res["rows"]))
+    header = ["corruption"]
+    for s in sizes:
+        header += [f"{s}px ours img/s", f"{s}px ref img/s", f"{s}px ×"]
+    rows = []
+    for name in names:
+        row = [name]
+        for s in sizes:
+            r = by.get((name, s), {})
+            row += [_f(r.get("ours", {}).get("images_per_s"), 1), _f(r.get("reference", {}).get("images_per_s"), 1),
+                    _f(r.get("speedup"))]
+        rows.append(row)
+    geo = ["**geometric mean**"]
+    for s in sizes:
+        entry = res["summary"].get(str(s), {})
+        geo += ["", "", f"**{_f(entry.get('geomean_speedup'))}**"]
+    out += _table(header, [*rows, geo])
+    for s in sizes:
+        entry = res["summary"].get(str(s), {})
+        if entry.get("slower_than_reference"):
+            out.append(f"\n{s}px: slower than the reference: {', '.join(entry['slower_than_reference'])}.")
+    for r in res["rows"]:
+        for side in ("ours", "reference"):
+            if "unavailable" in r.get(side, {}):
+                out.append(f"\n{r['image_size']}px {r['corruption']} ({side}) unavailable: {r[side]['unavailable']}")
+    return out
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "mixing": render_mixing, "train_step": render_train_step, "corruptions": render_corruptions,
+}
+
+
+def render(results_dir: Path, *, include_quick: bool = False) -> str:
+    """All result tables, in a fixed order (script, then device)."""
+    loaded = []
+    for path in sorted(results_dir.glob("*.json")):
+        with open(path, encoding="utf-8") as f:
+            res = json.load(f)
+        if (res.get("quick") and not include_quick) or res.get("benchmark") not in RENDERERS:
+            continue
+        loaded.append(res)
+    if not loaded:
+        return "_No results yet: run the scripts above, then `python benchmarks/table.py --write-readme`._"
+    order = list(RENDERERS)
+    loaded.sort(key=lambda r: (order.index(r["benchmark"]), r["meta"]["device"]))
+    blocks = ["\n".join(RENDERERS[r["benchmark"]](r)) for r in loaded]
+    return "\n\n".join(blocks)
+
+
+def replace_section(text: str, body: str) -> str:
+    """``text`` with the part between the markers replaced by ``body``."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"readme must contain {BEGIN} followed by {END}")
+    return text[: start + len(BEGIN)] + "\n" + body + "\n" + text[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=HERE / "results", help="folder of result JSON files")
+    parser.add_argument("--readme", type=Path, default=HERE / "README.md", help="README to update")
+    parser.add_argument("--write-readme", action="store_true", help="replace the README's results section")
+    parser.add_argument("--include-quick", action="store_true", help="also render smoke (--quick) results")
+    args = parser.parse_args(argv)
+    body = render(args.results, include_quick=args.include_quick)
+    if not args.write_readme:
+        sys.stdout.write(body + "\n")
+        return 0
+    text = replace_section(args.readme.read_text(encoding="utf-8"), body)
+    mode = args.readme.stat().st_mode & 0o777
+    atomic_write(args.readme, lambda f: f.write(text.encode()))
+    args.readme.chmod(mode)  # the temp file behind the atomic write is created 0600
+    print(f"updated {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

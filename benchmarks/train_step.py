@@ -1,0 +1,114 @@
+"""What does a mixer add to a training step? ResNet-18: no mixing vs MixUp vs RobustMix.
+
+One step is: mix the batch (if any), forward, soft-target cross entropy, backward, SGD step
+(momentum 0.9), exactly as the trainer does it. The variants are timed round-robin
+(:func:`_harness.measure_interleaved`) so machine drift hits them alike; the overhead of a mixer is
+``median(step with mixer) / median(step without) - 1``. The mixer alone on the same batch is timed
+in the same rounds for reference.
+
+Mixers are the library's ``MixUp(alpha=1)`` and ``RobustMix(alpha=1, tau=0)`` (cutoff ~ U[0, 1]
+per call, batch energy), i.e. the training defaults.
+
+Run: ``python benchmarks/train_step.py [--device cuda] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+import _harness as H
+from robustmix import MixUp, RobustMix
+
+# (image size, batch) per device; CPU batches are small so a full run fits in a few minutes.
+FULL_CASES = {"cpu": ((224, 16), (32, 128)), "cuda": ((224, 128), (32, 512))}
+QUICK_CASES = ((64, 4), (32, 8))
+NUM_CLASSES = 10
+
+
+def soft_cross_entropy(logits: Tensor, soft_targets: Tensor) -> Tensor:
+    return torch.sum(-soft_targets * logits.log_softmax(-1), dim=-1).mean()
+
+
+def make_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    targets: Tensor,
+    mixer: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None,
+) -> Callable[[], None]:
+    """A closure doing one full training step on the fixed batch."""
+    one_hot = nn.functional.one_hot(targets, NUM_CLASSES).float()
+
+    def step() -> None:
+        if mixer is None:
+            x, soft = images, one_hot
+        else:
+            x, soft = mixer(images, targets)
+        loss = soft_cross_entropy(model(x), soft)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def bench_case(size: int, batch: int, device: torch.device, repeats: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, size, size, generator=g).to(device)
+    targets = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(device)
+    model = torchvision.models.resnet18(num_classes=NUM_CLASSES).to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    mixers = {"none": None, "mixup": MixUp(NUM_CLASSES, seed=0), "robustmix": RobustMix(NUM_CLASSES, seed=0)}
+    cases: dict[str, Callable[[], Any]] = {
+        f"step {name}": make_step(model, optimizer, images, targets, mixer) for name, mixer in mixers.items()
+    }
+    for name, mixer in mixers.items():
+        if mixer is not None:
+            cases[f"mixer {name}"] = lambda mixer=mixer: mixer(images, targets)
+    timings = H.measure_interleaved(cases, device=device, warmup=2, repeats=repeats)
+    base = timings["step none"].median_s
+    rows = []
+    for name, timing in timings.items():
+        row: dict[str, Any] = {"case": name, "timing": timing.to_dict()}
+        if name.startswith("step ") and name != "step none":
+            row["overhead_pct"] = 100.0 * (timing.median_s / base - 1.0)
+        elif name.startswith("mixer "):
+            row["share_of_step_pct"] = 100.0 * timing.median_s / base
+        rows.append(row)
+        extra = f" overhead {row['overhead_pct']:+.2f} %" if "overhead_pct" in row else ""
+        print(f"  {size:>3}px B{batch:<4} {name:<16} {timing.median_ms:9.2f} ms "
+              f"(IQR {timing.stats['iqr_s'] * 1e3:.2f}){extra}", flush=True)
+    return {"image_size": size, "batch": batch, "model": "torchvision resnet18", "num_classes": NUM_CLASSES,
+            "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = H.add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), repeats=15)
+    args = parser.parse_args(argv)
+    device = H.resolve_device(args.device)
+    H.apply_threads(args.threads)
+    cases = QUICK_CASES if args.quick else FULL_CASES[device.type]
+    repeats = min(args.repeats, 2) if args.quick else args.repeats
+    results = [bench_case(size, batch, device, repeats) for size, batch in cases]
+    result = {
+        "benchmark": "train_step",
+        "quick": args.quick,
+        "meta": H.collect_metadata(device, extra={"torchvision": torchvision.__version__}),
+        "config": {"repeats": repeats, "warmup": 2, "optimizer": "SGD(lr=1e-3, momentum=0.9)",
+                   "loss": "soft-target cross entropy", "mixers": {"mixup": "MixUp(alpha=1)",
+                   "robustmix": "RobustMix(alpha=1, tau=0, energy='batch')"}},
+        "cases": results,
+    }
+    out = args.out or H.default_out_path("train_step", device, quick=args.quick)
+    print(f"wrote {H.write_result(out, result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

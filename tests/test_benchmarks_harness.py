@@ -1,0 +1,299 @@
+"""The benchmark harness: statistics, timing loop (with a fake clock), metadata, result files, tables.
+
+No timing thresholds: every time here comes from a scripted clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import math
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str, filename: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / filename)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# The scripts import the harness as the top-level module ``_harness`` (their folder is on sys.path
+# when run as scripts); load it under that name so they find it here too.
+H = sys.modules.get("_harness") or _load("_harness", "_harness.py")
+mixing = _load("bench_mixing", "mixing.py")
+corruptions = _load("bench_corruptions", "corruptions.py")
+table = _load("bench_table", "table.py")
+
+
+class ScriptedClock:
+    """A clock that only moves when the measured work (or setup) says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+
+
+def test_summarize_even_count_matches_hand_quartiles():
+    # numpy linear interpolation: positions 0.75, 1.5, 2.25 of the sorted list [1, 2, 3, 4].
+    s = H.summarize_times([4.0, 1.0, 3.0, 2.0])
+    assert s["median_s"] == pytest.approx(2.5)
+    assert s["q25_s"] == pytest.approx(1.75)
+    assert s["q75_s"] == pytest.approx(3.25)
+    assert s["iqr_s"] == pytest.approx(1.5)
+    assert (s["min_s"], s["max_s"]) == (1.0, 4.0)
+
+
+def test_summarize_odd_count_and_single_value():
+    s = H.summarize_times([5.0, 1.0, 3.0])
+    assert (s["median_s"], s["q25_s"], s["q75_s"]) == (3.0, 2.0, 4.0)
+    one = H.summarize_times([0.25])
+    assert one["median_s"] == 0.25 and one["iqr_s"] == 0.0
+
+
+def test_summarize_rejects_bad_input():
+    with pytest.raises(ValueError, match="times_s must hold at least one"):
+        H.summarize_times([])
+    with pytest.raises(ValueError, match="finite non-negative"):
+        H.summarize_times([1.0, -0.5])
+    with pytest.raises(ValueError, match="finite non-negative"):
+        H.summarize_times([1.0, float("nan")])
+
+
+def test_geometric_mean_matches_hand_values():
+    assert H.geometric_mean([2.0, 8.0]) == pytest.approx(4.0)
+    assert H.geometric_mean([1.0, 10.0, 100.0]) == pytest.approx(10.0)
+    assert H.geometric_mean([0.5, 2.0]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least one ratio"):
+        H.geometric_mean([])
+    with pytest.raises(ValueError, match="finite positive ratios"):
+        H.geometric_mean([1.0, 0.0])
+    with pytest.raises(ValueError, match="finite positive ratios"):
+        H.geometric_mean([math.inf])
+
+
+# --------------------------------------------------------------------------------------------
+# Timing loop
+
+
+def test_measure_excludes_warmup_and_setup_from_times():
+    clock = ScriptedClock()
+    durations = iter([100.0, 100.0, 1.0, 3.0, 2.0])  # two warm-up calls, then three timed ones
+    calls = []
+
+    def setup():
+        clock.advance(1000.0)  # outside the timed region: must not show up
+        return len(calls)
+
+    def fn(arg):
+        calls.append(arg)
+        clock.advance(next(durations))
+
+    timing = H.measure(fn, setup=setup, warmup=2, repeats=3, clock=clock)
+    assert timing.times_s == (1.0, 3.0, 2.0)
+    assert timing.warmup == 2
+    assert timing.median_s == 2.0
+    assert calls == [0, 1, 2, 3, 4]  # setup ran once per call, warm-up included
+
+
+def test_measure_stops_at_time_budget_after_min_repeats():
+    clock = ScriptedClock()
+    timing = H.measure(lambda: clock.advance(5.0), warmup=0, repeats=10, max_time_s=9.0, min_repeats=2, clock=clock)
+    assert timing.times_s == (5.0, 5.0)
+    # min_repeats wins over the budget
+    timing = H.measure(lambda: clock.advance(5.0), warmup=0, repeats=10, max_time_s=1.0, min_repeats=3, clock=clock)
+    assert len(timing.times_s) == 3
+    # without a budget every repeat runs
+    timing = H.measure(lambda: clock.advance(5.0), warmup=1, repeats=4, clock=clock)
+    assert len(timing.times_s) == 4
+
+
+def test_measure_rejects_bad_counts():
+    with pytest.raises(ValueError, match="repeats must be an int >= 1"):
+        H.measure(lambda: None, repeats=0)
+    with pytest.raises(ValueError, match="warmup must be an int >= 0"):
+        H.measure(lambda: None, warmup=-1)
+    with pytest.raises(ValueError, match="min_repeats must be an int >= 1"):
+        H.measure(lambda: None, min_repeats=0)
+    with pytest.raises(ValueError, match="max_time_s must be a positive"):
+        H.measure(lambda: None, max_time_s=0.0)
+
+
+def test_measure_interleaved_runs_round_robin_and_attributes_times():
+    clock = ScriptedClock()
+    order = []
+
+    def case(name, seconds):
+        def run():
+            order.append(name)
+            clock.advance(seconds)
+
+        return run
+
+    timings = H.measure_interleaved({"a": case("a", 1.0), "b": case("b", 2.0)}, warmup=1, repeats=3, clock=clock)
+    assert order == ["a", "b"] * 4
+    assert timings["a"].times_s == (1.0, 1.0, 1.0)
+    assert timings["b"].times_s == (2.0, 2.0, 2.0)
+    with pytest.raises(ValueError, match="cases must name at least one"):
+        H.measure_interleaved({})
+
+
+def test_timing_to_dict_reports_milliseconds_and_raw_times():
+    d = H.Timing(times_s=(0.001, 0.003, 0.002), warmup=2).to_dict()
+    assert d["median_ms"] == pytest.approx(2.0)
+    assert d["iqr_ms"] == pytest.approx(1.0)  # q75 2.5 ms - q25 1.5 ms
+    assert d["repeats"] == 3 and d["warmup"] == 2
+    assert d["times_s"] == [0.001, 0.003, 0.002]
+    json.dumps(d)  # JSON-serialisable
+
+
+def test_sync_accepts_cpu_and_is_a_no_op():
+    H.sync("cpu")
+    H.sync(torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------------------------
+# Metadata, devices, result files
+
+
+def test_collect_metadata_records_versions_threads_and_date():
+    meta = H.collect_metadata("cpu", extra={"note": "x"})
+    assert meta["torch"] == torch.__version__
+    assert meta["numpy"] == np.__version__
+    assert meta["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert meta["torch_threads"] == torch.get_num_threads()
+    assert meta["device"] == "cpu" and meta["device_name"].startswith("cpu: ")
+    assert meta["note"] == "x"
+    assert dt.datetime.fromisoformat(meta["date"]).tzinfo is not None
+    assert meta["commit"] is None or re.fullmatch(r"[0-9a-f]{40}", meta["commit"])
+    json.dumps(meta)
+
+
+def test_cpu_model_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Fake CPU 9000 @ 1GHz\nflags\t: avx2\n")
+    assert H._cpu_model(info) == "Fake CPU 9000 @ 1GHz"
+
+
+def test_resolve_device_validates():
+    assert H.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+        H.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"cuda.*is_available"):
+            H.resolve_device("cuda")
+
+
+def test_out_paths_and_atomic_result_round_trip(tmp_path):
+    assert H.default_out_path("mixing", "cpu") == H.RESULTS_DIR / "mixing-cpu.json"
+    quick = H.default_out_path("mixing", "cpu", quick=True)
+    assert quick.parent.parent == Path(tempfile.gettempdir()) and quick.name == "mixing-cpu.json"
+    path = H.write_result(tmp_path / "sub" / "r.json", {"benchmark": "x", "value": 1.5})
+    assert json.loads(path.read_text()) == {"benchmark": "x", "value": 1.5}
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temp file left behind
+
+
+def test_common_args_parse():
+    import argparse
+
+    parser = H.add_common_args(argparse.ArgumentParser(), repeats=7)
+    args = parser.parse_args([])
+    assert (args.device, args.repeats, args.quick, args.out, args.threads) == ("cpu", 7, False, None, None)
+    args = parser.parse_args(["--quick", "--repeats", "2", "--out", "x.json"])
+    assert args.quick and args.repeats == 2 and args.out == Path("x.json")
+
+
+# --------------------------------------------------------------------------------------------
+# Script helpers
+
+
+def test_matmul_flops_matches_hand_count():
+    # (2, 3, 8, 8), cutoff 0.5 -> k = 4 per side, N*C = 6:
+    # forward 2*6*8*8*4 + 2*6*4*8*4 = 3072 + 1536; inverse 2*6*8*4*4 + 2*6*8*4*8 = 1536 + 3072.
+    assert mixing.matmul_flops((2, 3, 8, 8), 0.5) == 9216
+    assert mixing.matmul_flops((2, 3, 8, 8), 0.0) == 0
+
+
+def test_corruption_summary_geomean_and_slowest():
+    rows = [
+        {"corruption": "a", "image_size": 32, "speedup": 2.0},
+        {"corruption": "b", "image_size": 32, "speedup": 8.0},
+        {"corruption": "c", "image_size": 32, "speedup": 0.5},
+        {"corruption": "d", "image_size": 32},  # one side unavailable: not compared
+    ]
+    summary = corruptions.summarize(rows)["32"]
+    assert summary["compared"] == 3
+    assert summary["geomean_speedup"] == pytest.approx(2.0)  # (2 * 8 * 0.5) ** (1/3)
+    assert summary["min_speedup"]["corruption"] == "c"
+    assert summary["slower_than_reference"] == ["c"]
+
+
+def test_reference_shims_map_old_keywords():
+    seen = {}
+
+    def fake_gaussian(image, sigma=None, **kwargs):
+        seen.update(kwargs, sigma=sigma)
+        return image
+
+    patched = corruptions._gaussian_compat(fake_gaussian)
+    patched("img", sigma=2.0, multichannel=True)
+    assert seen == {"channel_axis": -1, "sigma": 2.0}
+    seen.clear()
+    patched("img", sigma=1.0)
+    assert seen == {"sigma": 1.0}
+    compat = corruptions._NumpyCompat()
+    assert compat.float_ is np.float64 and compat.zeros is np.zeros
+
+
+def test_smooth_images_are_deterministic_and_in_range():
+    a, b = corruptions.smooth_images(2, 32), corruptions.smooth_images(2, 32)
+    assert a.shape == (2, 3, 32, 32) and torch.equal(a, b)
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    hwc = corruptions.to_uint8_hwc(a)
+    assert hwc[0].shape == (32, 32, 3) and hwc[0].dtype == np.uint8
+
+
+def test_table_section_replacement_and_empty_render(tmp_path):
+    text = f"intro\n{table.BEGIN}\nold\n{table.END}\nend\n"
+    assert table.replace_section(text, "new") == f"intro\n{table.BEGIN}\nnew\n{table.END}\nend\n"
+    with pytest.raises(ValueError, match="readme must contain"):
+        table.replace_section("no markers", "new")
+    assert "No results yet" in table.render(tmp_path)
+
+
+def test_table_renders_train_step_overhead_and_skips_quick(tmp_path):
+    timing = H.Timing(times_s=(0.1, 0.1), warmup=0).to_dict()
+    result = {
+        "benchmark": "train_step", "quick": False,
+        "meta": {"device": "cpu", "device_name": "cpu: X", "torch": "t", "numpy": "n", "python": "p",
+                 "torch_threads": 2, "commit": None, "date": "d"},
+        "cases": [{"image_size": 32, "batch": 8, "rows": [
+            {"case": "step none", "timing": timing},
+            {"case": "step robustmix", "timing": timing, "overhead_pct": 1.25},
+        ]}],
+    }
+    H.write_result(tmp_path / "train_step-cpu.json", result)
+    H.write_result(tmp_path / "mixing-cpu.json", {"benchmark": "mixing", "quick": True})
+    text = table.render(tmp_path)
+    assert "| 32² | 8 | step robustmix | 100.00 |" in text and "1.25 %" in text
+    assert "Mixing" not in text  # the quick result is skipped
