@@ -184,29 +184,33 @@ def idct(x: Tensor, dims: Dims = (-2, -1)) -> Tensor:
 # Low band
 
 
-def _check_cutoff(cutoff: Cutoff, batch: int, device: torch.device) -> float | Tensor:
-    """Return a float cutoff, or a float64 (N,) tensor on ``device``; raise on bad values."""
-    if isinstance(cutoff, Tensor):
-        if cutoff.ndim == 0:
-            cutoff = float(cutoff)
+def check_unit_weight(value: float | Tensor, name: str, batch: int, device: torch.device) -> float | Tensor:
+    """A float in [0, 1], or a 1-D tensor of length ``batch`` with values in [0, 1].
+
+    Returns a float or a float64 ``(batch,)`` tensor on ``device``; raises naming ``name``.
+    Used for cutoffs here and for the mixing weights in :mod:`robustmix.functional`.
+    """
+    if isinstance(value, Tensor):
+        if value.ndim == 0:
+            value = float(value)
         else:
-            if cutoff.ndim != 1 or cutoff.shape[0] != batch:
+            if value.ndim != 1 or value.shape[0] != batch:
                 raise ValueError(
-                    f"cutoff must be a float or a 1-D tensor of length {batch} (one per sample), "
-                    f"got shape {tuple(cutoff.shape)}"
+                    f"{name} must be a float or a 1-D tensor of length {batch} (one per sample), "
+                    f"got shape {tuple(value.shape)}"
                 )
-            if not (cutoff.is_floating_point() or cutoff.dtype in (torch.int32, torch.int64)):
-                raise TypeError(f"cutoff must be a real tensor, got dtype {cutoff.dtype}")
-            c = cutoff.detach().to(device=device, dtype=torch.float64)
-            if not bool(((c >= 0) & (c <= 1)).all()):
-                raise ValueError(f"cutoff must lie in [0, 1], got values in [{c.min():.4g}, {c.max():.4g}]")
-            return c
-    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)):
-        raise TypeError(f"cutoff must be a float in [0, 1] or a 1-D tensor, got {type(cutoff).__name__}")
-    cutoff = float(cutoff)
-    if not 0.0 <= cutoff <= 1.0:  # also rejects NaN
-        raise ValueError(f"cutoff must lie in [0, 1], got {cutoff}")
-    return cutoff
+            if value.is_complex() or value.dtype == torch.bool:
+                raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
+            v = value.detach().to(device=device, dtype=torch.float64)
+            if not bool(((v >= 0) & (v <= 1)).all()):
+                raise ValueError(f"{name} must lie in [0, 1], got values in [{v.min():.4g}, {v.max():.4g}]")
+            return v
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float in [0, 1] or a 1-D tensor, got {type(value).__name__}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    return value
 
 
 def low_band_coefficients(
@@ -366,7 +370,7 @@ def lowpass(x: Tensor, cutoff: Cutoff, dims: Dims = (-2, -1), *, transform: str 
     dims_t = normalize_dims(dims, x.ndim, batched=per_sample)
     if per_sample and x.shape[0] == 0:
         raise ValueError("x must have a non-empty batch dim when cutoff is per sample")
-    c = _check_cutoff(cutoff, x.shape[0] if x.ndim else 1, x.device)
+    c = check_unit_weight(cutoff, "cutoff", x.shape[0] if x.ndim else 1, x.device)
     if check_transform(transform) == "fft":
         return _fft_lowpass(x, c, dims_t).to(x.dtype)
     coef, mask = low_band_coefficients(x, c, dims_t)

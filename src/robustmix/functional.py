@@ -81,31 +81,6 @@ def _check_index(index: Tensor | None, n: int, device: torch.device) -> Tensor:
     return index
 
 
-def _check_weight(value: Scalar, name: str, n: int, device: torch.device) -> float | Tensor:
-    """A float in [0, 1] or a 1-D tensor of length n with values in [0, 1]."""
-    if isinstance(value, Tensor):
-        if value.ndim == 0:
-            value = float(value)
-        else:
-            if value.ndim != 1 or value.shape[0] != n:
-                raise ValueError(
-                    f"{name} must be a float or a 1-D tensor of length {n} (one per sample), "
-                    f"got shape {tuple(value.shape)}"
-                )
-            if value.is_complex() or value.dtype == torch.bool:
-                raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
-            v = value.detach().to(device=device, dtype=torch.float64)
-            if not bool(((v >= 0) & (v <= 1)).all()):
-                raise ValueError(f"{name} must lie in [0, 1], got values in [{v.min():.4g}, {v.max():.4g}]")
-            return v
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float in [0, 1] or a 1-D tensor, got {type(value).__name__}")
-    value = float(value)
-    if not 0.0 <= value <= 1.0:  # also rejects NaN
-        raise ValueError(f"{name} must lie in [0, 1], got {value}")
-    return value
-
-
 def one_hot(
     targets: Tensor,
     num_classes: int,
@@ -214,7 +189,7 @@ def mixup(
     """
     _check_images(images, 2)
     n = images.shape[0]
-    lam = _check_weight(lam, "lam", n, images.device)
+    lam = freq.check_unit_weight(lam, "lam", n, images.device)
     index = _check_index(index, n, images.device)
     y1 = _soft_targets(targets, n, num_classes, images.dtype)
     _check_finite_images(images)
@@ -350,9 +325,9 @@ def robustmix(
     dims_t = freq.normalize_dims(dims, images.ndim, batched=True)
     n = images.shape[0]
     device = images.device
-    lam_low = _check_weight(lam_low, "lam_low", n, device)
-    lam_high = _check_weight(lam_high, "lam_high", n, device)
-    cutoff = _check_weight(cutoff, "cutoff", n, device)
+    lam_low = freq.check_unit_weight(lam_low, "lam_low", n, device)
+    lam_high = freq.check_unit_weight(lam_high, "lam_high", n, device)
+    cutoff = freq.check_unit_weight(cutoff, "cutoff", n, device)
     energy = _check_energy(energy)
     freq.check_transform(transform)
     index = _check_index(index, n, device)

@@ -62,11 +62,24 @@ class _BatchMixer:
         dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
         return F.one_hot(targets, self.num_classes, label_smoothing=self.label_smoothing, dtype=dtype)
 
-    def _check_batch(self, images: Tensor, min_dims: int) -> None:
-        F._check_images(images, min_dims)
+    def _min_dims(self) -> int:
+        """Batch dim plus the signal dims the op needs."""
+        return 2
+
+    def make_params(self, images: Tensor) -> Any:
+        raise NotImplementedError
+
+    def _mix(self, images: Tensor, soft: Tensor, params: Any) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
 
     def __call__(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """Mix a batch: ``(images, int or soft targets) -> (mixed images, soft targets)``."""
+        F._check_images(images, self._min_dims())
+        soft = self._soft_targets(images, targets)
+        params = self.make_params(images)
+        if not params.apply:
+            return images, soft
+        return self._mix(images, soft, params)
 
     # torch.Generator does not pickle; carry its state instead (DataLoader workers, spawn).
     def __getstate__(self) -> dict[str, Any]:
@@ -145,12 +158,10 @@ class RobustMix(_BatchMixer):
             generator=self.generator, lam_low=self.lam_low, lam_high=self.lam_high,
         )
 
-    def __call__(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        self._check_batch(images, len(self.dims) + 1)
-        soft = self._soft_targets(images, targets)
-        params = self.make_params(images)
-        if not params.apply:
-            return images, soft
+    def _min_dims(self) -> int:
+        return len(self.dims) + 1
+
+    def _mix(self, images: Tensor, soft: Tensor, params: P.RobustMixParams) -> tuple[Tensor, Tensor]:
         return F.robustmix(
             images, soft, lam_low=params.lam_low, lam_high=params.lam_high, cutoff=params.cutoff,
             index=params.index.to(images.device), energy=self.energy, dims=self.dims, transform=self.transform,
@@ -184,12 +195,7 @@ class MixUp(_BatchMixer):
             images.shape[0], alpha=self.alpha, p=self.p, per_sample=self.per_sample, generator=self.generator
         )
 
-    def __call__(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        self._check_batch(images, 2)
-        soft = self._soft_targets(images, targets)
-        params = self.make_params(images)
-        if not params.apply:
-            return images, soft
+    def _mix(self, images: Tensor, soft: Tensor, params: P.MixUpParams) -> tuple[Tensor, Tensor]:
         return F.mixup(images, soft, lam=params.lam, index=params.index.to(images.device))
 
     def _options(self) -> dict[str, Any]:
@@ -218,12 +224,10 @@ class CutMix(_BatchMixer):
             generator=self.generator,
         )
 
-    def __call__(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        self._check_batch(images, 3)
-        soft = self._soft_targets(images, targets)
-        params = self.make_params(images)
-        if not params.apply:
-            return images, soft
+    def _min_dims(self) -> int:
+        return 3
+
+    def _mix(self, images: Tensor, soft: Tensor, params: P.CutMixParams) -> tuple[Tensor, Tensor]:
         return F.cutmix(images, soft, box=params.box, index=params.index.to(images.device))
 
     def _options(self) -> dict[str, Any]:
