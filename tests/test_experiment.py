@@ -115,6 +115,9 @@ def test_method_names():
     assert E.method_overrides("robustmix_tau0.5_uniform") == {"mixer": "robustmix", "tau": 0.5, "energy": "uniform"}
     assert E.method_overrides("robustmix_energy0.3_persample") == {"mixer": "robustmix", "energy": 0.3, "per_sample": True}
     assert E.method_overrides("mixup_alpha0.2") == {"mixer": "mixup", "alpha": 0.2}
+    assert E.method_overrides("robustmix_fft_laml0.7_lamh0.2") == {
+        "mixer": "robustmix", "band": "fft", "lam_low": 0.7, "lam_high": 0.2
+    }
     with pytest.raises(ValueError, match="must start with one of"):
         E.method_overrides("augmix")
     with pytest.raises(ValueError, match=r"unknown modifier 'tau0\.5' for 'mixup'"):

@@ -204,3 +204,18 @@ def test_public_surface() -> None:
     assert all(callable(getattr(rt, name)) for name in expected)
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         rt.nope  # noqa: B018
+
+
+def test_ablation_fields_reach_the_mixer() -> None:
+    import torch
+
+    from robustmix.train.run import _mixer_options
+    from robustmix.transforms import build_mixer
+
+    config = TrainConfig(mixer="robustmix", band="fft", lam_low=0.7, lam_high=0.2)
+    mixer = build_mixer("robustmix", 10, **_mixer_options(config, torch.Generator()))
+    assert (mixer.transform, mixer.lam_low, mixer.lam_high) == ("fft", 0.7, 0.2)
+    with pytest.raises(ValueError, match="band"):
+        TrainConfig(band="wavelet")
+    with pytest.raises(ValueError, match="lam_low"):
+        TrainConfig(lam_low=1.5)

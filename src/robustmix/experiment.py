@@ -60,9 +60,12 @@ def method_overrides(name: str) -> dict[str, Any]:
         raise ValueError(f"method {name!r}: must start with one of {MIXERS}")
     out: dict[str, Any] = {"mixer": base}
     for mod in mods:
-        m = re.fullmatch(r"(alpha|tau|energy)(\d+(?:\.\d*)?)", mod)
-        if m and not (m.group(1) != "alpha" and base != "robustmix") and base != "none":
-            out[m.group(1)] = float(m.group(2))
+        m = re.fullmatch(r"(alpha|tau|energy|laml|lamh)(\d+(?:\.\d*)?)", mod)
+        key = {"laml": "lam_low", "lamh": "lam_high"}.get(m.group(1), m.group(1)) if m else None
+        if m and not (key != "alpha" and base != "robustmix") and base != "none":
+            out[key] = float(m.group(2))
+        elif mod == "fft" and base == "robustmix":
+            out["band"] = "fft"
         elif mod in _ENERGY_MODES and base == "robustmix":
             out["energy"] = mod
         elif mod == "persample" and base in ("mixup", "robustmix"):
@@ -70,7 +73,8 @@ def method_overrides(name: str) -> dict[str, Any]:
         else:
             raise ValueError(
                 f"method {name!r}: unknown modifier {mod!r} for {base!r}; modifiers are alpha<float>, "
-                "and for robustmix tau<float>, energy<float>, batch, sample, uniform, persample"
+                "and for robustmix tau<float>, energy<float>, laml<float>, lamh<float>, batch, sample, uniform, "
+                "persample, fft"
             )
     return out
 

@@ -20,7 +20,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "experiment",
         help="the compared experiment (methods x seeds) with corruption evaluation, diagnostics and report",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--preset", default="quick", help="quick (about 10 min on 2 CPU cores) or full")
     parser.add_argument("--out", default=None, help="results folder (default: results/<preset>)")

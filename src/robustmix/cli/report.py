@@ -13,7 +13,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "report",
         help="write report.md and report.html from an experiment's results folder",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("results_dir", metavar="RESULTS_DIR", help="folder written by `robustmix experiment`")
     parser.add_argument("--baseline", default="none", help="method whose runs are the mCE baseline")

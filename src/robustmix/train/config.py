@@ -64,6 +64,8 @@ class TrainConfig:
         mix_prob: probability that a batch is mixed (``p`` of the mixers).
         energy: Robustmix label weighting: "batch", "sample", "uniform" or a float in [0, 1].
         per_sample: one mixing weight per sample instead of per batch (Mixup/Robustmix).
+        band: Robustmix band transform: "dct" (the paper) or "fft" (ablation).
+        lam_low, lam_high: fixed Robustmix band weights instead of Beta draws (ablation).
         label_smoothing: smoothing of the (soft) targets.
         augment: per-image augmentation passed to the dataset ("standard", "none", ...).
         amp: autocast mode: "none", "bf16" (CPU and CUDA) or "fp16" (CUDA, with a grad scaler).
@@ -96,6 +98,9 @@ class TrainConfig:
     mix_prob: float = 1.0
     energy: str | float = "batch"
     per_sample: bool = False
+    band: str = "dct"
+    lam_low: float | None = None
+    lam_high: float | None = None
     label_smoothing: float = 0.0
     augment: str = "standard"
     amp: str = "none"
@@ -137,8 +142,10 @@ class TrainConfig:
         _check_range("mix_prob", self.mix_prob, 0.0, 1.0)
         _check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
         _check_range("warmup_epochs", self.warmup_epochs, 0.0, float(self.epochs))
-        if self.tau is not None:
-            _check_range("tau", self.tau, 0.0, 1.0)
+        _check_choice("band", self.band, ("dct", "fft"))
+        for name in ("tau", "lam_low", "lam_high"):
+            if getattr(self, name) is not None:
+                _check_range(name, getattr(self, name), 0.0, 1.0)
         if isinstance(self.energy, float):
             _check_range("energy", self.energy, 0.0, 1.0)
         elif self.energy not in ("batch", "sample", "uniform"):

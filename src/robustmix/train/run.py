@@ -113,6 +113,9 @@ def _mixer_options(config: TrainConfig, generator: torch.Generator) -> dict[str,
         "label_smoothing": config.label_smoothing,
         "energy": config.energy,
         "per_sample": config.per_sample,
+        "transform": config.band,
+        "lam_low": config.lam_low,
+        "lam_high": config.lam_high,
         "generator": generator,
     }
     if config.tau is not None:  # None keeps the mixer's own default
