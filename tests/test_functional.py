@@ -395,3 +395,26 @@ def test_on_each_device(device, dtype):
     tol = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}[dtype]
     torch.testing.assert_close(got.cpu().double(), ref, atol=tol, rtol=tol)
     torch.testing.assert_close(soft.cpu().double(), ref_soft, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("energy", ["batch", "sample"])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_chunked_batch_equals_reference(monkeypatch, energy, per_sample):
+    """Large batches are processed in chunks of rows; a tiny chunk size must not change a value."""
+    monkeypatch.setattr(F, "_CHUNK_BYTES", 3 * 9 * 7 * 8 * 2)  # two samples per chunk, odd tail
+    x = rand((5, 3, 9, 7), seed=12)
+    y = torch.tensor([1, 0, 3, 2, 1])
+    if per_sample:
+        lam_low = torch.tensor([0.2, 0.9, 0.5, 0.0, 1.0], dtype=torch.float64)
+        lam_high = torch.tensor([0.6, 0.1, 0.5, 1.0, 0.3], dtype=torch.float64)
+        cutoff = torch.tensor([0.1, 0.9, 0.5, 0.33, 0.0], dtype=torch.float64)
+    else:
+        lam_low, lam_high, cutoff = 0.6, 0.1, 0.55
+    assert len(F._batch_chunks(x)) == 3
+    out, soft = F.robustmix(x, y, lam_low=lam_low, lam_high=lam_high, cutoff=cutoff, index=INDEX5,
+                            num_classes=4, energy=energy)
+    as_np = (lambda v: v.numpy()) if per_sample else (lambda v: v)
+    ref_out, ref_soft = ref_robustmix(x.numpy(), np.eye(4)[y.numpy()], as_np(lam_low), as_np(lam_high),
+                                      as_np(cutoff), INDEX5.numpy(), energy)
+    np.testing.assert_allclose(out.numpy(), ref_out, atol=1e-12)
+    np.testing.assert_allclose(soft.numpy(), ref_soft, atol=1e-12)

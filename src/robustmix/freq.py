@@ -24,11 +24,13 @@ from torch import Tensor
 
 __all__ = [
     "band_sizes",
+    "block_coefficients",
     "dct",
     "dct_basis",
     "fft_band_sizes",
     "highpass",
     "idct",
+    "low_band_block",
     "low_band_coefficients",
     "lowpass",
     "normalize_dims",
@@ -213,6 +215,40 @@ def check_unit_weight(value: float | Tensor, name: str, batch: int, device: torc
     return value
 
 
+def low_band_block(
+    x: Tensor, cutoff: float | Tensor, dims: tuple[int, ...], dtype: torch.dtype
+) -> tuple[tuple[int, ...], Tensor | None]:
+    """Size of the kept coefficient block per dim, and for per-sample cutoffs a 0/1 mask.
+
+    For per-sample cutoffs the block is that of the largest band, and the mask (broadcastable
+    against the block) keeps sample ``i``'s own band.
+    """
+    sizes = [x.shape[d] for d in dims]
+    if isinstance(cutoff, Tensor):
+        ks_per_dim = [_band_sizes_tensor(cutoff, n) for n in sizes]
+        block = tuple(int(k.max()) for k in ks_per_dim)
+        return block, _per_sample_mask(ks_per_dim, dims, block, x.ndim, dtype)
+    return band_sizes(cutoff, sizes), None
+
+
+def block_coefficients(x: Tensor, dims: tuple[int, ...], block: tuple[int, ...]) -> Tensor:
+    """DCT coefficients of ``x`` with index ``< block[d]`` along each of ``dims``, in x's dtype.
+
+    Only the first ``k`` rows of each basis are multiplied: ``k/n`` of a full transform's work.
+    """
+    if 0 in block:
+        shape = list(x.shape)
+        for d, k in zip(dims, block):
+            shape[d] = k
+        return x.new_zeros(shape)
+    y = x
+    # Last dim first: a matmul on the contiguous dim needs no transposed copy.
+    for d, k in sorted(zip(dims, block), reverse=True):
+        basis = dct_basis(x.shape[d], device=x.device, dtype=x.dtype)[:k]
+        y = _apply_along(y, basis, d)
+    return y
+
+
 def low_band_coefficients(
     x: Tensor, cutoff: float | Tensor, dims: tuple[int, ...], *, dtype: torch.dtype | None = None
 ) -> tuple[Tensor, Tensor | None]:
@@ -223,26 +259,9 @@ def low_band_coefficients(
     largest band) and a 0/1 mask, broadcastable against it, that keeps sample ``i``'s own band.
     ``dims`` must already be normalised and ``cutoff`` checked (see :func:`lowpass`).
     """
-    sizes = [x.shape[d] for d in dims]
     compute = dtype or _compute_dtype(x.dtype)
-    if isinstance(cutoff, Tensor):
-        ks_per_dim = [_band_sizes_tensor(cutoff, n) for n in sizes]
-        block = tuple(int(k.max()) for k in ks_per_dim)
-        mask = _per_sample_mask(ks_per_dim, dims, block, x.ndim, compute)
-    else:
-        block = band_sizes(cutoff, sizes)
-        mask = None
-    if 0 in block:
-        shape = list(x.shape)
-        for d, k in zip(dims, block):
-            shape[d] = k
-        return x.new_zeros(shape, dtype=compute), mask
-    y = x.to(compute)
-    # Last dim first: a matmul on the contiguous dim needs no transposed copy.
-    for d, k in sorted(zip(dims, block), reverse=True):
-        basis = dct_basis(x.shape[d], device=x.device, dtype=compute)[:k]
-        y = _apply_along(y, basis, d)
-    return y, mask
+    block, mask = low_band_block(x, cutoff, dims, compute)
+    return block_coefficients(x.to(compute), dims, block), mask
 
 
 def _per_sample_mask(

@@ -149,6 +149,22 @@ def _mix_targets(y1: Tensor, index: Tensor, lam: float | Tensor) -> Tensor:
     return y2 + lam * (y1 - y2)
 
 
+_CHUNK_BYTES = 4 << 20
+
+
+def _batch_chunks(x: Tensor) -> list[tuple[int, int]]:
+    """Batch slices of about 4 MiB of input each.
+
+    Working chunk by chunk keeps every temporary (band products, gathers) small enough to stay
+    in cache and to be reused by the allocator instead of being mapped and page-faulted afresh
+    on every call, which on a CPU costs as much as the matrix products themselves at 224 px.
+    """
+    n = x.shape[0]
+    per_sample = max(1, x[:1].numel() * x.element_size())
+    step = max(1, _CHUNK_BYTES // per_sample) if x.device.type == "cpu" else n
+    return [(s, min(s + step, n)) for s in range(0, n, step)]
+
+
 def _restore_format(out: Tensor, like: Tensor) -> Tensor:
     if like.ndim == 4 and like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
         return out.contiguous(memory_format=torch.channels_last)
@@ -340,25 +356,42 @@ def robustmix(
         return _restore_format(out, images), _mix_targets(y1, index, lam)
     # Contiguous, in the dtype of the band products: the products below are views of it.
     x1 = images.to(freq.matmul_dtype(images.dtype, device)).contiguous()
-
-    # Low(x1) once, as coefficients of the kept block only; Low(x2) is its permutation.
-    coef, mask = freq.low_band_coefficients(x1, cutoff, dims_t, dtype=x1.dtype)
+    block, mask = freq.low_band_block(x1, cutoff, dims_t, x1.dtype)
     acc = torch.float64 if images.dtype == torch.float64 else torch.float32
-    sq_norms = torch.linalg.vector_norm(x1.flatten(1), dim=1, dtype=acc).square()
+    chunks = _batch_chunks(x1)
+
+    # Pass 1: Low(x1) once, as coefficients of the kept block only (Low(x2) is a permutation of
+    # them), and per-sample energies of the image and of its low band (Parseval).
+    coef = x1.new_empty((n, *(block[dims_t.index(d)] if d in dims_t else x1.shape[d] for d in range(1, x1.ndim))))
+    sq_norms = torch.empty(n, dtype=acc, device=device)
+    low_sq = torch.empty(n, dtype=acc, device=device)
+    for s, e in chunks:
+        part = coef[s:e]
+        part.copy_(freq.block_coefficients(x1[s:e], dims_t, block))
+        sq_norms[s:e] = torch.linalg.vector_norm(x1[s:e].flatten(1), dim=1, dtype=acc).square()
+        low_sq[s:e] = torch.linalg.vector_norm(part.flatten(1), dim=1, dtype=acc).square()
     _check_finite_norms(sq_norms)
 
-    # out = Low(mixL) + mixH - Low(mixH) = mixH + (lam_low - lam_high) * Low(x1 - x2):
+    # Pass 2: out = Low(mixL) + mixH - Low(mixH) = mixH + (lam_low - lam_high) * Low(x1 - x2):
     # one band-limited inverse transform of a coefficient difference instead of two full ones,
     # accumulated straight into mixH. With per-sample cutoffs, output i uses its own band for
     # both x1_i and its partner.
-    out = x1.index_select(0, index).lerp_(x1, _as_column_weight(lam_high, x1))  # x2 + lam_h (x1 - x2)
-    delta_coef = (coef - coef[index]) * _as_column(lam_low - lam_high, coef.ndim, coef.dtype, device)
-    if mask is not None:
-        delta_coef = delta_coef * mask
-    freq.coefficients_to_signal(delta_coef, sizes, add_to=out)
+    delta = _as_column(lam_low - lam_high, coef.ndim, coef.dtype, device)
+    w_high = _as_column_weight(lam_high, x1)
+    out = torch.empty_like(x1)
+    for s, e in chunks:
+        rows = slice(s, e)
+        partners = index[rows]
+        delta_coef = (coef[rows] - coef[partners]) * (delta[rows] if isinstance(delta, Tensor) else delta)
+        if mask is not None:
+            delta_coef = delta_coef * mask[rows]
+        part = out[rows]
+        torch.index_select(x1, 0, partners, out=part)
+        part.lerp_(x1[rows], w_high[rows] if isinstance(w_high, Tensor) else w_high)  # x2 + lam_h (x1 - x2)
+        freq.coefficients_to_signal(delta_coef, sizes, add_to=part)
     out = out.to(images.dtype)
 
-    lam_c = _low_band_share(energy, coef, mask, sq_norms, cutoff, index, lam_low, out, dims_t)
+    lam_c = _low_band_share(energy, coef, mask, sq_norms, low_sq, cutoff, index, lam_low, out, dims_t)
     lam = lam_c * lam_low + (1 - lam_c) * lam_high
     return _restore_format(out, images), _mix_targets(y1, index, lam)
 
@@ -368,6 +401,7 @@ def _low_band_share(
     coef: Tensor,
     mask: Tensor | None,
     sq_norms: Tensor,
+    low_sq: Tensor,
     cutoff: float | Tensor,
     index: Tensor,
     lam_low: float | Tensor,
@@ -390,7 +424,7 @@ def _low_band_share(
         return _safe_ratio(num.double(), den.double())
     total = sq_norms.double().sum()
     if not isinstance(cutoff, Tensor):
-        return float(_safe_ratio(coef.double().square().sum(), total))
+        return float(_safe_ratio(low_sq.double().sum(), total))
     return _batch_share_per_cutoff(coef, cutoff, dims, [out.shape[d] for d in dims], total)
 
 
