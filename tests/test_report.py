@@ -168,9 +168,10 @@ class _HtmlTables(html.parser.HTMLParser):
 
 
 def _num(cell: str, scale: float) -> tuple[float, float]:
-    m = re.fullmatch(r"(-?[\d.]+) ± ([\d.]+)", cell)
-    assert m, f"not a 'mean ± std' cell: {cell!r}"
-    return float(m.group(1)) / scale, float(m.group(2)) / scale
+    """'mean ± std', or a bare 'mean' for a single seed (whose std is 0)."""
+    m = re.fullmatch(r"(-?[\d.]+)(?: ± ([\d.]+))?", cell)
+    assert m, f"not a 'mean ± std' or 'mean' cell: {cell!r}"
+    return float(m.group(1)) / scale, float(m.group(2) or 0.0) / scale
 
 
 def _close(cell: str, pair: tuple[float, float], *, scale: float, digits: int) -> None:

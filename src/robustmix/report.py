@@ -246,18 +246,19 @@ def _summarize_diagnostics(diags: list[dict[str, Any] | None]) -> dict[str, Any]
 # Tables
 
 
-def _pct(pair: tuple[float, float]) -> str:
+def _pct(n_seeds: int, pair: tuple[float, float]) -> str:
+    """A fraction as percent, ``mean ± std``; with one seed there is no spread to show."""
     mean, std = pair
     if math.isnan(mean):
         return "n/a"
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return f"{100 * mean:.2f}" if n_seeds < 2 else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
-def _frac(pair: tuple[float, float]) -> str:
+def _frac(n_seeds: int, pair: tuple[float, float]) -> str:
     mean, std = pair
     if math.isnan(mean):
         return "n/a"
-    return f"{mean:.3f} ± {std:.3f}"
+    return f"{mean:.3f}" if n_seeds < 2 else f"{mean:.3f} ± {std:.3f}"
 
 
 def tables(summary: dict[str, Any], results: dict[str, Any]) -> list[Table]:
@@ -273,12 +274,12 @@ def tables(summary: dict[str, Any], results: dict[str, Any]) -> list[Table]:
                 (
                     m,
                     str(pm[m]["n_seeds"]),
-                    _pct(pm[m]["clean_error"]),
-                    _pct(pm[m]["mce"]),
-                    _pct(pm[m]["relative_mce"]),
-                    _pct(pm[m]["mean_corruption_error"]),
-                    _pct(pm[m]["extra_error"]),
-                    _frac(pm[m]["cue_conflict"]),
+                    _pct(pm[m]["n_seeds"], pm[m]["clean_error"]),
+                    _pct(pm[m]["n_seeds"], pm[m]["mce"]),
+                    _pct(pm[m]["n_seeds"], pm[m]["relative_mce"]),
+                    _pct(pm[m]["n_seeds"], pm[m]["mean_corruption_error"]),
+                    _pct(pm[m]["n_seeds"], pm[m]["extra_error"]),
+                    _frac(pm[m]["n_seeds"], pm[m]["cue_conflict"]),
                 )
                 for m in methods
             ),
@@ -296,7 +297,7 @@ def tables(summary: dict[str, Any], results: dict[str, Any]) -> list[Table]:
             Table(
                 "Error per corruption in % (mean over severities), mean ± std over seeds",
                 ("corruption", *methods),
-                tuple((c, *(_pct(pm[m]["per_corruption"][c]) for m in methods)) for c in corr),
+                tuple((c, *(_pct(pm[m]["n_seeds"], pm[m]["per_corruption"][c]) for m in methods)) for c in corr),
             )
         )
     if summary["severities"] and summary["corruptions"]:
@@ -304,7 +305,7 @@ def tables(summary: dict[str, Any], results: dict[str, Any]) -> list[Table]:
             Table(
                 "Error vs severity in % (mean over the ImageNet-C corruptions), mean ± std over seeds",
                 ("severity", *methods),
-                tuple((str(s), *(_pct(pm[m]["per_severity"][s]) for m in methods)) for s in summary["severities"]),
+                tuple((str(s), *(_pct(pm[m]["n_seeds"], pm[m]["per_severity"][s]) for m in methods)) for s in summary["severities"]),
             )
         )
     with_filt = [m for m in methods if pm[m]["cutoffs"]]
@@ -318,8 +319,8 @@ def tables(summary: dict[str, Any], results: dict[str, Any]) -> list[Table]:
                 tuple(
                     (
                         f"{c:.3f}",
-                        *(_pct(pm[m]["lowpass"][i]) for m in with_filt),
-                        *(_pct(pm[m]["highpass"][i]) for m in with_filt),
+                        *(_pct(pm[m]["n_seeds"], pm[m]["lowpass"][i]) for m in with_filt),
+                        *(_pct(pm[m]["n_seeds"], pm[m]["highpass"][i]) for m in with_filt),
                     )
                     for i, c in enumerate(cutoffs)
                 ),
@@ -379,12 +380,15 @@ def _config_text(results: dict[str, Any]) -> str:
 def render_markdown(summary: dict[str, Any], results: dict[str, Any], figures: dict[str, str]) -> str:
     """``report.md``: tables, figures (``figures`` = caption -> relative PNG path), config."""
     parts = ["# Robustmix experiment report", "", _intro(summary, results), ""]
-    for t in tables(summary, results):
-        parts.append(_md_table(t))
+    headline, *details = tables(summary, results)
+    parts.append(_md_table(headline))
     if figures:
         parts.append("## Figures\n")
         for caption, path in figures.items():
             parts.append(f"![{caption}]({path})\n\n*{caption}*\n")
+    parts.append("## Tables\n")
+    for t in details:
+        parts.append(_md_table(t))
     parts.append("## Configuration\n\n```json\n" + _config_text(results) + "\n```\n")
     return "\n".join(parts)
 
@@ -414,6 +418,17 @@ pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
 """
 
 
+def _html_table(t: Table) -> str:
+    e = html.escape
+    parts = [f"<h3>{e(t.title)}</h3><table><thead><tr>"]
+    parts.append("".join(f"<th>{e(h)}</th>" for h in t.header) + "</tr></thead><tbody>")
+    parts.extend("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in t.rows)
+    parts.append("</tbody></table>")
+    if t.note:
+        parts.append(f'<p class="note">{e(t.note)}</p>')
+    return "".join(parts)
+
+
 def render_html(summary: dict[str, Any], results: dict[str, Any], figures: dict[str, bytes]) -> str:
     """Self-contained ``report.html``: ``figures`` = caption -> PNG bytes, embedded as data URIs."""
     e = html.escape
@@ -424,19 +439,15 @@ def render_html(summary: dict[str, Any], results: dict[str, Any], figures: dict[
         "<h1>Robustmix experiment report</h1>",
         f"<p>{e(_intro(summary, results))}</p>",
     ]
-    for t in tables(summary, results):
-        parts.append(f"<h3>{e(t.title)}</h3><table><thead><tr>")
-        parts.append("".join(f"<th>{e(h)}</th>" for h in t.header) + "</tr></thead><tbody>")
-        for row in t.rows:
-            parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>")
-        parts.append("</tbody></table>")
-        if t.note:
-            parts.append(f'<p class="note">{e(t.note)}</p>')
+    headline, *details = tables(summary, results)
+    parts.append(_html_table(headline))
     if figures:
         parts.append("<h2>Figures</h2>")
         for caption, png in figures.items():
             data = base64.b64encode(png).decode("ascii")
             parts.append(f'<figure><img alt="{e(caption)}" src="data:image/png;base64,{data}"><figcaption>{e(caption)}</figcaption></figure>')
+    parts.append("<h2>Tables</h2>")
+    parts.extend(_html_table(t) for t in details)
     parts.append(f"<h2>Configuration</h2><pre>{e(_config_text(results))}</pre>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
