@@ -113,7 +113,10 @@ def one_hot(
     return out
 
 
-def _soft_targets(targets: Tensor, n: int, num_classes: int | None, images_dtype: torch.dtype) -> Tensor:
+def _soft_targets(
+    targets: Tensor, n: int, num_classes: int | None, images_dtype: torch.dtype, device: torch.device | None = None
+) -> Tensor:
+    """(N, K) float targets on ``device`` (the images'), from class ids or given soft targets."""
     if not isinstance(targets, Tensor):
         raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
     if targets.shape[:1] != (n,):
@@ -129,11 +132,12 @@ def _soft_targets(targets: Tensor, n: int, num_classes: int | None, images_dtype
             )
         if not bool(torch.isfinite(targets).all()):
             raise ValueError("targets contain NaN or inf values")
-        return targets
+        return targets.to(device) if device is not None else targets
     if num_classes is None:
         raise ValueError("num_classes is required when targets are integer class ids")
     dtype = torch.float64 if images_dtype == torch.float64 else torch.float32
-    return one_hot(targets, num_classes, dtype=dtype)
+    soft = one_hot(targets, num_classes, dtype=dtype)
+    return soft.to(device) if device is not None else soft
 
 
 def _as_column(value: float | Tensor, ndim: int, dtype: torch.dtype, device: torch.device) -> float | Tensor:
@@ -207,7 +211,7 @@ def mixup(
     n = images.shape[0]
     lam = freq.check_unit_weight(lam, "lam", n, images.device)
     index = _check_index(index, n, images.device)
-    y1 = _soft_targets(targets, n, num_classes, images.dtype)
+    y1 = _soft_targets(targets, n, num_classes, images.dtype, images.device)
     _check_finite_images(images)
     out = images.index_select(0, index).lerp_(images, _as_column_weight(lam, images))  # x2 + lam (x1 - x2)
     return _restore_format(out, images), _mix_targets(y1, index, lam)
@@ -249,7 +253,7 @@ def cutmix(
             f"box (top, left, height, width)={box!r} must lie inside the {height_img}x{width_img} image"
         )
     index = _check_index(index, n, images.device)
-    y1 = _soft_targets(targets, n, num_classes, images.dtype)
+    y1 = _soft_targets(targets, n, num_classes, images.dtype, images.device)
     _check_finite_images(images)
     out = images.clone()
     out[..., top : top + h, left : left + w] = images[index][..., top : top + h, left : left + w]
@@ -347,7 +351,7 @@ def robustmix(
     energy = _check_energy(energy)
     freq.check_transform(transform)
     index = _check_index(index, n, device)
-    y1 = _soft_targets(targets, n, num_classes, images.dtype)
+    y1 = _soft_targets(targets, n, num_classes, images.dtype, images.device)
 
     sizes = {d: images.shape[d] for d in dims_t}
     if transform == "fft":

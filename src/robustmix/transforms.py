@@ -51,7 +51,7 @@ class _BatchMixer:
         if not isinstance(targets, Tensor):
             raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
         if targets.is_floating_point():
-            soft = F._soft_targets(targets, images.shape[0], self.num_classes, images.dtype)
+            soft = F._soft_targets(targets, images.shape[0], self.num_classes, images.dtype, images.device)
             if self.label_smoothing:
                 soft = soft * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes
             return soft
@@ -60,7 +60,8 @@ class _BatchMixer:
                 f"targets must have shape ({images.shape[0]},) to match images, got {tuple(targets.shape)}"
             )
         dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
-        return F.one_hot(targets, self.num_classes, label_smoothing=self.label_smoothing, dtype=dtype)
+        soft = F.one_hot(targets, self.num_classes, label_smoothing=self.label_smoothing, dtype=dtype)
+        return soft.to(images.device)
 
     def _min_dims(self) -> int:
         """Batch dim plus the signal dims the op needs."""
