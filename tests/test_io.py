@@ -1,0 +1,39 @@
+"""Atomic writes: all or nothing, and ordinary permissions."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from robustmix._io import append_jsonl, atomic_write, read_json, write_json
+
+
+def test_write_json_round_trip_and_permissions(tmp_path):
+    path = write_json(tmp_path / "sub" / "r.json", {"a": 1, "b": [1.5, None]})
+    assert read_json(path) == {"a": 1, "b": [1.5, None]}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+
+
+def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
+    path = write_json(tmp_path / "r.json", {"old": True})
+
+    def explode(f):
+        f.write(b'{"new": ')
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        atomic_write(path, explode)
+    assert read_json(path) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_append_jsonl(tmp_path):
+    path = tmp_path / "m.jsonl"
+    append_jsonl(path, {"epoch": 1})
+    append_jsonl(path, {"epoch": 2})
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"epoch": 1}, {"epoch": 2}]
