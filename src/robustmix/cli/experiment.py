@@ -64,5 +64,19 @@ def handler(args: argparse.Namespace) -> int:
         preset, out, data_dir=args.data_dir, device=args.device, progress=progress, report=args.report,
         command=command, log=lambda line: print(line, flush=True),
     )  # fmt: skip
+    if args.report:
+        _print_headline(out)
     print(f"results in {out}")
     return 0
+
+
+def _print_headline(out: str) -> None:
+    """The report's headline table on the terminal, so a run ends with its answer."""
+    from robustmix import report
+
+    results = report.load_results(out)
+    headline = report.tables(report.summarize_experiment(results), results)[0]
+    widths = [max(len(h), *(len(r[i]) for r in headline.rows)) for i, h in enumerate(headline.header)]
+    print("\n" + headline.title)
+    for row in (headline.header, *headline.rows):
+        print("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))))
