@@ -255,9 +255,10 @@ def _filter_matrix(n: int, taps: Tensor, mode: BorderMode, *, dtype: torch.dtype
 
 def _separable(images: Tensor, taps_y: Tensor, taps_x: Tensor, mode: BorderMode) -> Tensor:
     n, c, h, w = images.shape
-    if taps_y.numel() > 2 * h or taps_x.numel() > 2 * w:
-        # Kernels longer than the image (elastic's sigma of 0.7 * side): two small matmuls beat
-        # a convolution over a padded copy many times the image's size.
+    if max(h, w) <= 512 or taps_y.numel() > 2 * h or taps_x.numel() > 2 * w:
+        # Two matrix products with banded filter matrices (border rule folded in): on CPU
+        # they run 8x faster than single-channel conv2d at 224 px, and they need no padded copy
+        # for kernels longer than the image (elastic's sigma of 0.7 * side).
         my = _filter_matrix(h, taps_y, mode, dtype=images.dtype, device=images.device)
         mx = _filter_matrix(w, taps_x, mode, dtype=images.dtype, device=images.device)
         return my @ images @ mx.T
@@ -448,8 +449,10 @@ def apply_motion_blur(images: Tensor, *, radius: float, sigma: float, angles: Te
     """Motion-blur each image along its own angle (degrees), as ImageMagick's ``-motion-blur``.
 
     ``out(y, x) = sum_i w_i * in(y + dy_i, x + dx_i)`` with edge pixels repeated beyond the border
-    (ImageMagick's default virtual pixels). One gather per tap, so a long blur costs ``width``
-    passes over the batch, not a dense ``(2 width)^2`` convolution.
+    (ImageMagick's default virtual pixels). Every image has its own sparse line kernel, so this is
+    one FFT convolution of the edge-padded batch with a per-image kernel image: the padding is as
+    wide as the longest offset, so the circular wrap never reaches the cropped result and the
+    output equals the direct sum (up to float rounding), at the cost of three FFTs.
 
     Shape:
         images (N, C, H, W), angles (N,) -> (N, C, H, W)
@@ -457,13 +460,17 @@ def apply_motion_blur(images: Tensor, *, radius: float, sigma: float, angles: Te
     n, _, h, w = images.shape
     taps = motion_blur_taps(radius, sigma).to(device=images.device, dtype=images.dtype)
     dx, dy = motion_blur_offsets(taps.numel(), angles.to(images.device))
-    rows = torch.arange(h, device=images.device)
-    cols = torch.arange(w, device=images.device)
-    batch = torch.arange(n, device=images.device).view(n, 1, 1)
-    planes = images.permute(0, 2, 3, 1)  # (N, H, W, C) so one index pair picks all channels
-    out = torch.zeros_like(planes)
-    for i in range(taps.numel()):
-        r = (rows.view(1, h) + dy[:, i : i + 1]).clamp(0, h - 1).view(n, h, 1)
-        q = (cols.view(1, w) + dx[:, i : i + 1]).clamp(0, w - 1).view(n, 1, w)
-        out = out + taps[i] * planes[batch, r, q]
-    return out.permute(0, 3, 1, 2).contiguous()
+    r = int(torch.maximum(dx.abs().max(), dy.abs().max())) if taps.numel() else 0
+    if r == 0:
+        return images * taps.sum()
+    hp, wp = h + 2 * r, w + 2 * r
+    padded = pad2d(images, (r, r, r, r), mode="nearest")
+    # out[p] = sum_i w_i in[p + d_i] is a circular convolution with weights at -d_i.
+    kernel = torch.zeros(n, hp, wp, dtype=images.dtype, device=images.device)
+    batch = torch.arange(n, device=images.device).view(n, 1).expand_as(dx)
+    kernel.index_put_(
+        (batch, (-dy) % hp, (-dx) % wp), taps.view(1, -1).expand(n, -1).contiguous(), accumulate=True
+    )
+    spectrum = torch.fft.rfft2(padded) * torch.fft.rfft2(kernel).unsqueeze(1)
+    out = torch.fft.irfft2(spectrum, s=(hp, wp))
+    return out[..., r : r + h, r : r + w].contiguous()
