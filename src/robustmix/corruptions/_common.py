@@ -228,6 +228,9 @@ def pad2d(images: Tensor, pad: tuple[int, int, int, int], *, mode: BorderMode = 
     if min(top, bottom, left, right) < 0:
         raise ValueError(f"pad must be non-negative, got {pad}")
     h, w = images.shape[-2:]
+    if mode == "nearest" and images.ndim in (3, 4) and images.is_floating_point():
+        # torch's native replicate padding: the same values, ~15x faster than two gathers.
+        return F.pad(images, (left, right, top, bottom), mode="replicate")
     rows = _border_index(h, top, bottom, mode, images.device)
     cols = _border_index(w, left, right, mode, images.device)
     return images.index_select(-2, rows).index_select(-1, cols)
@@ -445,6 +448,19 @@ def motion_blur_offsets(width: int, angles: Tensor) -> tuple[Tensor, Tensor]:
     return dx, dy
 
 
+def _fft_size(n: int) -> int:
+    """The smallest m >= n whose prime factors are 2, 3 and 5 (fast FFT lengths)."""
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
 def apply_motion_blur(images: Tensor, *, radius: float, sigma: float, angles: Tensor) -> Tensor:
     """Motion-blur each image along its own angle (degrees), as ImageMagick's ``-motion-blur``.
 
@@ -463,14 +479,16 @@ def apply_motion_blur(images: Tensor, *, radius: float, sigma: float, angles: Te
     r = int(torch.maximum(dx.abs().max(), dy.abs().max())) if taps.numel() else 0
     if r == 0:
         return images * taps.sum()
-    hp, wp = h + 2 * r, w + 2 * r
     padded = pad2d(images, (r, r, r, r), mode="nearest")
+    # FFT sizes with small prime factors only (h + 2r can be 4 x 71); the extra zeros change
+    # nothing in the cropped result, which never reads across the wrap.
+    hp, wp = _fft_size(h + 2 * r), _fft_size(w + 2 * r)
     # out[p] = sum_i w_i in[p + d_i] is a circular convolution with weights at -d_i.
     kernel = torch.zeros(n, hp, wp, dtype=images.dtype, device=images.device)
     batch = torch.arange(n, device=images.device).view(n, 1).expand_as(dx)
     kernel.index_put_(
         (batch, (-dy) % hp, (-dx) % wp), taps.view(1, -1).expand(n, -1).contiguous(), accumulate=True
     )
-    spectrum = torch.fft.rfft2(padded) * torch.fft.rfft2(kernel).unsqueeze(1)
+    spectrum = torch.fft.rfft2(padded, s=(hp, wp)) * torch.fft.rfft2(kernel).unsqueeze(1)
     out = torch.fft.irfft2(spectrum, s=(hp, wp))
     return out[..., r : r + h, r : r + w].contiguous()
