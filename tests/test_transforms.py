@@ -189,3 +189,17 @@ def test_public_api_surface():
         assert hasattr(robustmix, name), name
     assert {"dct", "idct", "lowpass", "highpass", "dct_basis"} <= set(robustmix.freq.__all__)
     assert {"mixup", "cutmix", "robustmix", "one_hot"} <= set(F.__all__)
+
+
+def test_import_robustmix_stays_light():
+    """`import robustmix` adds torch and numpy only: no torchvision, matplotlib, scipy or PIL."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; before = set(sys.modules); import robustmix; "
+        "print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))"
+    )
+    added = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for heavy in ("torchvision", "matplotlib", "scipy", "PIL", "tqdm"):
+        assert f"'{heavy}'" not in added, added
