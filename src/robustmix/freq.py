@@ -152,16 +152,6 @@ def _apply_along(x: Tensor, matrix: Tensor, dim: int) -> Tensor:
     return torch.movedim(torch.movedim(x, dim, -1) @ matrix.T, -1, dim)
 
 
-def _transform(x: Tensor, dims: tuple[int, ...], *, inverse: bool) -> Tensor:
-    out_dtype = x.dtype
-    y = x.to(_compute_dtype(x.dtype))
-    # Last dim first: a matmul on the contiguous dim needs no transposed copy.
-    for d in sorted(dims, reverse=True):
-        basis = dct_basis(y.shape[d], device=y.device, dtype=y.dtype)
-        y = _apply_along(y, basis.T if inverse else basis, d)
-    return y.to(out_dtype)
-
-
 def dct(x: Tensor, dims: Dims = (-2, -1)) -> Tensor:
     """Orthonormal DCT-II over ``dims`` (``scipy.fft.dctn(x, type=2, norm="ortho", axes=dims)``).
 
@@ -173,13 +163,18 @@ def dct(x: Tensor, dims: Dims = (-2, -1)) -> Tensor:
         True
     """
     _check_float(x, "x")
-    return _transform(x, normalize_dims(dims, x.ndim), inverse=False)
+    dims_t = normalize_dims(dims, x.ndim)
+    # The full transform is the low-band block that keeps every index.
+    full = tuple(x.shape[d] for d in dims_t)
+    return block_coefficients(x.to(_compute_dtype(x.dtype)), dims_t, full).to(x.dtype)
 
 
 def idct(x: Tensor, dims: Dims = (-2, -1)) -> Tensor:
     """Inverse of :func:`dct` (``scipy.fft.idctn(x, type=2, norm="ortho", axes=dims)``)."""
     _check_float(x, "x")
-    return _transform(x, normalize_dims(dims, x.ndim), inverse=True)
+    dims_t = normalize_dims(dims, x.ndim)
+    sizes = {d: x.shape[d] for d in dims_t}
+    return coefficients_to_signal(x.to(_compute_dtype(x.dtype)), sizes).to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
