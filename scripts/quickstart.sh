@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 if [ ! -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist \
+    || echo "could not install dataset-fashion-mnist; pass --data-dir DIR with the four IDX files" >&2
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
