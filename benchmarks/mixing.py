@@ -18,7 +18,9 @@ parameters (cutoff ~ U[0, 1]) per call, as in training; the per-sample block is 
 cutoff of the batch, so it costs about a full transform.
 
 Compute floor: the op's matrix products at the measured GEMM rate of the dtype it multiplies in
-(``freq.matmul_dtype``), from one GEMM of the op's largest product shape (N*C*H x W @ W x k).
+(``freq.matmul_dtype``), from one GEMM of the op's largest product shape (N*C*H x W @ W x k)
+written into a preallocated output, so the rate is compute only: a fresh output would add the
+kernel's page faults on first touch (on CPU as much time again as the product at 224 px).
 
 Run: ``python benchmarks/mixing.py [--device cuda] [--quick]``.
 """
@@ -123,13 +125,16 @@ def matmul_flops(shape: tuple[int, ...], cutoff: float) -> int:
 def measure_gemm(
     shape: tuple[int, ...], cutoff: float, dtype: torch.dtype, device: torch.device, repeats: int
 ) -> dict[str, Any]:
-    """GEMM rate on the op's largest product: ``(N*C*H x W) @ (W x kw)``."""
+    """GEMM rate on the op's largest product ``(N*C*H x W) @ (W x kw)``, into a preallocated output."""
     n, c, h, w = shape
     _, kw = freq.band_sizes(cutoff, (h, w))
     g = torch.Generator().manual_seed(1)
     a = torch.randn(n * c * h, w, generator=g).to(device=device, dtype=dtype)
     b = torch.randn(w, kw, generator=g).to(device=device, dtype=dtype)
-    timing = H.measure(lambda: a @ b, device=device, warmup=2, repeats=repeats, max_time_s=CASE_BUDGET_S)
+    out = torch.empty(a.shape[0], kw, device=device, dtype=dtype)
+    timing = H.measure(
+        lambda: torch.mm(a, b, out=out), device=device, warmup=2, repeats=repeats, max_time_s=CASE_BUDGET_S
+    )
     flops = 2 * a.shape[0] * w * kw
     return {
         "gemm": f"({a.shape[0]}x{w}) @ ({w}x{kw})",

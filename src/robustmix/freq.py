@@ -83,12 +83,28 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-@lru_cache(maxsize=8)
-def _cpu_has_native_bf16() -> bool:
+def _cpu_flags() -> frozenset[str] | None:
+    """The x86 feature flags of this CPU from ``/proc/cpuinfo`` (None off Linux)."""
     try:
-        return bool(torch._C._cpu._is_avx512_bf16_supported() or torch._C._cpu._is_amx_tile_supported())
-    except AttributeError:  # older torch: assume not
-        return False
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None
+
+
+@lru_cache(maxsize=1)
+def _cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16).
+
+    torch has no public query for this (its private probes change between releases), so the
+    kernel's own flags are read where they exist; elsewhere (macOS, Windows) the answer is "no",
+    which only costs speed: the products then run in fp32.
+    """
+    flags = _cpu_flags()
+    return flags is not None and bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
 def matmul_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
