@@ -300,6 +300,18 @@ def test_pixelate_equals_pil_box_resize(side, severity):
     assert np.abs(y - ref).max() < 1e-5
 
 
+@pytest.mark.parametrize(("h", "w", "severity"), [(37, 50, 1), (111, 64, 4), (224, 150, 5)])
+def test_pixelate_equals_pil_on_odd_rectangles(h, w, severity):
+    """Non-square, odd sizes: the row taps, the column product and both upsampling paths."""
+    from PIL import Image
+
+    x = torch.rand(1, 1, h, w, generator=gen(severity), dtype=torch.float64)
+    c = REFERENCE_IMAGENET["pixelate"][severity - 1]
+    img = Image.fromarray(x[0, 0].numpy().astype(np.float32), mode="F")
+    ref = np.asarray(img.resize((int(w * c), int(h * c)), Image.BOX).resize((w, h), Image.BOX))
+    assert np.abs(corrupt(x, "pixelate", severity)[0, 0].numpy() - ref).max() < 1e-5
+
+
 def test_pixelate_integer_ratio_equals_area_then_nearest():
     x = natural(2, 3, 224)
     y = corrupt(x, "pixelate", 2)  # 224 -> 112 -> 224

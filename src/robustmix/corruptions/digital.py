@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -219,17 +220,64 @@ def pixelate(images: Tensor, severity: int, generator: torch.Generator | None = 
     """
     c, _ = TABLES["pixelate"].row(images, severity)
     x = to_work(images)
-    h, w = x.shape[-2:]
+    n, ch, h, w = x.shape
     sh, sw = max(1, int(h * c)), max(1, int(w * c))
-    def as_x(m: Tensor) -> Tensor:
-        return m.to(device=x.device, dtype=x.dtype)
+    # Down along rows: each output row is a weighted sum of 1-4 whole input rows (contiguous
+    # gathers, ~2x faster on CPU than the dense product); down along columns: one thin GEMM.
+    # The clip commutes with the upsampling, which copies pixels, so it runs on the small image.
+    src, weight = (t.to(x.device) for t in _box_taps(h, sh))
+    weight = weight.to(x.dtype).unsqueeze(-1)
+    planes = x.reshape(n * ch, h, w)
+    small = planes.index_select(1, src[:, 0]).mul_(weight[:, 0])
+    for t in range(1, src.shape[1]):
+        small.addcmul_(planes.index_select(1, src[:, t]), weight[:, t])
+    down_x = box_resize_matrix(w, sw).to(device=x.device, dtype=x.dtype)
+    small = (small @ down_x.T).clamp_(0.0, 1.0).view(n, ch, sh, sw)
+    # Up: PIL's BOX upsampling takes the one pixel under each output centre (nearest-exact).
+    return _upsample_pixels(small, h, w).to(images.dtype)
 
-    # Down, then up: four thin products instead of two full (side x side) ones.
-    down_y, up_y = as_x(box_resize_matrix(h, sh)), as_x(box_resize_matrix(sh, h))
-    down_x, up_x = as_x(box_resize_matrix(w, sw)), as_x(box_resize_matrix(sw, w))
-    small = down_y @ (x @ down_x.T)
-    out = up_y @ (small @ up_x.T)
-    return finish(out, images)
+
+def _upsample_pixels(small: Tensor, h: int, w: int) -> Tensor:
+    """PIL's BOX upsampling: each output pixel is the one input pixel under its centre."""
+    sh, sw = small.shape[-2:]
+    if _nearest_exact_is_box(sh, h) and _nearest_exact_is_box(sw, w):
+        return F.interpolate(small, size=(h, w), mode="nearest-exact")  # one native pass
+    rows, cols = _box_up_source(sh, h).to(small.device), _box_up_source(sw, w).to(small.device)
+    return small.index_select(-2, rows).index_select(-1, cols)
+
+
+@lru_cache(maxsize=64)
+def _box_taps(in_size: int, out_size: int) -> tuple[Tensor, Tensor]:
+    """PIL's BOX resize as taps: ``out[o] = sum_t weight[o, t] * in[src[o, t]]``, both (out, T).
+
+    ``T`` is the widest window; shorter windows are padded with weight 0 on a valid index.
+    """
+    m = box_resize_matrix(in_size, out_size)
+    nonzero = m > 0
+    taps = int(nonzero.sum(dim=1).max())
+    first = nonzero.double().argmax(dim=1, keepdim=True)
+    offset = torch.arange(taps)
+    src = (first + offset).clamp(max=in_size - 1)
+    weight = torch.where(offset < nonzero.sum(dim=1, keepdim=True), m.gather(1, src), 0.0)
+    return src, weight
+
+
+@lru_cache(maxsize=64)
+def _box_up_source(in_size: int, out_size: int) -> Tensor:
+    """Source pixel of each output pixel of PIL's BOX upsampling (the one-hot rows of its matrix)."""
+    return box_resize_matrix(in_size, out_size).argmax(dim=1)
+
+
+@lru_cache(maxsize=64)
+def _nearest_exact_is_box(in_size: int, out_size: int) -> bool:
+    """Whether torch's ``nearest-exact`` picks PIL's pixels for this size pair.
+
+    Both take the pixel under ``(o + 1/2) * in/out``, but float rounding can differ where that
+    lands on a pixel edge (e.g. 14 -> 111), so the answer is read off torch's own output.
+    """
+    probe = torch.arange(in_size, dtype=torch.float32).view(1, 1, 1, in_size)
+    picked = F.interpolate(probe, size=(1, out_size), mode="nearest-exact").view(-1).long()
+    return torch.equal(picked, _box_up_source(in_size, out_size))
 
 
 def _jpeg_roundtrip(batch: Tensor, quality: int) -> Tensor:

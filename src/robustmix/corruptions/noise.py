@@ -79,10 +79,10 @@ def impulse_noise(images: Tensor, severity: int, generator: torch.Generator | No
     """
     amount, _ = TABLES["impulse_noise"].row(images, severity)
     x = to_work(images)
-    gen = resolve_generator(generator)
-    flipped = random_uniform(x.shape, gen, like=x) < amount
-    salt = random_uniform(x.shape, gen, like=x) < 0.5
-    out = torch.where(flipped, salt.to(x.dtype), x)
+    # One uniform draw u per element decides both: flipped when u < amount, and then salt
+    # (u < amount / 2) or pepper, each with probability amount / 2 as in skimage's two draws.
+    u = random_uniform(x.shape, resolve_generator(generator), like=x)
+    out = torch.where(u < amount, (u < amount / 2).to(x.dtype), x)
     return finish(out, images)
 
 
