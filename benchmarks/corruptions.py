@@ -130,13 +130,14 @@ def _error(exc: BaseException) -> str:
 
 
 def bench_size(
-    size: int, batch: int, device: torch.device, repeats: int, warmup: int, reference: Any | None
+    size: int, batch: int, device: torch.device, repeats: int, warmup: int, reference: Any | None,
+    names: tuple[str, ...] = ALL_CORRUPTIONS,
 ) -> list[dict[str, Any]]:
     images = smooth_images(batch, size)
     x = images.to(device)
     hwc = to_uint8_hwc(images)
     rows = []
-    for name in ALL_CORRUPTIONS:
+    for name in names:
         row: dict[str, Any] = {"corruption": name, "image_size": size, "batch": batch, "severity": SEVERITY}
         g = torch.Generator(device=device).manual_seed(0)
         try:
@@ -185,7 +186,16 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = H.add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), repeats=5)
+    parser.add_argument("--only", default=None, metavar="NAME[,NAME...]",
+                        help="measure only these corruptions: a partial result, written to the temp dir "
+                             "(like --quick) unless --out is given, and never rendered by table.py")
     args = parser.parse_args(argv)
+    names = ALL_CORRUPTIONS
+    if args.only:
+        names = tuple(n.strip() for n in args.only.split(",") if n.strip())
+        unknown = sorted(set(names) - set(ALL_CORRUPTIONS))
+        if unknown:
+            parser.error(f"--only: unknown corruption(s) {unknown}; known: {', '.join(ALL_CORRUPTIONS)}")
     device = H.resolve_device(args.device)
     H.apply_threads(args.threads)
     cases = QUICK_CASES if args.quick else FULL_CASES[device.type]
@@ -205,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for size, batch in cases:
-        rows += bench_size(size, batch, device, repeats, 1, reference)
+        rows += bench_size(size, batch, device, repeats, 1, reference, names)
     summary = summarize(rows)
     for size, entry in summary.items():
         if "geomean_speedup" in entry:
@@ -214,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     versions = {d: _version(d) for d in ("imagecorruptions", "scikit-image", "opencv-python-headless", "scipy", "Pillow")}
     result = {
         "benchmark": "corruptions",
-        "quick": args.quick,
+        "quick": args.quick or bool(args.only),
+        "only": list(names) if args.only else None,
         "meta": H.collect_metadata(device, extra={"peer_versions": versions, "cv2_threads": cv2_threads}),
         "config": {"severity": SEVERITY, "repeats": repeats, "warmup": 1, "case_budget_s": CASE_BUDGET_S,
                    "images": "smooth random field (bicubic-upsampled noise), seed 0",
@@ -225,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "summary": summary,
     }
-    out = args.out or H.default_out_path("corruptions", device, quick=args.quick)
+    out = args.out or H.default_out_path("corruptions", device, quick=args.quick or bool(args.only))
     print(f"wrote {H.write_result(out, result)}")
     return 0
 

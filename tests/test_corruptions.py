@@ -598,3 +598,15 @@ def test_motion_blur_fft_equals_direct_sum_with_edge_pixels():
             c = (cols + dx[n, i]).clamp(0, 22)
             ref += taps[i] * x[n][:, r][:, :, c]
         torch.testing.assert_close(got[n], ref, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name", ALL_CORRUPTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_input_is_never_written(name, dtype):
+    """Temporaries are clipped in place; the caller's batch (and its views) must stay untouched."""
+    x = natural(2, 3, 40, seed=5).to(dtype)
+    x[0, 0, :4, :4] = 1.0  # saturated corner: clipping has work to do
+    before = x.clone()
+    out = corrupt(x, name, 5, generator=gen(1))
+    assert torch.equal(x, before)
+    assert out.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()

@@ -93,7 +93,7 @@ def check_images(images: Any, *, name: str = "images", eps: float = 1e-4) -> Ten
     if images.shape[1] not in (1, 3):
         raise ValueError(f"{name} must have 1 or 3 channels, got {images.shape[1]} (shape {tuple(images.shape)})")
     if images.numel():
-        lo, hi = float(images.min()), float(images.max())
+        lo, hi = (float(v) for v in torch.aminmax(images))  # one pass; NaN propagates
         if not (lo >= -eps and hi <= 1 + eps):  # also catches NaN
             raise ValueError(f"{name} values must lie in [0, 1], got min {lo:.4g} and max {hi:.4g}")
     return images
@@ -107,8 +107,14 @@ def to_work(images: Tensor) -> Tensor:
 
 
 def finish(out: Tensor, like: Tensor) -> Tensor:
-    """Clip to [0, 1] and return in ``like``'s dtype (the contract of every corruption)."""
-    return out.clamp(0.0, 1.0).to(like.dtype)
+    """Clip to [0, 1] and return in ``like``'s dtype (the contract of every corruption).
+
+    A temporary is clipped in place (a fresh full-size output costs page faults on CPU); a
+    tensor that shares memory with the caller's ``like`` is never written.
+    """
+    if out.untyped_storage().data_ptr() == like.untyped_storage().data_ptr():
+        return out.clamp(0.0, 1.0).to(like.dtype)
+    return out.clamp_(0.0, 1.0).to(like.dtype)
 
 
 def reference_scale(side: int, *, has_cifar: bool = True) -> tuple[str, float]:

@@ -281,7 +281,10 @@ def _nearest_exact_is_box(in_size: int, out_size: int) -> bool:
 
 
 def _jpeg_roundtrip(batch: Tensor, quality: int) -> Tensor:
-    # batch: uint8 (N, C, H, W) on the CPU. One encode/decode per image: the codec has no batch.
+    # batch: uint8 (N, C, H, W) on the CPU -> decoded uint8 (N, H, W, C). One encode/decode per
+    # image: the codec has no batch mode.
+    # (It releases the GIL, but a thread pool gained nothing here: torch's OpenMP workers,
+    # still spinning after the conversion, take the second core.)
     try:
         from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
     except ImportError:  # pragma: no cover - torchvision without its codec
@@ -292,7 +295,7 @@ def _jpeg_roundtrip(batch: Tensor, quality: int) -> Tensor:
         warnings.simplefilter("ignore", DeprecationWarning)
         encoded = encode_jpeg(list(batch), quality=quality)
         decoded = decode_jpeg(encoded, mode=mode)
-    return torch.stack(decoded)
+    return torch.stack([d.permute(1, 2, 0) for d in decoded])  # (N, H, W, C)
 
 
 def _jpeg_roundtrip_pil(batch: Tensor, quality: int) -> Tensor:  # pragma: no cover - fallback
@@ -306,8 +309,8 @@ def _jpeg_roundtrip_pil(batch: Tensor, quality: int) -> Tensor:  # pragma: no co
         buf = io.BytesIO()
         pil.save(buf, "JPEG", quality=quality)
         dec = np.asarray(Image.open(buf)).reshape(arr.shape)
-        out.append(torch.from_numpy(dec.copy()).permute(2, 0, 1))
-    return torch.stack(out)
+        out.append(torch.from_numpy(dec.copy()))
+    return torch.stack(out)  # (N, H, W, C)
 
 
 def jpeg_compression(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
@@ -318,6 +321,12 @@ def jpeg_compression(images: Tensor, severity: int, generator: torch.Generator |
     """
     quality, _ = TABLES["jpeg_compression"].row(images, severity)
     x = to_work(images)
-    as_uint8 = (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    out = _jpeg_roundtrip(as_uint8, int(quality)).to(device=x.device, dtype=x.dtype) / 255
-    return finish(out, images)
+    n, c, h, w = x.shape
+    # Bytes laid out HWC (as the codec reads them; the CHW views passed to it are then free to
+    # make contiguous) and decoded bytes gathered HWC: the layout changes ride on the dtype copies.
+    pixels = torch.empty((n, h, w, c), dtype=torch.uint8)
+    pixels.copy_((x * 255).round_().clamp_(0, 255).permute(0, 2, 3, 1))
+    decoded = _jpeg_roundtrip(pixels.permute(0, 3, 1, 2), int(quality))
+    out = torch.empty((n, c, h, w), dtype=x.dtype, device=x.device)
+    # Decoded bytes are in [0, 255]: scaling them needs no clip.
+    return out.copy_(decoded.permute(0, 3, 1, 2)).div_(255).to(images.dtype)
