@@ -18,6 +18,7 @@ random-number handling are the same everywhere (and written once):
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -300,6 +301,9 @@ def gaussian_filter(
     return _separable(images, taps, taps, mode)
 
 
+_SHIFTED_SUM_MAX_TAPS = 9
+
+
 def filter2d(images: Tensor, kernel: Tensor, *, mode: BorderMode = "mirror") -> Tensor:
     """Correlate each channel with ``kernel`` (as ``cv2.filter2D``; its default border is ``"mirror"``).
 
@@ -309,12 +313,21 @@ def filter2d(images: Tensor, kernel: Tensor, *, mode: BorderMode = "mirror") -> 
         (N, C, H, W) -> (N, C, H, W)
     """
     n, c, h, w = images.shape
-    if kernel.ndim == 2:
+    shared = kernel.ndim == 2
+    if shared:
         kernel = kernel.expand(n, *kernel.shape)
     if kernel.ndim != 3 or kernel.shape[0] != n or kernel.shape[1] % 2 == 0 or kernel.shape[2] % 2 == 0:
         raise ValueError(f"kernel must be (kh, kw) or (N, kh, kw) with odd sizes, got {tuple(kernel.shape)}")
     kh, kw = kernel.shape[1:]
     x = pad2d(images, (kh // 2, kh // 2, kw // 2, kw // 2), mode=mode)
+    if shared and kh * kw <= _SHIFTED_SUM_MAX_TAPS and images.device.type == "cpu":
+        # Small shared kernels (Sobel, box, emboss): a sum of shifted views, in place, beats a
+        # depthwise convolution on CPU by ~5x and skips zero taps.
+        out = torch.zeros_like(images)
+        for (i, j), k in zip(itertools.product(range(kh), range(kw)), kernel[0].flatten().tolist()):
+            if k != 0.0:
+                out.add_(x[..., i : i + h, j : j + w], alpha=k)
+        return out
     weight = kernel.to(device=images.device, dtype=images.dtype)
     weight = weight.repeat_interleave(c, dim=0).unsqueeze(1)  # (N*C, 1, kh, kw), one group per plane
     out = F.conv2d(x.reshape(1, n * c, *x.shape[-2:]), weight, groups=n * c)

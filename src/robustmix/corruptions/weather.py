@@ -296,31 +296,50 @@ def _canny(gray: Tensor, *, low: float, high: float) -> Tensor:
     weak = local_max & (mag > low)
     edges = weak & (mag > high)
     for _ in range(h * w):
-        grown = weak & (F.max_pool2d(edges.float(), 3, stride=1, padding=1) > 0)
+        grown = weak & _dilate3x3(edges)
         if torch.equal(grown, edges):
             break
         edges = grown
     return edges
 
 
+def _dilate3x3(mask: Tensor) -> Tensor:
+    """3x3 binary dilation of a bool (..., H, W) mask: two separable ORs of shifted views.
+
+    (A bool OR of three views per axis is ~10x faster on CPU than ``max_pool2d`` on floats.)
+    """
+    rows = mask.clone()
+    rows[..., 1:, :] |= mask[..., :-1, :]
+    rows[..., :-1, :] |= mask[..., 1:, :]
+    out = rows.clone()
+    out[..., :, 1:] |= rows[..., :, :-1]
+    out[..., :, :-1] |= rows[..., :, 1:]
+    return out
+
+
 def _distance_to(edges: Tensor, *, cap: float) -> Tensor:
     """Euclidean distance to the nearest ``True`` pixel, truncated at ``cap`` (exact below it).
 
     Squared distance is separable: the distance to the nearest edge in each column, then a
-    min over horizontal shifts of ``column_distance^2 + dx^2``, both within ``cap``.
+    min over horizontal shifts of ``column_distance^2 + dx^2``, both within ``cap``. The
+    shifts accumulate in place into two buffers: a fresh tensor per shift would cost more in
+    page faults than the arithmetic.
     """
     r = math.ceil(cap)
     far = float(r + 1)  # anything beyond the cap is as good as infinitely far
     h, w = edges.shape[-2:]
     column = F.pad(torch.where(edges, 0.0, far), (0, 0, r, r), value=far)
     best = torch.full(edges.shape, far, device=edges.device)
+    shifted = torch.empty_like(best)
     for d in range(-r, r + 1):
-        best = torch.minimum(best, column[..., r + d : r + d + h, :] + abs(d))
-    sq = F.pad(best**2, (r, r, 0, 0), value=far**2)
+        torch.add(column[..., r + d : r + d + h, :], abs(d), out=shifted)
+        torch.minimum(best, shifted, out=best)
+    sq = F.pad(best.square_(), (r, r, 0, 0), value=far**2)
     dist2 = torch.full(edges.shape, far**2, device=edges.device)
     for d in range(-r, r + 1):
-        dist2 = torch.minimum(dist2, sq[..., :, r + d : r + d + w] + d * d)
-    return dist2.sqrt().clamp(max=cap)
+        torch.add(sq[..., :, r + d : r + d + w], d * d, out=shifted)
+        torch.minimum(dist2, shifted, out=dist2)
+    return dist2.sqrt_().clamp_(max=cap)
 
 
 def _equalize_hist(values: Tensor) -> Tensor:
