@@ -329,7 +329,7 @@ def test_imagemagick_motion_blur_kernel() -> None:
     # angle -90: pixel (y, x) reads (y - i, x), so the point trails downwards
     assert torch.allclose(out[0, 7:12, 7], taps, atol=1e-6)
     assert float(out[0].sum()) == pytest.approx(1.0, abs=1e-6)
-    assert float(out[0, :7].abs().sum()) == 0
+    assert float(out[0, :7].abs().max()) < 1e-6  # nothing ahead of the point (FFT round-off only)
     # angle 0: pixel (y, x) reads (y, x + i), so the point trails to the left
     assert torch.allclose(out[1, 7, 3:8].flip(0), taps, atol=1e-6)
 

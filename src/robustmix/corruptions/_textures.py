@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import random_uniform
+from ._common import apply_motion_blur, random_uniform
 
 __all__ = ["frost_texture", "line_smear", "motion_blur_magick", "plasma_fractal"]
 
@@ -114,14 +114,11 @@ def motion_blur_magick(layer: Tensor, *, radius: float, sigma: float, angle_deg:
     Shape:
         layer (N, H, W), angle_deg (N,) -> (N, H, W)
     """
-    width = 2 * math.ceil(radius) + 1 if radius > 0 else 1
-    i = torch.arange(width, dtype=torch.float64, device=layer.device)
-    taps = torch.exp(-(i**2) / (2.0 * sigma * sigma))
-    taps = (taps / taps.sum()).to(layer.dtype)
-    angle = torch.deg2rad(angle_deg.to(device=layer.device, dtype=torch.float64)).view(-1, 1)
-    offsets_x = torch.ceil(i * torch.cos(angle) - 0.5).long()
-    offsets_y = torch.ceil(i * torch.sin(angle) - 0.5).long()
-    return line_smear(layer, offsets_y, offsets_x, taps)
+    if not (radius > 0 and sigma > 0):
+        return layer
+    # The same kernel and offsets as the motion-blur corruption: one FFT convolution of the
+    # edge-padded layer instead of a gather per tap.
+    return apply_motion_blur(layer.unsqueeze(1), radius=radius, sigma=sigma, angles=angle_deg)[:, 0]
 
 
 def _value_noise(n: int, height: int, width: int, cells: int, generator: torch.Generator, like: Tensor) -> Tensor:
