@@ -610,38 +610,3 @@ def test_input_is_never_written(name, dtype):
     out = corrupt(x, name, 5, generator=gen(1))
     assert torch.equal(x, before)
     assert out.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
-
-
-@pytest.mark.parametrize("name", ["gaussian_noise", "shot_noise", "impulse_noise", "glass_blur"])
-def test_draws_depend_on_the_seed_not_on_the_thread_count(name):
-    """Large draws run as DRAW_PARTS slices in parallel threads: same seed, same image, any threads."""
-    x = natural(6, 3, 112, seed=2)
-    assert x.numel() >= common._PARALLEL_MIN_NUMEL  # the split path
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        serial = corrupt(x, name, 3, generator=gen(11))
-        torch.set_num_threads(max(2, threads))
-        parallel = corrupt(x, name, 3, generator=gen(11))
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(serial, parallel)
-    assert not torch.equal(parallel, corrupt(x, name, 3, generator=gen(12)))
-
-
-def test_split_draws_keep_the_distribution():
-    """Each slice has its own child stream: slices are not copies of one another."""
-    g = gen(3)
-    z = common.random_normal((8, 3, 64, 64), g, like=torch.empty(0))
-    parts = z.chunk(common.DRAW_PARTS)
-    assert not torch.equal(parts[0], parts[1])
-    assert z.mean().item() == pytest.approx(0.0, abs=0.01)
-    assert z.std().item() == pytest.approx(1.0, abs=0.01)
-    u = common.random_uniform((8, 3, 64, 64), g, like=torch.empty(0), low=2.0, high=5.0)
-    assert 2.0 <= u.min().item() and u.max().item() < 5.0
-    assert u.mean().item() == pytest.approx(3.5, abs=0.01)
-    r = common.random_integers(-3, 4, (8, 3, 64, 64), g, like=torch.empty(0))
-    assert set(r.unique().tolist()) == set(range(-3, 4))
-    counts = common.random_poisson(torch.full((8, 3, 64, 64), 7.0), g)
-    assert counts.mean().item() == pytest.approx(7.0, abs=0.05)
-    assert counts.var().item() == pytest.approx(7.0, rel=0.03)

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,80 +178,34 @@ def resolve_generator(generator: torch.Generator | None) -> torch.Generator:
     return generator
 
 
-DRAW_PARTS = 4
-"""Large CPU draws are split into this many batch slices, each from its own child generator
-seeded by the caller's generator. The draws depend on the seed and the shape only, never on the
-thread count; the slices run in parallel threads (torch's CPU generators are sequential)."""
-_PARALLEL_MIN_NUMEL = 1 << 16
-
-
-def _fill(out: Tensor, generator: torch.Generator, fill: Callable[[Tensor, torch.Generator, slice], None]) -> Tensor:
-    """Run ``fill(out[part], child_generator, part)`` for the batch slices of a draw (see DRAW_PARTS)."""
-    n = out.shape[0] if out.ndim else 0
-    if generator.device.type != "cpu" or n < 2 or out.numel() < _PARALLEL_MIN_NUMEL:
-        fill(out, generator, slice(None))
-        return out
-    parts = min(DRAW_PARTS, n)
-    seeds = torch.randint(0, 2**62, (parts,), generator=generator).tolist()
-    bounds = [round(i * n / parts) for i in range(parts + 1)]
-    jobs = [(slice(a, b), torch.Generator().manual_seed(seed)) for a, b, seed in zip(bounds, bounds[1:], seeds)]
-
-    def run(job: tuple[slice, torch.Generator]) -> None:
-        fill(out[job[0]], job[1], job[0])
-
-    workers = min(parts, torch.get_num_threads())
-    if workers == 1:
-        for job in jobs:
-            run(job)
-    else:
-        list(_draw_pool(workers).map(run, jobs))  # list(): re-raise a worker's error here
-    return out
-
-
-_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
-
-
-def _draw_pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``workers`` threads, made anew after a fork (threads do not survive it)."""
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] != workers:
-        _POOL = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="robustmix-draw"))
-    return _POOL[2]
-
-
 def random_uniform(
     shape: Sequence[int], generator: torch.Generator, *, like: Tensor, low: float = 0.0, high: float = 1.0
 ) -> Tensor:
     """Uniform float32 draws in [low, high) of ``shape`` on ``like``'s device."""
-    out = torch.empty(tuple(shape), device=generator.device, dtype=torch.float32)
-    _fill(out, generator, lambda part, g, _: part.uniform_(low, high, generator=g))
-    return out.to(like.device)
+    u = torch.rand(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+    return (u * (high - low) + low).to(like.device)
 
 
 def random_normal(
     shape: Sequence[int], generator: torch.Generator, *, like: Tensor, mean: float = 0.0, std: float = 1.0
 ) -> Tensor:
     """Normal float32 draws of ``shape`` on ``like``'s device."""
-    out = torch.empty(tuple(shape), device=generator.device, dtype=torch.float32)
-    _fill(out, generator, lambda part, g, _: part.normal_(mean, std, generator=g))
-    return out.to(like.device)
+    z = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+    return (z * std + mean).to(like.device)
 
 
 def random_integers(
     low: int, high: int, shape: Sequence[int], generator: torch.Generator, *, like: Tensor
 ) -> Tensor:
     """Integer draws in ``[low, high)`` (int64, NumPy's ``randint`` convention) on ``like``'s device."""
-    out = torch.empty(tuple(shape), device=generator.device, dtype=torch.int64)
-    _fill(out, generator, lambda part, g, _: part.random_(low, high, generator=g))
-    return out.to(like.device)
+    r = torch.randint(low, high, tuple(shape), generator=generator, device=generator.device)
+    return r.to(like.device)
 
 
 def random_poisson(rates: Tensor, generator: torch.Generator) -> Tensor:
     """Poisson draws with the given (float32) rates, returned on ``rates``' device."""
-    work = rates.float().to(generator.device)
-    out = torch.empty_like(work)
-    _fill(out, generator, lambda part, g, rows: part.copy_(torch.poisson(work[rows], generator=g)))
-    return out.to(rates.device)
+    counts = torch.poisson(rates.float().to(generator.device), generator=generator)
+    return counts.to(rates.device)
 
 
 # --------------------------------------------------------------------------------------------
