@@ -75,9 +75,15 @@ def render_train_step(res: dict[str, Any]) -> list[str]:
         for r in case["rows"]:
             extra = _f(r["overhead_pct"]) + " %" if "overhead_pct" in r else (
                 f"({_f(r['share_of_step_pct'])} % of a step)" if "share_of_step_pct" in r else "")
+            paired = r.get("paired_overhead_pct")
+            paired_s = (f"{_f(paired['median'])} % [{_f(paired['q1'])}, {_f(paired['q3'])}]" if paired else "")
             rows.append([f"{case['image_size']}²", str(case["batch"]), r["case"], _f(r["timing"]["median_ms"]),
-                         _f(r["timing"]["iqr_ms"]), str(r["timing"]["repeats"]), extra])
-    return out + _table(["image", "batch", "case", "median ms", "IQR ms", "n", "overhead vs no mixing"], rows)
+                         _f(r["timing"]["iqr_ms"]), str(r["timing"]["repeats"]), extra, paired_s])
+    out += _table(["image", "batch", "case", "median ms", "IQR ms", "n", "overhead vs no mixing",
+                   "paired overhead [IQR]"], rows)
+    note = ("`overhead` = ratio of the medians − 1; `paired` = median over the interleaved rounds of "
+            "(this step / the no-mixing step of the same round) − 1, with its interquartile range.")
+    return [*out, "", note]
 
 
 def render_corruptions(res: dict[str, Any]) -> list[str]:

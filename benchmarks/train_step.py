@@ -18,6 +18,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torchvision
 from torch import Tensor, nn
@@ -78,10 +79,16 @@ def bench_case(size: int, batch: int, device: torch.device, repeats: int) -> dic
         row: dict[str, Any] = {"case": name, "timing": timing.to_dict()}
         if name.startswith("step ") and name != "step none":
             row["overhead_pct"] = 100.0 * (timing.median_s / base - 1.0)
+            # Rounds are interleaved, so round r of each variant saw the same machine state:
+            # the median of the per-round ratios cancels slow drift that the ratio of medians keeps.
+            paired = np.asarray(timing.times_s) / np.asarray(timings["step none"].times_s) - 1.0
+            q1, med, q3 = np.percentile(100.0 * paired, [25, 50, 75])
+            row["paired_overhead_pct"] = {"median": float(med), "q1": float(q1), "q3": float(q3)}
         elif name.startswith("mixer "):
             row["share_of_step_pct"] = 100.0 * timing.median_s / base
         rows.append(row)
-        extra = f" overhead {row['overhead_pct']:+.2f} %" if "overhead_pct" in row else ""
+        extra = (f" overhead {row['overhead_pct']:+.2f} % (paired {row['paired_overhead_pct']['median']:+.2f} %)"
+                 if "overhead_pct" in row else "")
         print(f"  {size:>3}px B{batch:<4} {name:<16} {timing.median_ms:9.2f} ms "
               f"(IQR {timing.stats['iqr_s'] * 1e3:.2f}){extra}", flush=True)
     return {"image_size": size, "batch": batch, "model": "torchvision resnet18", "num_classes": NUM_CLASSES,
