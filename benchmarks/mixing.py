@@ -17,9 +17,9 @@ mean of U[0, 1]); ``RobustMix batch`` and ``RobustMix per-sample`` are the class
 parameters (cutoff ~ U[0, 1]) per call, as in training; the per-sample block is the largest
 cutoff of the batch, so it costs about a full transform.
 
-Compute floor: the op's matrix products at the measured GEMM rate of the dtype it multiplies in
-(``freq.matmul_dtype``), from one GEMM of the op's largest product shape (N*C*H x W @ W x k)
-written into a preallocated output, so the rate is compute only: a fresh output would add the
+Compute floor: the op's matrix products at the measured GEMM rate of the dtype each runs in
+(forward transform in fp32, inverse in ``freq.matmul_dtype``), from one GEMM of the op's largest
+product shape (N*C*H x W @ W x k) written into a preallocated output, so the rate is compute only: a fresh output would add the
 kernel's page faults on first touch (on CPU as much time again as the product at 224 px).
 
 Run: ``python benchmarks/mixing.py [--device cuda] [--quick]``.
@@ -108,8 +108,8 @@ def _peer_factories(num_classes: int) -> tuple[dict[str, Callable[[], Any]], dic
 # Compute floor
 
 
-def matmul_flops(shape: tuple[int, ...], cutoff: float) -> int:
-    """FLOPs of the op's band products (see ``freq.low_band_coefficients`` / ``coefficients_to_signal``).
+def matmul_flops(shape: tuple[int, ...], cutoff: float) -> tuple[int, int]:
+    """FLOPs of the op's band products, (forward, inverse) (see ``functional.robustmix``).
 
     Forward: ``(NC*H x W) @ (W x kw)`` then ``(kh x H) @ (H x kw)`` per image-channel; the
     inverse does the transposed pair. The elementwise lerp and energy sums are not counted.
@@ -119,7 +119,7 @@ def matmul_flops(shape: tuple[int, ...], cutoff: float) -> int:
     nc = n * c
     forward = 2 * nc * h * w * kw + 2 * nc * kh * h * kw
     inverse = 2 * nc * h * kh * kw + 2 * nc * h * kw * w
-    return forward + inverse
+    return forward, inverse
 
 
 def measure_gemm(
@@ -232,11 +232,14 @@ def add_ratios_and_floor(rows: list[dict[str, Any]], gemm: list[dict[str, Any]],
             if p["kind"] == "peer" and tuple(p["shape"]) == shape and p["dtype"] == row["dtype"]
         }
         if row["method"] == "robustmix c=0.5":
-            mm = str(freq.matmul_dtype(DTYPES[row["dtype"]], device)).removeprefix("torch.")
-            flops = matmul_flops(shape, CUTOFF)
-            floor_ms = 1e3 * flops / rate[(shape, mm)]
-            row["floor"] = {"matmul_dtype": mm, "flops": flops, "floor_ms": floor_ms,
-                            "time_over_floor": ours / floor_ms}
+            # The forward transform (energies) multiplies in fp32, the inverse in matmul_dtype.
+            dtype = DTYPES[row["dtype"]]
+            fwd = str(freq._compute_dtype(dtype)).removeprefix("torch.")
+            inv = str(freq.matmul_dtype(dtype, device)).removeprefix("torch.")
+            fwd_flops, inv_flops = matmul_flops(shape, CUTOFF)
+            floor_ms = 1e3 * (fwd_flops / rate[(shape, fwd)] + inv_flops / rate[(shape, inv)])
+            row["floor"] = {"forward_dtype": fwd, "matmul_dtype": inv, "flops": fwd_flops + inv_flops,
+                            "floor_ms": floor_ms, "time_over_floor": ours / floor_ms}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,12 +108,14 @@ def _cpu_has_native_bf16() -> bool:
 
 
 def matmul_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
-    """The dtype the band transforms multiply in.
+    """The dtype Robustmix builds its output in: that of the inverse band product.
 
     Half inputs multiply in their own dtype where the hardware has native half GEMMs (CUDA;
-    CPUs with AVX512-BF16 or AMX for bfloat16), accumulating in fp32 as those kernels do; the
-    error of the low-band term is then that of one half rounding (documented in the tests).
-    Elsewhere (e.g. AVX2 CPUs, where a bf16 GEMM is emulated and slower than fp32) in fp32.
+    CPUs with AVX512-BF16 or AMX for bfloat16), accumulating in fp32 as those kernels do: the
+    output is half anyway, and this product adds about one half ulp. Elsewhere (e.g. AVX2
+    CPUs, where a bf16 GEMM is emulated and slower than fp32) in fp32. The forward transform,
+    which measures the energies behind the label weights, always runs in fp32+
+    (``_compute_dtype``).
     """
     if dtype == torch.float16 and device.type == "cuda":
         return dtype

@@ -371,19 +371,26 @@ def robustmix(
         out, lam_c = _robustmix_fft(images, lam_low, lam_high, cutoff, index, energy, dims_t)
         lam = lam_c * lam_low + (1 - lam_c) * lam_high
         return _restore_format(out, images), _mix_targets(y1, index, lam)
-    # Contiguous, in the dtype of the band products: the products below are views of it.
+    # Contiguous, in the dtype of the inverse product (the input's own half dtype where the
+    # hardware multiplies it natively, see freq.matmul_dtype; else fp32+): the output is built in it.
     x1 = images.to(freq.matmul_dtype(images.dtype, device)).contiguous()
-    block, mask = freq.low_band_block(x1, cutoff, dims_t, x1.dtype)
-    acc = torch.float64 if images.dtype == torch.float64 else torch.float32
+    # The forward transform always runs in fp32+: the coefficients decide the label weights,
+    # which bf16 products would bias by up to ~0.5 % (the constant DC basis row alone rounds
+    # by 1e-3 in bf16). Half chunks are converted on the fly, a cache-sized piece at a time.
+    compute = freq._compute_dtype(images.dtype)
+    block, mask = freq.low_band_block(x1, cutoff, dims_t, compute)
     chunks = _batch_chunks(x1)
 
     # Pass 1: Low(x1) once, as coefficients of the kept block only (Low(x2) is a permutation of
     # them), and per-sample energies of the image and of its low band (Parseval).
-    coef = x1.new_empty((n, *(block[dims_t.index(d)] if d in dims_t else x1.shape[d] for d in range(1, x1.ndim))))
+    coef_shape = (n, *(block[dims_t.index(d)] if d in dims_t else x1.shape[d] for d in range(1, x1.ndim)))
+    coef = torch.empty(coef_shape, dtype=compute, device=device)
+    sq_norms = torch.empty(n, dtype=compute, device=device)
     for s, e in chunks:
-        coef[s:e].copy_(freq.block_coefficients(x1[s:e], dims_t, block))
-    sq_norms = _sq_norms(x1, acc)
-    low_sq = _sq_norms(coef, acc)
+        part = x1[s:e].to(compute)
+        coef[s:e].copy_(freq.block_coefficients(part, dims_t, block))
+        sq_norms[s:e] = torch.linalg.vector_norm(part.flatten(1), dim=1).square()
+    low_sq = _sq_norms(coef, compute)
     _check_finite_norms(sq_norms)
 
     # Pass 2: out = Low(mixL) + mixH - Low(mixH) = mixH + (lam_low - lam_high) * Low(x1 - x2):
@@ -399,6 +406,7 @@ def robustmix(
         delta_coef = (coef[rows] - coef[partners]) * (delta[rows] if isinstance(delta, Tensor) else delta)
         if mask is not None:
             delta_coef = delta_coef * mask[rows]
+        delta_coef = delta_coef.to(x1.dtype)
         part = out[rows]
         torch.index_select(x1, 0, partners, out=part)
         part.lerp_(x1[rows], w_high[rows] if isinstance(w_high, Tensor) else w_high)  # x2 + lam_h (x1 - x2)
