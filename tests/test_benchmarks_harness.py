@@ -230,8 +230,8 @@ def test_common_args_parse():
 def test_matmul_flops_matches_hand_count():
     # (2, 3, 8, 8), cutoff 0.5 -> k = 4 per side, N*C = 6:
     # forward 2*6*8*8*4 + 2*6*4*8*4 = 3072 + 1536; inverse 2*6*8*4*4 + 2*6*8*4*8 = 1536 + 3072.
-    assert mixing.matmul_flops((2, 3, 8, 8), 0.5) == 9216
-    assert mixing.matmul_flops((2, 3, 8, 8), 0.0) == 0
+    assert mixing.matmul_flops((2, 3, 8, 8), 0.5) == (3072 + 1536, 1536 + 3072)
+    assert mixing.matmul_flops((2, 3, 8, 8), 0.0) == (0, 0)
 
 
 def test_corruption_summary_geomean_and_slowest():
