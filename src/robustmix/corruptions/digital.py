@@ -283,8 +283,9 @@ def _nearest_exact_is_box(in_size: int, out_size: int) -> bool:
 def _jpeg_roundtrip(batch: Tensor, quality: int) -> Tensor:
     # batch: uint8 (N, C, H, W) on the CPU -> decoded uint8 (N, H, W, C). One encode/decode per
     # image: the codec has no batch mode.
-    # (It releases the GIL, but a thread pool gained nothing here: torch's OpenMP workers,
-    # still spinning after the conversion, take the second core.)
+    # (The codec releases the GIL, but splitting the batch over a thread pool measured no
+    # faster inside this function, and a pool thread that runs any parallel torch op starts a
+    # second OpenMP team whose spinning workers slow the rest of the process.)
     try:
         from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
     except ImportError:  # pragma: no cover - torchvision without its codec
