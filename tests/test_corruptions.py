@@ -385,12 +385,23 @@ def test_defocus_impulse_response_is_the_disk():
     assert torch.allclose(inside, torch.full_like(inside, 1 / count))  # flat top of area 1/pi r^2
 
 
-def test_filter2d_equals_scipy_correlate():
-    x = torch.rand(2, 3, 16, 16, generator=gen(7), dtype=torch.float64)
-    k = torch.rand(5, 3, generator=gen(8), dtype=torch.float64)
-    y = common.filter2d(x, k, mode="mirror").numpy()
-    ref = scipy_ndimage.correlate(x.numpy(), k.numpy()[None, None], mode="mirror")
+@pytest.mark.parametrize("kshape", [(5, 3), (3, 3), (1, 3), (3, 1)])  # 3x3 and smaller: shifted sums
+@pytest.mark.parametrize("mode", ["mirror", "nearest", "reflect"])
+def test_filter2d_equals_scipy_correlate(kshape, mode):
+    x = torch.rand(2, 3, 16, 13, generator=gen(7), dtype=torch.float64)
+    k = torch.rand(*kshape, generator=gen(8), dtype=torch.float64)
+    k[0, 0] = 0.0  # a zero tap (Sobel and emboss have them)
+    y = common.filter2d(x, k, mode=mode).numpy()
+    ref = scipy_ndimage.correlate(x.numpy(), k.numpy()[None, None], mode=mode)
     assert np.abs(y - ref).max() < 1e-12
+
+
+def test_dilate3x3_equals_max_pool():
+    from robustmix.corruptions import weather
+
+    mask = torch.rand(3, 1, 17, 12, generator=gen(9)) < 0.08
+    expected = F.max_pool2d(mask.float(), 3, stride=1, padding=1) > 0
+    assert torch.equal(weather._dilate3x3(mask), expected)
 
 
 def test_motion_blur_kernel_is_imagemagick_line():
