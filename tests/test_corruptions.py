@@ -434,6 +434,57 @@ def test_clipped_zoom_equals_reference_scipy_zoom():
         assert np.abs(common.clipped_zoom(x, z)[0].numpy() - ref).max() < 1e-9
 
 
+def _reference_glass_loop(dy: np.ndarray, dx: np.ndarray, h: int, w: int) -> np.ndarray:
+    """make_imagenet_c.py's shuffle loop, verbatim in its swap line, on an (H, W, 3) id image."""
+    passes, n, rows, _ = dy.shape
+    d = (h - rows) // 2
+    out = []
+    for k in range(n):
+        x = np.arange(h * w).reshape(h, w, 1).repeat(3, axis=2)
+        for t in range(passes):
+            for hh in range(h - d, d, -1):
+                for ww in range(w - d, d, -1):
+                    h_prime, w_prime = hh + int(dy[t, k, hh - d - 1, ww - d - 1]), ww + int(dx[t, k, hh - d - 1, ww - d - 1])
+                    x[hh, ww], x[h_prime, w_prime] = x[h_prime, w_prime], x[hh, ww]
+        assert (x == x[..., :1]).all()
+        out.append(x[..., 0].reshape(-1))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize(("h", "w", "d", "passes"), [(12, 12, 1, 2), (20, 17, 2, 3), (15, 30, 3, 2), (26, 26, 4, 2)])
+def test_glass_sources_equal_the_reference_loop(h, w, d, passes):
+    # The reference's tuple "swap" of RGB views is a copy, applied in scan order (chains included).
+    g = gen(h + d)
+    dy = torch.randint(-d, d, (passes, 3, h - 2 * d, w - 2 * d), generator=g)
+    dx = torch.randint(-d, d, (passes, 3, h - 2 * d, w - 2 * d), generator=g)
+    got = blur.glass_sources(dy, dx, h, w)
+    assert got.dtype == torch.int64 and got.shape == (3, h * w)
+    np.testing.assert_array_equal(got.numpy(), _reference_glass_loop(dy.numpy(), dx.numpy(), h, w))
+
+
+def test_glass_sources_copies_rather_than_swaps():
+    # One pass, d = 2 (interior rows/cols 3..6), every offset (+1, +1): each pixel copies its
+    # lower-right neighbour, which was scanned (and overwritten) first, so every chain runs down
+    # the diagonal to the first pixel outside the interior. A swap would instead have moved
+    # pixel (3, 3)'s value to (4, 4).
+    h = w = 8
+    ones = torch.ones(1, 1, h - 4, w - 4, dtype=torch.long)
+    src = blur.glass_sources(ones, ones, h, w).view(h, w)
+    for r in range(3, 7):
+        for c in range(3, 7):
+            k = min(7 - r, 7 - c)
+            assert src[r, c] == (r + k) * w + (c + k), (r, c)
+    assert src[3, 3] == 7 * w + 7 and src[3, 5] == 5 * w + 7
+    assert int((src.view(-1) == torch.arange(h * w)).sum()) == h * w - 16  # only interior pixels changed
+
+
+def test_glass_sources_rejects_mismatched_offsets():
+    with pytest.raises(ValueError, match="dy and dx"):
+        blur.glass_sources(torch.zeros(1, 1, 4, 4, dtype=torch.long), torch.zeros(1, 1, 4, 3, dtype=torch.long), 6, 6)
+    with pytest.raises(ValueError, match="interior"):
+        blur.glass_sources(torch.zeros(1, 1, 4, 4, dtype=torch.long), torch.zeros(1, 1, 4, 4, dtype=torch.long), 7, 6)
+
+
 def test_glass_blur_moves_pixels_only_locally():
     # With sigma tiny (CIFAR severity 1, sigma 0.05) a single bright pixel can only travel 1 px.
     x = torch.zeros(1, 1, 32, 32)

@@ -9,12 +9,10 @@ radius and sigma, gaussian sigma. Zoom factors are ratios and stay as tabled.
 
 Deviations from the reference, and why:
 
-* glass_blur: the reference walks the image once per iteration in a sequential Python loop, each
-  pixel swapping with a random neighbour (offsets in ``[-d, d)``). Sequential swaps cannot be
-  batched, so each iteration here moves every interior pixel by one independent random offset from
-  the same range (a gather: pixels can be duplicated or dropped instead of exactly permuted). The
-  blur before and after, the ``uint8`` truncation in between and the interior region are as in the
-  reference.
+* glass_blur: none in the result. The reference's per-pixel "swap" on an RGB array is in fact a
+  copy ``x[r, c] = x[r + dy, c + dx]`` run in scan order, so copied pixels can be copied on;
+  :func:`glass_sources` resolves those chains exactly (vectorised pointer jumping instead of a
+  sequential Python loop). Only the draws differ (torch generator instead of NumPy's global RNG).
 * motion_blur: ImageMagick's ``MotionBlurImage`` rebuilt in torch (same one-sided Gaussian taps,
   same integer offsets and edge border), applied in float instead of through a PNG round trip.
 * defocus_blur: for radii > 8 the reference's disk grid is ``arange(-r, r + 1)``, which is only
@@ -53,6 +51,7 @@ __all__ = [
     "disk_kernel",
     "gaussian_blur",
     "glass_blur",
+    "glass_sources",
     "motion_blur",
     "zoom_blur",
     "zoom_factors",
@@ -128,8 +127,64 @@ def defocus_blur(images: Tensor, severity: int, generator: torch.Generator | Non
     return finish(filter2d(x, kernel, mode="mirror"), images)
 
 
+def glass_sources(dy: Tensor, dx: Tensor, height: int, width: int) -> Tensor:
+    """Where each pixel comes from after the reference's glass-blur passes, as a flat index.
+
+    ``dy``, ``dx``: integer offsets of shape (passes, N, height - 2d, width - 2d), entry
+    ``[t, n, i, j]`` for interior pixel (d + 1 + i, d + 1 + j) in pass t; the maximum shift d is
+    ``(height - dy.shape[-2]) // 2``. Returns (N, height * width) int64 on ``dy``'s device: the
+    corrupted image is ``flat_image[..., index]``.
+
+    The reference's loop is ``for r in range(height - d, d, -1): for c in range(width - d, d, -1):
+    x[r, c], x[r + dy, c + dx] = x[r + dy, c + dx], x[r, c]`` on an (H, W, 3) array. ``x[r, c]``
+    is a view, so this tuple "swap" is a copy, ``x[r, c] = x[r + dy, c + dx]``: pixels are
+    duplicated, never exchanged. Because the copies run in scan order (bottom-right first), a pixel
+    whose source was already overwritten in this pass takes that source's new value, and so on:
+    ``src(p) = src(q)`` when ``q = p + offset`` is an interior pixel scanned before ``p``
+    (``q > p`` in row-major order), else ``q``. These chains run to larger indices only, so
+    pointer jumping resolves them in O(log length) vectorised gathers, exactly.
+    """
+    if dy.shape != dx.shape or dy.dim() != 4:
+        raise ValueError(
+            f"dy and dx must share a shape (passes, N, rows, cols), got {tuple(dy.shape)} and {tuple(dx.shape)}"
+        )
+    passes, n, rows, cols = dy.shape
+    delta = (height - rows) // 2
+    if delta < 1 or rows < 1 or rows != height - 2 * delta or cols != width - 2 * delta:
+        raise ValueError(
+            f"dy, dx: {rows}x{cols} offsets do not fit a {height}x{width} image as its interior"
+            " for one shift d >= 1"
+        )
+    device = dy.device
+    hw = height * width
+    r = torch.arange(delta + 1, height - delta + 1, device=device).view(rows, 1)
+    c = torch.arange(delta + 1, width - delta + 1, device=device).view(1, cols)
+    interior = (r * width + c).reshape(-1)
+    identity = torch.arange(hw, device=device).expand(n, hw)
+    source = identity
+    for t in range(passes):
+        oy, ox = dy[t].reshape(n, -1).long(), dx[t].reshape(n, -1).long()
+        src_r, src_c = r.reshape(-1, 1).expand(rows, cols).reshape(-1) + oy, c.expand(rows, cols).reshape(-1) + ox
+        q = src_r * width + src_c
+        scanned_before = (
+            (src_r > delta) & (src_r <= height - delta) & (src_c > delta) & (src_c <= width - delta)
+            & (q > interior)
+        )
+        value = identity.clone()  # what a chain that ends here resolves to
+        value[:, interior] = q
+        link = identity.clone()  # next pixel along the chain; a root links to itself
+        link[:, interior] = torch.where(scanned_before, q, interior)
+        while True:
+            jumped = link.gather(1, link)
+            if torch.equal(jumped, link):
+                break
+            link = jumped
+        source = source.gather(1, value.gather(1, link))
+    return source.contiguous()
+
+
 def glass_blur(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
-    """Blur, jitter pixels locally (frosted glass), blur again.
+    """Blur, scramble pixels locally (frosted glass), blur again.
 
     Shape:
         (N, C, H, W) -> (N, C, H, W)
@@ -141,19 +196,11 @@ def glass_blur(images: Tensor, severity: int, generator: torch.Generator | None 
     n, c, h, w = x.shape
     # The reference stores the first blur as uint8 (truncating) before shuffling.
     x = torch.floor(gaussian_filter(x, sigma).clamp(0, 1) * 255) / 255
-    # Interior pixels h, w in [delta + 1, side - delta] move by offsets in [-delta, delta).
-    rows = torch.arange(h, device=x.device).view(h, 1)
-    cols = torch.arange(w, device=x.device).view(1, w)
-    inside = (rows > delta) & (rows <= h - delta) & (cols > delta) & (cols <= w - delta)
-    flat = x.reshape(n, c, h * w)
-    for _ in range(iterations):
-        dy = random_integers(-delta, delta, (n, h, w), gen, like=x)
-        dx = random_integers(-delta, delta, (n, h, w), gen, like=x)
-        src_r = torch.where(inside, rows + dy, rows).clamp(0, h - 1)
-        src_c = torch.where(inside, cols + dx, cols).clamp(0, w - 1)
-        index = (src_r * w + src_c).reshape(n, 1, h * w).expand(n, c, h * w)
-        flat = flat.gather(2, index)
-    x = flat.reshape(n, c, h, w)
+    if h > 2 * delta and w > 2 * delta:  # else no interior pixel: nothing moves
+        # One draw per pixel and pass picks (dy, dx) uniformly from [-delta, delta)^2.
+        pick = random_integers(0, 4 * delta * delta, (iterations, n, h - 2 * delta, w - 2 * delta), gen, like=x)
+        source = glass_sources(pick // (2 * delta) - delta, pick % (2 * delta) - delta, h, w)
+        x = x.reshape(n, c, h * w).gather(2, source.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
     return finish(gaussian_filter(x, sigma), images)
 
 
