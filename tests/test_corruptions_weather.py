@@ -213,7 +213,15 @@ def test_severity_monotone(name: str, side: int) -> None:
     # severity isolate the table's effect from the windows' own variety.
     outs = [FUNCS[name](x, s, _gen(100 if name == "frost" else 100 + s)) for s in range(1, 6)]
     dec = [_decorrelation(x, y) for y in outs]
-    assert all(b > a for a, b in itertools.pairwise(dec)), dec
+    steps = list(itertools.pairwise(dec))
+    if name == "frost" and side <= 32:
+        # CIFAR-10-C frost 3 -> 4 only lowers the image weight 0.9 -> 0.85 at the same frost weight
+        # 0.4; with frost as bright as the reference photos (mean ~0.7), severity 3 clips more
+        # pixels at 1 and decorrelates more. Checked with the reference's own photos (shrunk by
+        # 0.2, 32 px windows, 400 images): 0.035 at severity 3, 0.031 at 4.
+        assert dec[3] < dec[2]
+        steps.pop(2)
+    assert all(b > a for a, b in steps), dec
     diff = [float((y - x).abs().mean()) for y in outs]
     if name != "frost":
         assert diff[4] > diff[0] and diff[4] == pytest.approx(max(diff), rel=0.25), diff
@@ -303,6 +311,23 @@ def test_frost_blend_coefficients(side: int, severity: int) -> None:
     delta = (lifted - black)[unclipped]
     assert torch.allclose(delta, torch.full_like(delta, a * 0.2), atol=1e-5)
     assert unclipped.float().mean() > 0.9
+
+
+def test_frost_bank_has_the_reference_photos_statistics() -> None:
+    """Each synthetic photo carries one reference photo's per-channel mean and std (figures measured
+    from ImageNet-C's frost1-5), so the blend brightens and tints images as the reference does."""
+    from robustmix.corruptions.weather import FROST_PHOTO_STATS, _frost_bank
+
+    bank = _frost_bank(torch.device("cpu"))
+    assert bank.shape[0] == len(FROST_PHOTO_STATS) == 5
+    assert float(bank.min()) >= 0 and float(bank.max()) <= 1
+    want = torch.tensor(FROST_PHOTO_STATS)  # (5, 2, 3)
+    torch.testing.assert_close(bank.mean(dim=(2, 3)), want[:, 0], atol=0.01, rtol=0)  # clipping moves it a little
+    torch.testing.assert_close(bank.std(dim=(2, 3)), want[:, 1], atol=0.01, rtol=0)
+    # frost on black is b * frost: its mean over many draws is b times the photos' average mean
+    b = REFERENCE["frost"][0][2][1]
+    black = frost(torch.zeros(400, 3, 64, 64), 3, _gen(3))
+    torch.testing.assert_close(black.mean(dim=(0, 2, 3)), b * want[:, 0].mean(0), atol=0.02, rtol=0)
 
 
 def test_frost_texture_statistics() -> None:

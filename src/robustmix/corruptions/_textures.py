@@ -164,7 +164,7 @@ FROST_TINT = (0.84, 0.93, 1.0)
 def frost_texture(n: int, height: int, width: int, *, generator: torch.Generator, like: Tensor) -> Tensor:
     """Synthetic frost photographs, RGB in [0, 1], in the reference photos' pixel units.
 
-    Stand-in for the six frost photos of the reference (not redistributable here): a cloudy
+    Stand-in for the frost photos of the reference (not redistributable here): a cloudy
     multi-octave value-noise base (uneven ice film) plus two scales of 60-degree-branching
     crystal needles, tinted pale blue. Feature sizes are in photo pixels (the reference crops
     224 px windows of the photos for ImageNet-C), so callers render at that scale and resize.

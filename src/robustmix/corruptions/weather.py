@@ -17,11 +17,12 @@ luma weights (:func:`._common.with_rgb`); for snow and fog this equals applying 
 
 Deviations from the reference, and why:
 
-* Frost: the six frost photographs of the reference cannot be shipped, so the frost layer is a
+* Frost: the frost photographs of the reference cannot be shipped, so the frost layer is a
   procedural texture (:func:`._textures.frost_texture`: cloudy ice film plus 60-degree crystal
-  needles, pale blue, mean ~0.45). Like the reference's six photos, a bank of six 320 px
-  textures is rendered once (fixed seed) and each image gets a random window of a random one.
-  The blend ``clip(a * x + b * frost)`` and its table are exact. For CIFAR-10-C the reference
+  needles). As the reference draws one of five photos and crops a random window, a bank of
+  five 320 px textures is rendered once (fixed seed), each given the per-channel mean and std of
+  one reference photo (:data:`FROST_PHOTO_STATS`), and each image gets a random window of a
+  random one. The blend ``clip(a * x + b * frost)`` and its table are exact. For CIFAR-10-C the reference
   shrinks the photos by 0.2 before cropping 32 px; the bank is shrunk the same way.
 * Snow: ImageMagick's motion blur (called through Wand) is rebuilt in torch with ImageMagick's
   own kernel (one-sided Gaussian taps, rounded integer offsets, edge pixels); the 8-bit
@@ -173,8 +174,23 @@ def snow(images: Tensor, severity: int, generator: torch.Generator | None = None
 # Frost
 
 
-FROST_BANK_SIZE = 6
-"""Number of frost 'photos' (the reference ships six), rendered once per process."""
+FROST_PHOTO_STATS: tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...] = (
+    ((0.305, 0.585, 0.650), (0.106, 0.065, 0.060)),  # frost1.png
+    ((0.787, 0.805, 0.841), (0.084, 0.087, 0.089)),  # frost2.png
+    ((0.787, 0.805, 0.841), (0.084, 0.087, 0.089)),  # frost3.png (the same picture as frost2.png)
+    ((0.540, 0.599, 0.648), (0.112, 0.112, 0.117)),  # frost4.jpg
+    ((0.441, 0.484, 0.528), (0.174, 0.170, 0.163)),  # frost5.jpg
+)
+"""Per-channel RGB (mean, std) of the reference's frost photos, each over the whole photo.
+
+Measured from the files ImageNet-C ships (as packaged in ``imagecorruptions`` 1.1.2). The
+reference draws ``np.random.randint(5)``, so only the first five of its six photos are ever used,
+each with probability 1/5 (and frost2/frost3 are one picture). Each synthetic 'photo' of the bank
+is matched to one of these: the frost layer's brightness and colour decide most of what the
+corruption does to an image (``b * frost`` is up to 0.75 of the result).
+"""
+FROST_BANK_SIZE = len(FROST_PHOTO_STATS)
+"""Number of frost 'photos' (the reference draws among five), rendered once per process."""
 FROST_PHOTO_SIDE = 320
 """Side of each synthetic photo in photo pixels (larger than the 224 px crops, as the photos are)."""
 FROST_BANK_SEED = 20190401
@@ -182,14 +198,20 @@ FROST_BANK_SEED = 20190401
 
 @functools.lru_cache(maxsize=4)
 def _frost_bank(device: torch.device) -> Tensor:
-    """The synthetic frost 'photographs', (6, 3, S, S), rendered once from a fixed seed.
+    """The synthetic frost 'photographs', (5, 3, S, S), rendered once from a fixed seed.
 
     Rendering a texture costs far more than corrupting an image, so, as the reference does with
-    its six photos, every call crops random windows of this fixed bank instead of rendering.
+    its photos, every call crops random windows of this fixed bank instead of rendering.
     """
     g = torch.Generator().manual_seed(FROST_BANK_SEED)
     like = torch.zeros(1, device=device)
-    return frost_texture(FROST_BANK_SIZE, FROST_PHOTO_SIDE, FROST_PHOTO_SIDE, generator=g, like=like)
+    bank = frost_texture(FROST_BANK_SIZE, FROST_PHOTO_SIDE, FROST_PHOTO_SIDE, generator=g, like=like)
+    # Give each texture its photo's per-channel mean and std (an affine map per channel; the
+    # structure stays procedural), then keep it a valid image.
+    target = torch.tensor(FROST_PHOTO_STATS, dtype=bank.dtype, device=device)  # (5, 2, 3)
+    mean, std = bank.mean(dim=(2, 3), keepdim=True), bank.std(dim=(2, 3), keepdim=True)
+    unit = (bank - mean) / std.clamp_min(1e-6)
+    return (unit * target[:, 1, :, None, None] + target[:, 0, :, None, None]).clamp_(0.0, 1.0)
 
 
 def _frost_crops(n: int, which: str, rh: int, rw: int, generator: torch.Generator, like: Tensor) -> Tensor:
