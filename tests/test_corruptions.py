@@ -674,3 +674,16 @@ def test_input_is_never_written(name, dtype):
     assert out.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
     # No cached state (textures, bases, kernels) was clipped in place either: a second call matches.
     assert torch.equal(corrupt(x, name, 5, generator=gen(1)), out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_jpeg_bytes_are_rounded_and_clipped_like_torch_round(dtype):
+    # The codec's input bytes come from a bit trick (float32 + 2**23): same as round-half-even.
+    from robustmix.corruptions.digital import _bytes_hwc
+
+    x = torch.rand(2, 3, 9, 7, generator=gen(4), dtype=dtype)
+    x[0, 0, 0, :6] = torch.tensor([-1e-4, 1 + 1e-4, 0.5 / 255, 2.5 / 255, 1.0, 0.0], dtype=dtype)
+    want = (x.float() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    got = _bytes_hwc(x)
+    assert got.dtype == torch.uint8 and got.is_contiguous() and torch.equal(got, want)
+    assert got[0, 0, :6, 0].tolist() == [0, 255, 0, 2, 255, 0]

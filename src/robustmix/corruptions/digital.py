@@ -32,7 +32,9 @@ Deviations from the reference, and why:
 from __future__ import annotations
 
 import io
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import torch
@@ -280,23 +282,50 @@ def _nearest_exact_is_box(in_size: int, out_size: int) -> bool:
     return torch.equal(picked, _box_up_source(in_size, out_size))
 
 
+def _bytes_hwc(x: Tensor) -> Tensor:
+    """``round(255 x)`` clipped to [0, 255] as contiguous uint8 (N, H, W, C) on the CPU.
+
+    Adding 2**23 to a float32 in [0, 255] rounds it to an integer (half to even, as
+    ``torch.round``) held in the low bits of its bit pattern, so an int32 -> uint8 cast (which
+    keeps the low byte) finishes the job: three in-place float ops and one fast integer cast
+    instead of round, clamp and a float -> uint8 cast, which alone costs more than the rest on
+    CPU. The layout change rides on the first copy.
+    """
+    n, c, h, w = x.shape
+    magic = torch.empty((n, h, w, c), dtype=torch.float32, device=x.device)
+    magic.copy_(x.permute(0, 2, 3, 1)).mul_(255).clamp_(0, 255).add_(8388608.0)
+    return magic.view(torch.int32).to("cpu", torch.uint8)
+
+
+@lru_cache(maxsize=1)
+def _codec_pool() -> ThreadPoolExecutor | None:
+    """Threads for the JPEG codec (it releases the GIL), one per usable core; None on one core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return ThreadPoolExecutor(max_workers=cores, thread_name_prefix="robustmix-jpeg") if cores > 1 else None
+
+
 def _jpeg_roundtrip(batch: Tensor, quality: int) -> Tensor:
-    # batch: uint8 (N, C, H, W) on the CPU -> decoded uint8 (N, H, W, C). One encode/decode per
-    # image: the codec has no batch mode.
-    # (The codec releases the GIL, but splitting the batch over a thread pool measured no
-    # faster inside this function, and a pool thread that runs any parallel torch op starts a
-    # second OpenMP team whose spinning workers slow the rest of the process.)
+    # batch: uint8 (N, C, H, W) CHW views of HWC bytes on the CPU -> decoded uint8 (N, H, W, C).
+    # One encode/decode per image (the codec has no batch mode), spread over a thread pool. The
+    # pool threads must run no parallel torch op: one that did would start its own OpenMP team,
+    # whose spinning workers slow the rest of the process. Here they run none: the encoder's
+    # HWC .contiguous() is a no-op on these views and the decoder returns a permuted view.
     try:
         from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
     except ImportError:  # pragma: no cover - torchvision without its codec
         return _jpeg_roundtrip_pil(batch, quality)
     mode = ImageReadMode.GRAY if batch.shape[1] == 1 else ImageReadMode.RGB
+
+    def roundtrip(image: Tensor) -> Tensor:
+        return decode_jpeg(encode_jpeg(image, quality=quality), mode=mode)
+
+    pool = _codec_pool()
     with warnings.catch_warnings():
         # torchvision 0.29 deprecates its codec in favour of torchcodec; it is still libjpeg.
         warnings.simplefilter("ignore", DeprecationWarning)
-        encoded = encode_jpeg(list(batch), quality=quality)
-        decoded = decode_jpeg(encoded, mode=mode)
-    return torch.stack([d.permute(1, 2, 0) for d in decoded])  # (N, H, W, C)
+        images = list(batch)
+        decoded = list(pool.map(roundtrip, images)) if pool is not None and len(images) > 1 else map(roundtrip, images)
+        return torch.stack([d.permute(1, 2, 0) for d in decoded])  # (N, H, W, C)
 
 
 def _jpeg_roundtrip_pil(batch: Tensor, quality: int) -> Tensor:  # pragma: no cover - fallback
@@ -324,10 +353,8 @@ def jpeg_compression(images: Tensor, severity: int, generator: torch.Generator |
     x = to_work(images)
     n, c, h, w = x.shape
     # Bytes laid out HWC (as the codec reads them; the CHW views passed to it are then free to
-    # make contiguous) and decoded bytes gathered HWC: the layout changes ride on the dtype copies.
-    pixels = torch.empty((n, h, w, c), dtype=torch.uint8)
-    pixels.copy_((x * 255).round_().clamp_(0, 255).permute(0, 2, 3, 1))
-    decoded = _jpeg_roundtrip(pixels.permute(0, 3, 1, 2), int(quality))
+    # make contiguous) and decoded bytes gathered HWC: the layout changes ride on the copies.
+    decoded = _jpeg_roundtrip(_bytes_hwc(x).permute(0, 3, 1, 2), int(quality))
     out = torch.empty((n, c, h, w), dtype=x.dtype, device=x.device)
     # Decoded bytes are in [0, 255]: scaling them needs no clip.
     return out.copy_(decoded.permute(0, 3, 1, 2)).div_(255).to(images.dtype)
