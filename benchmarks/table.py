@@ -119,8 +119,36 @@ def render_corruptions(res: dict[str, Any]) -> list[str]:
     return out
 
 
+def render_agreement(res: dict[str, Any]) -> list[str]:
+    cfg = res["config"]
+    sevs = cfg["severities"]
+    out = [f"### Agreement with the reference, {cfg['image_size']} px ({res['meta']['device']})", "",
+           _meta_line(res["meta"]), "",
+           f"Strength ratio = mean |corrupted − clean| of ours / of `imagecorruptions` ({cfg['images']} images per "
+           "cell, both as truncated 8-bit images; 1.00 = the same amount of corruption). Last column: mean "
+           "|ours − reference| in 8-bit levels, for the deterministic corruptions.", ""]
+    by = {(r["corruption"], r["severity"]): r for r in res["rows"]}
+    names = list(dict.fromkeys(r["corruption"] for r in res["rows"]))
+    rows, notes = [], []
+    for name in names:
+        cells = [_f(by.get((name, s), {}).get("strength_ratio")) for s in sevs]
+        diff = res["summary"].get(name, {}).get("max_mean_abs_diff_levels")
+        label = name
+        note = next((by[(name, s)]["note"] for s in sevs if "note" in by.get((name, s), {})), None)
+        if note:
+            label += " †"
+            notes.append(f"† {name}: {note}.")
+        few = cfg.get("images_override", {}).get(name)
+        if few and few < cfg["images"]:
+            notes.append(f"{name}: {few} images per cell (slow reference).")
+        rows.append([label, *cells, "" if diff is None else _f(diff)])
+    out += _table(["corruption", *[f"sev {s}" for s in sevs], "max mean diff (levels)"], rows)
+    return [*out, *(["", *notes] if notes else [])]
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "mixing": render_mixing, "train_step": render_train_step, "corruptions": render_corruptions,
+    "agreement": render_agreement,
 }
 
 

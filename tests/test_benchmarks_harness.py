@@ -35,6 +35,8 @@ H = sys.modules.get("_harness") or _load("_harness", "_harness.py")
 mixing = _load("bench_mixing", "mixing.py")
 corruptions = _load("bench_corruptions", "corruptions.py")
 table = _load("bench_table", "table.py")
+sys.modules.setdefault("corruptions", corruptions)  # agreement.py imports it as a script sibling
+agreement = _load("bench_agreement", "agreement.py")
 
 
 class ScriptedClock:
@@ -297,3 +299,33 @@ def test_table_renders_train_step_overhead_and_skips_quick(tmp_path):
     text = table.render(tmp_path)
     assert "| 32² | 8 | step robustmix | 100.00 |" in text and "1.25 %" in text
     assert "Mixing" not in text  # the quick result is skipped
+
+
+def test_agreement_summary_and_table(tmp_path):
+    rows = [
+        {"corruption": "contrast", "severity": 1, "strength_ratio": 1.0, "mean_abs_diff_levels": 0.25},
+        {"corruption": "contrast", "severity": 5, "strength_ratio": 0.98, "mean_abs_diff_levels": 0.5},
+        {"corruption": "elastic_transform", "severity": 1, "strength_ratio": 0.9, "note": "redefined"},
+        {"corruption": "elastic_transform", "severity": 5, "strength_ratio": 1.5, "note": "redefined"},
+    ]
+    summary = agreement.summarize(rows)
+    assert summary["contrast"]["ratios"] == [1.0, 0.98] and summary["contrast"]["max_mean_abs_diff_levels"] == 0.5
+    assert summary["elastic_transform"]["worst_ratio"] == 1.5  # |log 1.5| > |log 0.9|
+    assert "max_mean_abs_diff_levels" not in summary["elastic_transform"]
+    result = {
+        "benchmark": "agreement", "quick": False,
+        "meta": {"device": "cpu", "device_name": "cpu: X", "torch": "t", "numpy": "n", "python": "p",
+                 "torch_threads": 2, "commit": None, "date": "d"},
+        "config": {"image_size": 224, "severities": [1, 5], "images": 8, "images_override": {"contrast": 3}},
+        "rows": rows, "summary": summary,
+    }
+    H.write_result(tmp_path / "agreement-cpu.json", result)
+    text = table.render(tmp_path)
+    assert "| contrast | 1.00 | 0.98 | 0.50 |" in text
+    assert "| elastic_transform † | 0.90 | 1.50 |  |" in text and "† elastic_transform: redefined." in text
+    assert "contrast: 3 images per cell" in text
+
+
+def test_agreement_truncates_like_the_reference():
+    x = torch.tensor([0.0, 0.5 / 255, 1.99 / 255, 1.0]).view(1, 1, 1, 4)
+    assert agreement._as_uint8(x).reshape(-1).tolist() == [0, 0, 1, 255]
