@@ -129,7 +129,7 @@ def render_agreement(res: dict[str, Any]) -> list[str]:
            "|ours − reference| in 8-bit levels, for the deterministic corruptions.", ""]
     by = {(r["corruption"], r["severity"]): r for r in res["rows"]}
     names = list(dict.fromkeys(r["corruption"] for r in res["rows"]))
-    rows, notes = [], []
+    rows, counts, notes = [], [], []
     for name in names:
         cells = [_f(by.get((name, s), {}).get("strength_ratio")) for s in sevs]
         diff = res["summary"].get(name, {}).get("max_mean_abs_diff_levels")
@@ -138,11 +138,13 @@ def render_agreement(res: dict[str, Any]) -> list[str]:
         if note:
             label += " †"
             notes.append(f"† {name}: {note}.")
-        few = cfg.get("images_override", {}).get(name)
-        if few and few < cfg["images"]:
-            notes.append(f"{name}: {few} images per cell (slow reference).")
+        count = cfg.get("images_override", {}).get(name)
+        if count and count != cfg["images"]:
+            counts.append(f"{name} {count}")
         rows.append([label, *cells, "" if diff is None else _f(diff)])
     out += _table(["corruption", *[f"sev {s}" for s in sevs], "max mean diff (levels)"], rows)
+    if counts:
+        notes.insert(0, f"Images per cell where not {cfg['images']}: {', '.join(counts)}.")
     return [*out, *(["", *notes] if notes else [])]
 
 

@@ -323,7 +323,7 @@ def test_agreement_summary_and_table(tmp_path):
     text = table.render(tmp_path)
     assert "| contrast | 1.00 | 0.98 | 0.50 |" in text
     assert "| elastic_transform † | 0.90 | 1.50 |  |" in text and "† elastic_transform: redefined." in text
-    assert "contrast: 3 images per cell" in text
+    assert "Images per cell where not 8: contrast 3." in text
 
 
 def test_agreement_truncates_like_the_reference():
