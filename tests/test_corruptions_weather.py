@@ -330,6 +330,15 @@ def test_frost_bank_has_the_reference_photos_statistics() -> None:
     torch.testing.assert_close(black.mean(dim=(0, 2, 3)), b * want[:, 0].mean(0), atol=0.02, rtol=0)
 
 
+def test_frost_cifar_shrink_is_cv2_linear_subsampling() -> None:
+    """cv2.resize(fx=0.2, INTER_LINEAR) maps output i to input 5 i + 2 exactly (half-pixel centres):
+    pure subsampling, no averaging. The CIFAR frost bank must be shrunk the same way."""
+    from robustmix.corruptions.weather import _shrink_like_cv2
+
+    layer = torch.rand(2, 3, 320, 320, generator=_gen(5))
+    torch.testing.assert_close(_shrink_like_cv2(layer, 64), layer[..., 2::5, 2::5], atol=1e-6, rtol=0)
+
+
 def test_frost_texture_statistics() -> None:
     t = frost_texture(4, 224, 224, generator=_gen(0), like=torch.zeros(1))
     assert t.shape == (4, 3, 224, 224) and float(t.min()) >= 0 and float(t.max()) <= 1

@@ -214,13 +214,23 @@ def _frost_bank(device: torch.device) -> Tensor:
     return (unit * target[:, 1, :, None, None] + target[:, 0, :, None, None]).clamp_(0.0, 1.0)
 
 
+def _shrink_like_cv2(layer: Tensor, side: int) -> Tensor:
+    """``cv2.resize(..., INTER_LINEAR)`` down to ``side``: bilinear at half-pixel centres, no prefilter.
+
+    make_cifar_c.py shrinks its frost photos this way (fx=0.2). Without a prefilter the needles'
+    fine detail survives as aliasing, which keeps the 32 px windows' contrast; an antialiased
+    shrink would leave them ~30 % flatter than the reference's.
+    """
+    return F.interpolate(layer, size=(side, side), mode="bilinear", align_corners=False, antialias=False)
+
+
 def _frost_crops(n: int, which: str, rh: int, rw: int, generator: torch.Generator, like: Tensor) -> Tensor:
     """Random (photo, window) crops of the bank at the reference scale, as ``make_*_c.py`` does."""
     bank = _frost_bank(like.device)
     zoom = FROST_PHOTO_ZOOM[which]
     if zoom != 1.0:  # make_cifar_c.py shrinks the photos before cropping
         side = max(rh, rw, round(FROST_PHOTO_SIDE * zoom))
-        bank = F.interpolate(bank, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        bank = _shrink_like_cv2(bank, side)
     if bank.shape[-2] < rh or bank.shape[-1] < rw:  # images larger than the photos: upscale
         scale = max(rh / bank.shape[-2], rw / bank.shape[-1])
         size = (math.ceil(bank.shape[-2] * scale), math.ceil(bank.shape[-1] * scale))
