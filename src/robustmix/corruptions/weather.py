@@ -214,6 +214,12 @@ def _frost_bank(device: torch.device) -> Tensor:
     return (unit * target[:, 1, :, None, None] + target[:, 0, :, None, None]).clamp_(0.0, 1.0)
 
 
+@functools.lru_cache(maxsize=8)
+def _frost_bank_shrunk(device: torch.device, side: int) -> Tensor:
+    """The bank at the CIFAR-10-C scale, shrunk once per (device, side) rather than per call."""
+    return _shrink_like_cv2(_frost_bank(device), side)
+
+
 def _shrink_like_cv2(layer: Tensor, side: int) -> Tensor:
     """``cv2.resize(..., INTER_LINEAR)`` down to ``side``: bilinear at half-pixel centres, no prefilter.
 
@@ -226,11 +232,11 @@ def _shrink_like_cv2(layer: Tensor, side: int) -> Tensor:
 
 def _frost_crops(n: int, which: str, rh: int, rw: int, generator: torch.Generator, like: Tensor) -> Tensor:
     """Random (photo, window) crops of the bank at the reference scale, as ``make_*_c.py`` does."""
-    bank = _frost_bank(like.device)
     zoom = FROST_PHOTO_ZOOM[which]
     if zoom != 1.0:  # make_cifar_c.py shrinks the photos before cropping
-        side = max(rh, rw, round(FROST_PHOTO_SIDE * zoom))
-        bank = _shrink_like_cv2(bank, side)
+        bank = _frost_bank_shrunk(like.device, max(rh, rw, round(FROST_PHOTO_SIDE * zoom)))
+    else:
+        bank = _frost_bank(like.device)
     if bank.shape[-2] < rh or bank.shape[-1] < rw:  # images larger than the photos: upscale
         scale = max(rh / bank.shape[-2], rw / bank.shape[-1])
         size = (math.ceil(bank.shape[-2] * scale), math.ceil(bank.shape[-1] * scale))
