@@ -6,6 +6,7 @@ import colorsys
 import io
 import itertools
 import math
+import os
 import warnings
 
 import numpy as np
@@ -687,3 +688,28 @@ def test_jpeg_bytes_are_rounded_and_clipped_like_torch_round(dtype):
     got = _bytes_hwc(x)
     assert got.dtype == torch.uint8 and got.is_contiguous() and torch.equal(got, want)
     assert got[0, 0, :6, 0].tolist() == [0, 255, 0, 2, 255, 0]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux's /proc")
+def test_jpeg_pool_threads_start_no_openmp_team():
+    # A pool thread that ran a parallel torch op would start its own OpenMP team (extra threads
+    # that keep spinning). The codec threads get HWC-backed views, so they must run none: the
+    # process gains exactly the pool's own threads.
+    from robustmix.corruptions import digital
+
+    torch.rand(64, 3, 64, 64).mul(2).sum()  # the main thread's own team exists from here on
+    digital._codec_pool.cache_clear()  # a fresh pool, whose threads start inside this test
+    pool = digital._codec_pool()
+    if pool is None:
+        pytest.skip("one usable core: no codec pool")
+    try:
+        before = len(os.listdir("/proc/self/task"))
+        x = torch.rand(16, 3, 160, 160, generator=gen(6))  # > 32k elements per image: parallel-sized
+        for _ in range(3):
+            corrupt(x, "jpeg_compression", 3)
+        started = len(pool._threads)
+        assert started >= 1
+        assert len(os.listdir("/proc/self/task")) - before == started
+    finally:
+        digital._codec_pool.cache_clear()
+        pool.shutdown()
