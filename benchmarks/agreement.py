@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 import _harness as H
-from corruptions import load_imagecorruptions, smooth_images, to_uint8_hwc
-from robustmix.corruptions import ALL_CORRUPTIONS, corrupt
+from corruptions import dist_version, load_imagecorruptions, parse_only, smooth_images, to_uint8_hwc
+from robustmix.corruptions import corrupt
 
 SIZE = 224
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -101,12 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.images < 1:
         parser.error(f"--images must be >= 1, got {args.images}")
-    names = ALL_CORRUPTIONS
-    if args.only:
-        names = tuple(n.strip() for n in args.only.split(",") if n.strip())
-        unknown = sorted(set(names) - set(ALL_CORRUPTIONS))
-        if unknown:
-            parser.error(f"--only: unknown corruption(s) {unknown}; known: {', '.join(ALL_CORRUPTIONS)}")
+    names = parse_only(parser, args.only)
     try:
         reference, shims = load_imagecorruptions()
     except ImportError as exc:
@@ -130,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "agreement",
         "quick": partial,
-        "meta": H.collect_metadata(torch.device("cpu"), extra={"imagecorruptions": _version("imagecorruptions")}),
+        "meta": H.collect_metadata(torch.device("cpu"), extra={"imagecorruptions": dist_version("imagecorruptions")}),
         "config": {"image_size": SIZE, "severities": list(severities), "images": n_images,
                    "images_override": {} if args.quick else IMAGES_OVERRIDE, "images_kind": "smooth random field, seed 1",
                    "quantisation": "both sides truncated to uint8 (np.uint8), as the reference"},
@@ -141,15 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or H.default_out_path("agreement", torch.device("cpu"), quick=partial)
     print(f"wrote {H.write_result(out, result)}")
     return 0
-
-
-def _version(dist: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

@@ -112,13 +112,25 @@ def load_imagecorruptions() -> tuple[Any, dict[str, str]]:
     return ic, shims
 
 
-def _version(dist: str) -> str | None:
+def dist_version(dist: str) -> str | None:
+    """Installed version of distribution ``dist``, or None when it is not installed."""
     from importlib import metadata
 
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
+
+
+def parse_only(parser: argparse.ArgumentParser, only: str | None) -> tuple[str, ...]:
+    """The corruptions named by ``--only NAME[,NAME...]`` (all when None); unknown names are a usage error."""
+    if not only:
+        return ALL_CORRUPTIONS
+    names = tuple(n.strip() for n in only.split(",") if n.strip())
+    unknown = sorted(set(names) - set(ALL_CORRUPTIONS))
+    if unknown:
+        parser.error(f"--only: unknown corruption(s) {unknown}; known: {', '.join(ALL_CORRUPTIONS)}")
+    return names
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,12 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure only these corruptions: a partial result, written to the temp dir "
                              "(like --quick) unless --out is given, and never rendered by table.py")
     args = parser.parse_args(argv)
-    names = ALL_CORRUPTIONS
-    if args.only:
-        names = tuple(n.strip() for n in args.only.split(",") if n.strip())
-        unknown = sorted(set(names) - set(ALL_CORRUPTIONS))
-        if unknown:
-            parser.error(f"--only: unknown corruption(s) {unknown}; known: {', '.join(ALL_CORRUPTIONS)}")
+    names = parse_only(parser, args.only)
     device = H.resolve_device(args.device)
     H.apply_threads(args.threads)
     cases = QUICK_CASES if args.quick else FULL_CASES[device.type]
@@ -221,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         if "geomean_speedup" in entry:
             print(f"  {size}px: geometric-mean speedup {entry['geomean_speedup']:.2f}x over {entry['compared']}"
                   f" corruptions; slowest {entry['min_speedup']}")
-    versions = {d: _version(d) for d in ("imagecorruptions", "scikit-image", "opencv-python-headless", "scipy", "Pillow")}
+    versions = {d: dist_version(d) for d in ("imagecorruptions", "scikit-image", "opencv-python-headless", "scipy", "Pillow")}
     result = {
         "benchmark": "corruptions",
         "quick": args.quick or bool(args.only),

@@ -160,11 +160,12 @@ def glass_sources(dy: Tensor, dx: Tensor, height: int, width: int) -> Tensor:
     r = torch.arange(delta + 1, height - delta + 1, device=device).view(rows, 1)
     c = torch.arange(delta + 1, width - delta + 1, device=device).view(1, cols)
     interior = (r * width + c).reshape(-1)
+    interior_r, interior_c = r.expand(rows, cols).reshape(-1), c.expand(rows, cols).reshape(-1)
     identity = torch.arange(hw, device=device).expand(n, hw)
     source = identity
     for t in range(passes):
-        oy, ox = dy[t].reshape(n, -1).long(), dx[t].reshape(n, -1).long()
-        src_r, src_c = r.reshape(-1, 1).expand(rows, cols).reshape(-1) + oy, c.expand(rows, cols).reshape(-1) + ox
+        src_r = interior_r + dy[t].reshape(n, -1).long()
+        src_c = interior_c + dx[t].reshape(n, -1).long()
         q = src_r * width + src_c
         scanned_before = (
             (src_r > delta) & (src_r <= height - delta) & (src_c > delta) & (src_c <= width - delta)
