@@ -310,7 +310,7 @@ def _jpeg_roundtrip(batch: Tensor, quality: int) -> Tensor:
     # pool threads must run no parallel torch op: one that did would start its own OpenMP team,
     # whose spinning workers slow the rest of the process. Here they run none: the encoder's
     # HWC .contiguous() is a no-op on these views and the decoder returns a permuted view.
-    # Measured on 2 cores: ~15 % faster at batch 64 (224 px), even at batch 8, because after the
+    # Timed by hand on 2 cores (not a benchmark here): ~15 % faster at batch 64 (224 px), even at batch 8, because after the
     # caller's last parallel torch op its OpenMP worker keeps spinning on the second core for a
     # few ms (OMP_WAIT_POLICY=PASSIVE, a user's choice, frees it).
     try:
