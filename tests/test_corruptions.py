@@ -188,6 +188,45 @@ def test_shot_noise_is_poisson(side, severity):
     assert counts.var().item() == pytest.approx(0.3 * c, rel=0.06)  # Poisson: variance == mean
 
 
+def test_blocked_poisson_draw_is_reproducible_and_independent_of_the_pool(monkeypatch):
+    # > POISSON_BLOCK elements: drawn in independently seeded blocks over the worker pool. The
+    # split is by size only, so the same seed gives the same counts with or without the pool.
+    rates = torch.rand(5 * common.POISSON_BLOCK + 123, generator=gen(7)) * 20
+    pooled = common.random_poisson(rates, gen(8))
+    assert torch.equal(pooled, common.random_poisson(rates, gen(8)))
+    monkeypatch.setattr(common, "worker_pool", lambda: None)
+    assert torch.equal(pooled, common.random_poisson(rates, gen(8)))
+    assert not torch.equal(pooled, common.random_poisson(rates, gen(9)))
+
+
+def test_small_poisson_draw_is_torchs_own_stream():
+    rates = torch.rand(4, 3, 16, 16, generator=gen(7)) * 20
+    want = torch.poisson(rates, generator=gen(8))
+    assert torch.equal(common.random_poisson(rates, gen(8)), want)
+
+
+@pytest.mark.parametrize("lam", [0.7, 4.0, 12.0, 60.0])
+def test_blocked_poisson_draw_matches_the_poisson_pmf(lam):
+    # Chi-square goodness of fit against scipy's pmf over 4 blocks; each block must be a fresh
+    # stream (identical blocks would pass the fit but fail the distinctness check).
+    from scipy import stats
+
+    b = common.POISSON_BLOCK
+    counts = common.random_poisson(torch.full((4 * b,), lam), gen(10)).long()
+    blocks = counts.view(4, b)
+    assert all(not torch.equal(blocks[0], blocks[i]) for i in range(1, 4))
+    hi = int(stats.poisson.ppf(1 - 1e-4, lam))
+    observed = torch.bincount(counts.clamp(max=hi + 1), minlength=hi + 2).double().numpy()
+    expected = np.append(stats.poisson.pmf(np.arange(hi + 1), lam), stats.poisson.sf(hi, lam)) * counts.numel()
+    keep = expected >= 5
+    chi2 = float((((observed - expected) ** 2 / expected)[keep]).sum() + 0.0)
+    other_o, other_e = observed[~keep].sum(), expected[~keep].sum()
+    if other_e > 0:
+        chi2 += (other_o - other_e) ** 2 / other_e
+    dof = int(keep.sum()) + (1 if other_e > 0 else 0) - 1
+    assert stats.chi2.sf(chi2, dof) > 1e-3
+
+
 @pytest.mark.parametrize(("side", "severity"), [(64, 5), (32, 3)])
 def test_impulse_noise_fraction(side, severity):
     amount = (REFERENCE_IMAGENET if side > 32 else REFERENCE_CIFAR)["impulse_noise"][severity - 1]
@@ -691,28 +730,29 @@ def test_jpeg_bytes_are_rounded_and_clipped_like_torch_round(dtype):
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux's /proc")
-def test_jpeg_pool_threads_start_no_openmp_team():
+@pytest.mark.parametrize("name", ["jpeg_compression", "shot_noise"])
+def test_worker_pool_threads_start_no_openmp_team(name):
     # A pool thread that ran a parallel torch op would start its own OpenMP team (extra threads
-    # that keep spinning). The codec threads get HWC-backed views, so they must run none: the
-    # process gains exactly the pool's own threads.
-    from robustmix.corruptions import digital
+    # that keep spinning). The codec threads get HWC-backed views and the Poisson blocks are
+    # joined by the caller, so they must run none: the process gains exactly the pool's threads.
+    from robustmix.corruptions import _common
 
     torch.rand(64, 3, 64, 64).mul(2).sum()  # the main thread's own team exists from here on
-    old = digital._codec_pool()
+    old = _common.worker_pool()
     if old is not None:  # join an earlier test's pool threads so they do not exit mid-count
         old.shutdown(wait=True)
-    digital._codec_pool.cache_clear()  # a fresh pool, whose threads start inside this test
-    pool = digital._codec_pool()
+    _common.worker_pool.cache_clear()  # a fresh pool, whose threads start inside this test
+    pool = _common.worker_pool()
     if pool is None:
-        pytest.skip("one usable core: no codec pool")
+        pytest.skip("one usable core: no worker pool")
     try:
         before = set(os.listdir("/proc/self/task"))
         x = torch.rand(16, 3, 160, 160, generator=gen(6))  # > 32k elements per image: parallel-sized
         for _ in range(3):
-            corrupt(x, "jpeg_compression", 3)
+            corrupt(x, name, 3)
         new = set(os.listdir("/proc/self/task")) - before  # threads that exit meanwhile do not count
         pool_ids = {str(t.native_id) for t in pool._threads}
         assert pool_ids and new == pool_ids
     finally:
-        digital._codec_pool.cache_clear()
+        _common.worker_pool.cache_clear()
         pool.shutdown()

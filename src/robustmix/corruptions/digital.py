@@ -32,9 +32,7 @@ Deviations from the reference, and why:
 from __future__ import annotations
 
 import io
-import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import torch
@@ -51,6 +49,7 @@ from ._common import (
     rgb_to_hsv,
     to_work,
     with_rgb,
+    worker_pool,
 )
 
 __all__ = [
@@ -297,13 +296,6 @@ def _bytes_hwc(x: Tensor) -> Tensor:
     return magic.view(torch.int32).to("cpu", torch.uint8)
 
 
-@lru_cache(maxsize=1)
-def _codec_pool() -> ThreadPoolExecutor | None:
-    """Threads for the JPEG codec (it releases the GIL), one per usable core; None on one core."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return ThreadPoolExecutor(max_workers=cores, thread_name_prefix="robustmix-jpeg") if cores > 1 else None
-
-
 def _jpeg_roundtrip(batch: Tensor, quality: int) -> Tensor:
     # batch: uint8 (N, C, H, W) CHW views of HWC bytes on the CPU -> decoded uint8 (N, H, W, C).
     # One encode/decode per image (the codec has no batch mode), spread over a thread pool. The
@@ -322,7 +314,7 @@ def _jpeg_roundtrip(batch: Tensor, quality: int) -> Tensor:
     def roundtrip(image: Tensor) -> Tensor:
         return decode_jpeg(encode_jpeg(image, quality=quality), mode=mode)
 
-    pool = _codec_pool()
+    pool = worker_pool()
     with warnings.catch_warnings():
         # torchvision 0.29 deprecates its codec in favour of torchcodec; it is still libjpeg.
         warnings.simplefilter("ignore", DeprecationWarning)
