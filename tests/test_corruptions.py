@@ -378,6 +378,25 @@ def test_gaussian_filter_equals_scipy():
             assert np.abs(y.numpy() - ref).max() < 1e-12
 
 
+@pytest.mark.parametrize(("shape", "sigma"), [((2, 3, 224, 200), 3.0), ((1, 1, 97, 161), 1.0), ((1, 2, 130, 170), 6.0)])
+def test_gaussian_filter_banded_blocks_equal_scipy(shape, sigma):
+    # At these sizes the filter matrices are applied block by block (only each block's band of
+    # input rows); every border mode folds its taps inside the band.
+    x = torch.rand(*shape, generator=gen(16), dtype=torch.float64)
+    taps = common.gaussian_kernel1d(sigma, truncate=4.0)
+    for mode in ("nearest", "reflect", "mirror"):
+        for n in shape[-2:]:
+            assert common._band_blocks(common._filter_matrix(n, taps, mode, dtype=x.dtype, device=x.device)) is not None
+        y = common.gaussian_filter(x, sigma, mode=mode)
+        ref = scipy_ndimage.gaussian_filter(x.numpy(), (0, 0, sigma, sigma), truncate=4.0, mode=mode)
+        assert np.abs(y.numpy() - ref).max() < 1e-12
+
+
+def test_band_blocks_fall_back_to_the_dense_product_when_the_band_is_wide():
+    taps = common.gaussian_kernel1d(3.0, truncate=4.0)  # 25 taps: most of a 32-px matrix
+    assert common._band_blocks(common._filter_matrix(32, taps, "nearest", dtype=torch.float64, device="cpu")) is None
+
+
 def test_gaussian_blur_impulse_response_and_spectrum():
     x = torch.zeros(1, 1, 224, 224, dtype=torch.float64)
     x[0, 0, 112, 112] = 1.0
