@@ -232,8 +232,8 @@ def zoom_blur(images: Tensor, severity: int, generator: torch.Generator | None =
     x = to_work(images)
     total = x.clone()
     for z in factors:
-        total = total + clipped_zoom(x, z)
-    return finish(total / (len(factors) + 1), images)
+        total += clipped_zoom(x, z)
+    return finish(total.div_(len(factors) + 1), images)
 
 
 def gaussian_blur(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
