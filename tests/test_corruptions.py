@@ -23,6 +23,7 @@ from robustmix.corruptions import (
     SEVERITY_TABLES,
     blur,
     corrupt,
+    digital,
     resolve_corruptions,
 )
 from robustmix.corruptions import _common as common
@@ -272,6 +273,44 @@ def test_brightness_shifts_value_channel():
     gray = torch.full((1, 1, 28, 28), 0.9)
     assert torch.allclose(corrupt(gray, "brightness", 1), torch.full_like(gray, 0.95), atol=1e-6)
     assert torch.allclose(corrupt(gray, "brightness", 5), torch.ones_like(gray))
+
+
+def _hsv_test_pixels() -> torch.Tensor:
+    # Random colours plus the special cases: black, greys, white, pure and saturated hues in all
+    # six sectors, and values that the shift clips.
+    x = torch.rand(3, 3, 16, 16, generator=gen(17), dtype=torch.float64)
+    special = torch.tensor(
+        [[0, 0, 0], [0.4, 0.4, 0.4], [1, 1, 1], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 1, 1], [0, 0, 1],
+         [1, 0, 1], [0.9, 0.2, 0.1], [0.1, 0.95, 0.3], [0.3, 0.2, 0.98], [0.97, 0.96, 0.1]],
+        dtype=torch.float64,
+    )
+    x[0, :, 0, : len(special)] = special.T
+    x[1, :, 3, :] = x[1, :1, 3, :]  # a row of greys
+    return x
+
+
+@pytest.mark.parametrize("c", [0.1, 0.3, 0.5, -0.2])
+def test_shift_value_equals_the_hsv_round_trip(c):
+    x = _hsv_test_pixels()
+    h, s, v = common.rgb_to_hsv(x).unbind(-3)
+    want = common.hsv_to_rgb(torch.stack((h, s, (v + c).clamp(0, 1)), dim=-3))
+    assert torch.allclose(digital.shift_value(x, c), want, atol=1e-12, rtol=0)
+    for n, i, j in [(0, 0, 0), (0, 0, 9), (2, 7, 3)]:  # and per pixel against colorsys
+        hh, ss, vv = colorsys.rgb_to_hsv(*x[n, :, i, j].tolist())
+        expected = colorsys.hsv_to_rgb(hh, ss, min(max(vv + c, 0.0), 1.0))
+        assert digital.shift_value(x, c)[n, :, i, j].tolist() == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(("a", "b"), [(0.3, 0.0), (0.1, 0.0), (2.0, 0.0), (5.0, 0.1), (20.0, 0.1)])
+def test_scale_saturation_equals_the_hsv_round_trip(a, b):
+    x = _hsv_test_pixels()
+    h, s, v = common.rgb_to_hsv(x).unbind(-3)
+    want = common.hsv_to_rgb(torch.stack((h, (s * a + b).clamp(0, 1), v), dim=-3))
+    assert torch.allclose(digital.scale_saturation(x, a, b), want, atol=1e-12, rtol=0)
+    for n, i, j in [(0, 0, 1), (0, 0, 10), (1, 3, 5), (2, 7, 3)]:
+        hh, ss, vv = colorsys.rgb_to_hsv(*x[n, :, i, j].tolist())
+        expected = colorsys.hsv_to_rgb(hh, min(max(ss * a + b, 0.0), 1.0), vv)
+        assert digital.scale_saturation(x, a, b)[n, :, i, j].tolist() == pytest.approx(expected, abs=1e-12)
 
 
 def test_contrast_formula():
