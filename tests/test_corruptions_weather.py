@@ -395,6 +395,17 @@ def test_distance_matches_scipy_edt() -> None:
         np.testing.assert_allclose(got[i, 0].numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("density", [0.0, 0.001, 0.02, 0.3])
+def test_distance_matches_scipy_edt_at_224(density) -> None:
+    # Spatter's size, sparse to dense edges (none at all: everything capped), edges on the borders.
+    edges = torch.rand(2, 1, 224, 224, generator=_gen(1)) < density
+    edges[1, 0, 0, 17] = edges[1, 0, 223, 0] = edges[1, 0, 100, 223] = density > 0
+    got = weather._distance_to(edges, cap=20.0)
+    for i in range(2):
+        expected = np.minimum(ndimage.distance_transform_edt(~edges[i, 0].numpy()), 20.0) if edges[i].any() else 20.0
+        np.testing.assert_allclose(got[i, 0].numpy(), np.broadcast_to(expected, (224, 224)), atol=1e-5)
+
+
 def test_equalize_hist_hand_computed() -> None:
     # hist {0: 2, 1: 1, 2: 1}: cdf 2, 3, 4; lut = round((cdf - 2) * 255 / (4 - 2))
     values = torch.tensor([0.0, 0.0, 1.0, 2.0]).view(1, 1, 2, 2)

@@ -358,25 +358,26 @@ def _dilate3x3(mask: Tensor) -> Tensor:
 def _distance_to(edges: Tensor, *, cap: float) -> Tensor:
     """Euclidean distance to the nearest ``True`` pixel, truncated at ``cap`` (exact below it).
 
-    Squared distance is separable: the distance to the nearest edge in each column, then a
-    min over horizontal shifts of ``column_distance^2 + dx^2``, both within ``cap``. The
-    shifts accumulate in place into two buffers: a fresh tensor per shift would cost more in
-    page faults than the arithmetic.
+    Squared distance is separable: the distance to the nearest edge in each column, then a min
+    over horizontal shifts ``dx`` of ``column_distance^2 + dx^2``, both within ``cap`` and
+    taking ``+d`` and ``-d`` together (3 in-place ops per pair of shifts). The shifts accumulate
+    in place into two buffers: a fresh tensor per shift would cost more in page faults than the
+    arithmetic. All values are small integers, so the float arithmetic is exact.
     """
     r = math.ceil(cap)
     far = float(r + 1)  # anything beyond the cap is as good as infinitely far
     h, w = edges.shape[-2:]
     column = F.pad(torch.where(edges, 0.0, far), (0, 0, r, r), value=far)
-    best = torch.full(edges.shape, far, device=edges.device)
+    best = column[..., r : r + h, :].clone()
     shifted = torch.empty_like(best)
-    for d in range(-r, r + 1):
-        torch.add(column[..., r + d : r + d + h, :], abs(d), out=shifted)
-        torch.minimum(best, shifted, out=best)
+    for d in range(1, r + 1):
+        torch.minimum(column[..., r - d : r - d + h, :], column[..., r + d : r + d + h, :], out=shifted)
+        torch.minimum(best, shifted.add_(d), out=best)
     sq = F.pad(best.square_(), (r, r, 0, 0), value=far**2)
-    dist2 = torch.full(edges.shape, far**2, device=edges.device)
-    for d in range(-r, r + 1):
-        torch.add(sq[..., :, r + d : r + d + w], d * d, out=shifted)
-        torch.minimum(dist2, shifted, out=dist2)
+    dist2 = sq[..., r : r + w].clone()
+    for d in range(1, r + 1):
+        torch.minimum(sq[..., r - d : r - d + w], sq[..., r + d : r + d + w], out=shifted)
+        torch.minimum(dist2, shifted.add_(d * d), out=dist2)
     return dist2.sqrt_().clamp_(max=cap)
 
 
