@@ -24,8 +24,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import itertools
 import os
 import sys
+import time
 import types
 from typing import Any
 
@@ -41,6 +43,7 @@ SEVERITY = 3
 FULL_CASES = {"cpu": ((224, 8), (32, 32)), "cuda": ((224, 64), (32, 256))}
 QUICK_CASES = ((64, 2), (32, 4))
 CASE_BUDGET_S = 4.0
+MIN_ROUNDS = 3
 
 
 def smooth_images(n: int, size: int, *, seed: int = 0) -> Tensor:
@@ -141,10 +144,28 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
+def _first_call(fn: Any) -> tuple[float | None, str | None]:
+    """Run ``fn`` once (the warm-up call): its time, or the error that stops it."""
+    try:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start, None
+    except Exception as exc:  # a broken corruption is a result to report, not a crash
+        return None, _error(exc)
+
+
 def bench_size(
-    size: int, batch: int, device: torch.device, repeats: int, warmup: int, reference: Any | None,
+    size: int, batch: int, device: torch.device, repeats: int, reference: Any | None,
     names: tuple[str, ...] = ALL_CORRUPTIONS,
 ) -> list[dict[str, Any]]:
+    """One row per corruption: ours on the batch and the reference on one image per round.
+
+    The two sides are timed round-robin (``H.measure_interleaved``: ours, reference, ours, ...),
+    so drift on a shared machine hits both alike and the ratio is taken between rounds that ran
+    side by side. After one warm-up call per side (which also sizes the run), as many rounds as
+    fit in ``CASE_BUDGET_S``, at least ``MIN_ROUNDS`` and at most ``repeats``. A side that
+    raises is recorded as unavailable and the other is timed alone.
+    """
     images = smooth_images(batch, size)
     x = images.to(device)
     hwc = to_uint8_hwc(images)
@@ -152,25 +173,28 @@ def bench_size(
     for name in names:
         row: dict[str, Any] = {"corruption": name, "image_size": size, "batch": batch, "severity": SEVERITY}
         g = torch.Generator(device=device).manual_seed(0)
-        try:
-            timing = H.measure(lambda name=name, g=g: corrupt(x, name, SEVERITY, generator=g), device=device,
-                               warmup=warmup, repeats=repeats, max_time_s=CASE_BUDGET_S, min_repeats=2)
-            row["ours"] = {"timing": timing.to_dict(), "images_per_s": batch / timing.median_s}
-        except Exception as exc:  # a broken corruption is a result to report, not a crash
-            row["ours"] = {"unavailable": _error(exc)}
+        cycle = itertools.cycle(hwc)
+        fns = {"ours": lambda name=name, g=g: corrupt(x, name, SEVERITY, generator=g)}
+        if reference is not None:
+            fns["reference"] = lambda name=name, cycle=cycle: reference.corrupt(
+                next(cycle), corruption_name=name, severity=SEVERITY)
+        working, round_s = {}, 0.0
+        for side, fn in fns.items():
+            elapsed, error = _first_call(fn)  # the warm-up call, which also sizes the run
+            if error is None:
+                working[side], round_s = fn, round_s + elapsed
+            else:
+                row[side] = {"unavailable": error}
         if reference is None:
             row["reference"] = {"unavailable": "imagecorruptions not importable"}
-        else:
-            cycle = iter(range(10**9))
-            try:
-                timing = H.measure(
-                    lambda img, name=name: reference.corrupt(img, corruption_name=name, severity=SEVERITY),
-                    setup=lambda cycle=cycle: hwc[next(cycle) % len(hwc)],
-                    warmup=warmup, repeats=max(repeats, 2 * batch), max_time_s=CASE_BUDGET_S, min_repeats=2,
-                )
-                row["reference"] = {"timing": timing.to_dict(), "images_per_s": 1.0 / timing.median_s}
-            except Exception as exc:
-                row["reference"] = {"unavailable": _error(exc)}
+        if working:
+            rounds = int(min(repeats, max(MIN_ROUNDS, CASE_BUDGET_S // max(round_s, 1e-9))))
+            timings = H.measure_interleaved(working, device=device, warmup=0, repeats=rounds)
+            if "ours" in timings:
+                row["ours"] = {"timing": timings["ours"].to_dict(), "images_per_s": batch / timings["ours"].median_s}
+            if "reference" in timings:
+                row["reference"] = {"timing": timings["reference"].to_dict(),
+                                    "images_per_s": 1.0 / timings["reference"].median_s}
         if "images_per_s" in row["ours"] and "images_per_s" in row["reference"]:
             row["speedup"] = row["ours"]["images_per_s"] / row["reference"]["images_per_s"]
         ours_s = f"{row['ours']['images_per_s']:10.1f}" if "images_per_s" in row["ours"] else "       n/a"
@@ -197,7 +221,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = H.add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), repeats=5)
+    parser = H.add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), repeats=40)
     parser.add_argument("--only", default=None, metavar="NAME[,NAME...]",
                         help="measure only these corruptions: a partial result, written to the temp dir "
                              "(like --quick) unless --out is given, and never rendered by table.py")
@@ -222,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for size, batch in cases:
-        rows += bench_size(size, batch, device, repeats, 1, reference, names)
+        rows += bench_size(size, batch, device, repeats, reference, names)
     summary = summarize(rows)
     for size, entry in summary.items():
         if "geomean_speedup" in entry:
@@ -234,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick or bool(args.only),
         "only": list(names) if args.only else None,
         "meta": H.collect_metadata(device, extra={"peer_versions": versions, "cv2_threads": cv2_threads}),
-        "config": {"severity": SEVERITY, "repeats": repeats, "warmup": 1, "case_budget_s": CASE_BUDGET_S,
+        "config": {"severity": SEVERITY, "max_rounds": repeats, "min_rounds": MIN_ROUNDS, "warmup": 1,
+                   "case_budget_s": CASE_BUDGET_S, "timing": "interleaved rounds: one call of ours on the batch, "
+                   "one reference call on the next image",
                    "images": "smooth random field (bicubic-upsampled noise), seed 0",
                    "reference_call": "imagecorruptions.corrupt(uint8 HWC, corruption_name=, severity=) per image",
                    "ours_call": "robustmix.corruptions.corrupt(float NCHW batch, name, severity, generator=)"},

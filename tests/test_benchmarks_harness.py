@@ -250,6 +250,32 @@ def test_corruption_summary_geomean_and_slowest():
     assert summary["slower_than_reference"] == ["c"]
 
 
+def test_corruption_bench_interleaves_ours_and_reference_and_reports_failures(monkeypatch):
+    calls = []
+
+    def ours(x, name, severity, generator=None):
+        calls.append(("ours", name))
+        return x
+
+    class FakeReference:
+        @staticmethod
+        def corrupt(image, corruption_name, severity):
+            calls.append(("ref", corruption_name))
+            if corruption_name == "broken":
+                raise RuntimeError("no such corruption here")
+            return image
+
+    monkeypatch.setattr(corruptions, "corrupt", ours)
+    rows = corruptions.bench_size(32, 2, torch.device("cpu"), 5, FakeReference(), names=("fine", "broken"))
+    fine, broken = rows
+    assert fine["ours"]["timing"]["repeats"] == fine["reference"]["timing"]["repeats"] == 5
+    assert fine["speedup"] == pytest.approx(fine["ours"]["images_per_s"] / fine["reference"]["images_per_s"])
+    assert calls[:12] == [("ours", "fine"), ("ref", "fine")] * 6  # warm-up, then 5 rounds side by side
+    assert "no such corruption here" in broken["reference"]["unavailable"] and "speedup" not in broken
+    assert broken["ours"]["timing"]["repeats"] == 5 and calls[12:] == [("ours", "broken"), ("ref", "broken")] + [
+        ("ours", "broken")] * 5
+
+
 def test_reference_shims_map_old_keywords():
     seen = {}
 
