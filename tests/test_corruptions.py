@@ -710,6 +710,13 @@ def test_cuda_matches_cpu_generator(name):
     assert torch.allclose(cuda.cpu(), cpu, atol=2e-3)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_images_with_a_cpu_generator_get_blocked_poisson_counts_on_cuda():
+    rates = torch.rand(3 * common.POISSON_BLOCK + 5, generator=gen(7)) * 20  # blocked on the CPU
+    counts = common.random_poisson(rates.cuda(), gen(8))
+    assert counts.device.type == "cuda" and torch.equal(counts.cpu(), common.random_poisson(rates, gen(8)))
+
+
 # --------------------------------------------------------------------------------------------
 # CLI
 

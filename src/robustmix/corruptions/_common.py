@@ -259,7 +259,7 @@ def random_poisson(rates: Tensor, generator: torch.Generator) -> Tensor:
     # Joined by the caller's thread: a copy this large is a parallel op, which in a pool thread
     # would start a second OpenMP team there.
     counts = torch.cat(list(itertools.chain.from_iterable(parts)), out=torch.empty_like(flat))
-    return counts.view(rates.shape)
+    return counts.view(rates.shape).to(rates.device)
 
 
 # --------------------------------------------------------------------------------------------
