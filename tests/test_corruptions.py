@@ -200,6 +200,42 @@ def test_blocked_poisson_draw_is_reproducible_and_independent_of_the_pool(monkey
     assert not torch.equal(pooled, common.random_poisson(rates, gen(9)))
 
 
+@pytest.mark.parametrize("p", [0.03, 0.3])
+def test_bernoulli_positions_are_independent_bernoulli_trials(p, monkeypatch):
+    # Every index hit with probability p, neighbours independently, and the number of successes
+    # binomial; with the gap budget cut to the mean, most draws take several rounds.
+    from scipy import stats
+
+    if p == 0.3:
+        monkeypatch.setattr(common, "_GAP_SIGMAS", -1.0)
+        monkeypatch.setattr(common, "_GAP_SLACK", 0)
+    n, reps = 40, 20000
+    g = gen(11)
+    hits = torch.zeros(reps, n)
+    for r in range(reps):
+        pos = common.bernoulli_positions(n, p, g)
+        assert torch.equal(pos, pos.unique()) and (pos.numel() == 0 or (0 <= int(pos.min()) and int(pos.max()) < n))
+        hits[r, pos] = 1.0
+    freq = hits.mean(0)
+    sd = math.sqrt(p * (1 - p) / reps)
+    assert float((freq - p).abs().max()) < 4.5 * sd
+    joint = (hits[:, :-1] * hits[:, 1:]).mean()  # neighbours: p^2 if independent
+    assert abs(float(joint) - p * p) < 5 * math.sqrt(p * p * (1 - p * p) / reps)  # one pair's sd: loose
+    counts = torch.bincount(hits.sum(1).long(), minlength=n + 1).double().numpy()
+    expected = stats.binom.pmf(np.arange(n + 1), n, p) * reps
+    keep = expected >= 5
+    chi2 = float(((counts - expected) ** 2 / expected)[keep].sum())
+    assert stats.chi2.sf(chi2, int(keep.sum()) - 1) > 1e-3
+
+
+def test_bernoulli_positions_edge_cases():
+    assert common.bernoulli_positions(0, 0.5, gen(0)).numel() == 0
+    assert common.bernoulli_positions(10, 0.0, gen(0)).numel() == 0
+    assert torch.equal(common.bernoulli_positions(5, 1.0, gen(0)), torch.arange(5))
+    with pytest.raises(ValueError, match="p must lie in"):
+        common.bernoulli_positions(5, 1.5, gen(0))
+
+
 def test_small_poisson_draw_is_torchs_own_stream():
     rates = torch.rand(4, 3, 16, 16, generator=gen(7)) * 20
     want = torch.poisson(rates, generator=gen(8))
@@ -698,6 +734,14 @@ def test_corrupt_validates_inputs():
     with pytest.raises(TypeError, match=r"generator must be a torch\.Generator"):
         corrupt(x, "contrast", 1, generator=0)
     corrupt(x + 1e-6, "contrast", 1)  # tiny overshoot from upstream float maths is tolerated
+
+
+@pytest.mark.parametrize("name", ALL_CORRUPTIONS)
+def test_channels_last_input_gives_the_same_values(name):
+    x = natural(2, 3, 40)
+    want = corrupt(x, name, 3, generator=gen(3))
+    got = corrupt(x.contiguous(memory_format=torch.channels_last), name, 3, generator=gen(3))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

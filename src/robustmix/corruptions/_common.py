@@ -39,6 +39,7 @@ __all__ = [
     "SeverityTable",
     "apply_motion_blur",
     "banded_product",
+    "bernoulli_positions",
     "check_images",
     "check_severity",
     "clipped_zoom",
@@ -215,6 +216,38 @@ def random_integers(
     """Integer draws in ``[low, high)`` (int64, NumPy's ``randint`` convention) on ``like``'s device."""
     r = torch.randint(low, high, tuple(shape), generator=generator, device=generator.device)
     return r.to(like.device)
+
+
+_GAP_SIGMAS, _GAP_SLACK = 6.0, 16
+
+
+def bernoulli_positions(n: int, p: float, generator: torch.Generator) -> Tensor:
+    """Sorted flat indices of the successes among ``n`` independent Bernoulli(``p``) trials.
+
+    Exact and ~``1/p`` times fewer draws than one uniform per trial: the gaps between
+    successive successes are i.i.d. geometric, so ``torch.geometric_`` draws them and a running
+    sum places them (in float64, exact for any index below 2**53). Returns int64 on the
+    generator's device.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must lie in [0, 1], got {p}")
+    if n == 0 or p == 0.0:
+        return torch.empty(0, dtype=torch.int64, device=generator.device)
+    if p == 1.0:
+        return torch.arange(n, device=generator.device)
+    parts, last = [], -1.0
+    while True:
+        left = n - 1 - last  # trials still to place
+        # enough gaps nearly always (mean + 6 sd); a shortfall just takes another round
+        m = max(1, int(left * p + _GAP_SIGMAS * math.sqrt(left * p * (1.0 - p)) + _GAP_SLACK))
+        gaps = torch.empty(m, dtype=torch.float64, device=generator.device).geometric_(p, generator=generator)
+        pos = gaps.cumsum_(0).add_(last)
+        if float(pos[-1]) >= n:
+            parts.append(pos[pos < n])
+            break
+        parts.append(pos)
+        last = float(pos[-1])
+    return torch.cat(parts).long()
 
 
 POISSON_BLOCK = 1 << 15

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ._common import (
     SeverityTable,
+    bernoulli_positions,
     finish,
     random_normal,
     random_poisson,
@@ -24,6 +25,10 @@ from ._common import (
     resolve_generator,
     to_work,
 )
+
+_SPARSE_IMPULSE = 0.1
+"""Flip rates up to which impulse noise draws per flip instead of per element (~2x faster at 0.09;
+at 0.17 and above the per-element draw is as fast, timed by hand on CPU)."""
 
 __all__ = ["TABLES", "gaussian_noise", "impulse_noise", "shot_noise", "speckle_noise"]
 
@@ -79,9 +84,18 @@ def impulse_noise(images: Tensor, severity: int, generator: torch.Generator | No
     """
     amount, _ = TABLES["impulse_noise"].row(images, severity)
     x = to_work(images)
+    generator = resolve_generator(generator)
+    if amount <= _SPARSE_IMPULSE:
+        # Few flips (every CIFAR row, ImageNet-C severities 1-3): draw only where they fall
+        # (geometric gaps between flipped elements, exact) and salt-or-pepper per flip.
+        flips = bernoulli_positions(x.numel(), amount, generator)
+        salt = random_uniform((flips.numel(),), generator, like=x) < 0.5
+        out = x.clone(memory_format=torch.contiguous_format)  # flat indices are in NCHW order
+        out.view(-1)[flips.to(x.device)] = salt.to(x.dtype)
+        return finish(out, images)
     # One uniform draw u per element decides both: flipped when u < amount, and then salt
     # (u < amount / 2) or pepper, each with probability amount / 2 as in skimage's two draws.
-    u = random_uniform(x.shape, resolve_generator(generator), like=x)
+    u = random_uniform(x.shape, generator, like=x)
     out = torch.where(u < amount, (u < amount / 2).to(x.dtype), x)
     return finish(out, images)
 
