@@ -236,6 +236,29 @@ def test_bernoulli_positions_edge_cases():
         common.bernoulli_positions(5, 1.5, gen(0))
 
 
+def test_map_split_keeps_order_and_runs_the_first_group_in_the_caller(monkeypatch):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="test-split")
+    monkeypatch.setattr(common, "worker_pool", lambda: pool)
+    seen = []
+
+    def fn(i):
+        seen.append((i, threading.current_thread().name))
+        return 2 * i
+
+    try:
+        assert common.map_split(fn, list(range(10))) == [2 * i for i in range(10)]
+    finally:
+        pool.shutdown()
+    names = dict(seen)
+    assert {names[i] for i in range(3)} == {threading.current_thread().name}  # items 0-2: the caller
+    assert all(names[i].startswith("test-split") for i in range(3, 10))  # groups 3-5 and 6-9: the pool
+    monkeypatch.setattr(common, "worker_pool", lambda: None)
+    assert common.map_split(fn, [1, 2]) == [2, 4]
+
+
 def test_small_poisson_draw_is_torchs_own_stream():
     rates = torch.rand(4, 3, 16, 16, generator=gen(7)) * 20
     want = torch.poisson(rates, generator=gen(8))

@@ -44,11 +44,11 @@ from ._common import (
     banded_product,
     finish,
     gaussian_filter,
+    map_split,
     random_uniform,
     resolve_generator,
     to_work,
     with_rgb,
-    worker_pool,
 )
 
 __all__ = [
@@ -316,13 +316,14 @@ def _bytes_hwc(x: Tensor) -> Tensor:
 
 def _jpeg_roundtrip(batch: Tensor, quality: int) -> Tensor:
     # batch: uint8 (N, C, H, W) CHW views of HWC bytes on the CPU -> decoded uint8 (N, H, W, C).
-    # One encode/decode per image (the codec has no batch mode), spread over a thread pool. The
-    # pool threads must run no parallel torch op: one that did would start its own OpenMP team,
-    # whose spinning workers slow the rest of the process. Here they run none: the encoder's
-    # HWC .contiguous() is a no-op on these views and the decoder returns a permuted view.
-    # Timed by hand on 2 cores (not a benchmark here): ~15 % faster at batch 64 (224 px), even at batch 8, because after the
-    # caller's last parallel torch op its OpenMP worker keeps spinning on the second core for a
-    # few ms (OMP_WAIT_POLICY=PASSIVE, a user's choice, frees it).
+    # One encode/decode per image (the codec has no batch mode, and releases the GIL), the
+    # images split over the cores (map_split). The worker threads must run no parallel torch op:
+    # one that did would start its own OpenMP team, whose spinning workers slow the rest of the
+    # process. Here they run none: the encoder's HWC .contiguous() is a no-op on these views and
+    # the decoder returns a permuted view. Timed by hand on 2 cores: no gain at batch 8 and ~5 %
+    # at 64, because the OpenMP worker of the caller's last parallel op keeps spinning on the
+    # second core for longer than a batch's codec work; two bare threads run the codec 1.7x
+    # faster than one, so machines with more cores gain more.
     try:
         from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
     except ImportError:  # pragma: no cover - torchvision without its codec
@@ -332,12 +333,10 @@ def _jpeg_roundtrip(batch: Tensor, quality: int) -> Tensor:
     def roundtrip(image: Tensor) -> Tensor:
         return decode_jpeg(encode_jpeg(image, quality=quality), mode=mode)
 
-    pool = worker_pool()
     with warnings.catch_warnings():
         # torchvision 0.29 deprecates its codec in favour of torchcodec; it is still libjpeg.
         warnings.simplefilter("ignore", DeprecationWarning)
-        images = list(batch)
-        decoded = list(pool.map(roundtrip, images)) if pool is not None and len(images) > 1 else map(roundtrip, images)
+        decoded = map_split(roundtrip, list(batch))
         return torch.stack([d.permute(1, 2, 0) for d in decoded])  # (N, H, W, C)
 
 
