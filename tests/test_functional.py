@@ -95,6 +95,28 @@ def test_robustmix_matches_reference(energy, per_sample, soft_targets):
     np.testing.assert_allclose(soft.numpy(), ref_soft, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(5, 3, 37, 48), (5, 1, 64, 33)])
+@pytest.mark.parametrize("energy", ["batch", "sample"])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_robustmix_matches_reference_at_larger_sizes(shape, energy, per_sample):
+    # Odd and even sides of 33-64 samples, cutoffs from almost nothing to everything.
+    x = rand(shape, seed=21)
+    if per_sample:
+        lam_low = torch.tensor([0.1, 0.9, 0.5, 0.0, 1.0], dtype=torch.float64)
+        lam_high = torch.tensor([0.7, 0.2, 0.5, 1.0, 0.3], dtype=torch.float64)
+        cutoff = torch.tensor([0.03, 0.5, 0.61, 0.97, 1.0], dtype=torch.float64)
+    else:
+        lam_low, lam_high, cutoff = 0.75, 0.2, 0.51
+    y = torch.tensor([0, 3, 1, 1, 2])
+    out, soft = F.robustmix(x, y, lam_low=lam_low, lam_high=lam_high, cutoff=cutoff, index=INDEX5,
+                            num_classes=4, energy=energy)
+    as_np = (lambda v: v.numpy()) if per_sample else (lambda v: v)
+    ref_out, ref_soft = ref_robustmix(x.numpy(), np.eye(4)[y.numpy()], as_np(lam_low), as_np(lam_high),
+                                      as_np(cutoff), INDEX5.numpy(), energy)
+    np.testing.assert_allclose(out.numpy(), ref_out, atol=1e-12)
+    np.testing.assert_allclose(soft.numpy(), ref_soft, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "shape,dims", [((4, 2, 33), (-1,)), ((3, 2, 4, 5, 6), (-3, -2, -1)), ((3, 5, 6, 2), (1, 2))]
 )
