@@ -25,6 +25,7 @@ import argparse
 import importlib
 import importlib.util
 import itertools
+import math
 import os
 import sys
 import time
@@ -205,6 +206,40 @@ def bench_size(
     return rows
 
 
+SAMPLERS = {
+    # name: (torch draw into a float32 tensor, NumPy draw of one image as the reference makes it)
+    "normal": (lambda t, g: t.normal_(generator=g), lambda rs, shape: rs.normal(size=shape, scale=0.18)),
+    "uniform": (lambda t, g: t.uniform_(generator=g), lambda rs, shape: rs.uniform(size=shape)),
+    "poisson, rate 6": (lambda t, g: torch.poisson(t.fill_(6.0), generator=g),
+                        lambda rs, shape: rs.poisson(np.full(shape, 6.0))),
+}
+
+
+def bench_samplers(size: int, batch: int, repeats: int) -> list[dict[str, Any]]:
+    """Nanoseconds per draw of torch's CPU samplers (one stream, as a corruption draws) and of
+    NumPy's legacy ``RandomState`` (the reference's global RNG), one image's worth at a time.
+
+    The noise corruptions are bound by these: their speed-up cannot exceed the ratio by much.
+    """
+    shape_t, shape_np = (batch, 3, size, size), (size, size, 3)
+    rows = []
+    for name, (draw_torch, draw_numpy) in SAMPLERS.items():
+        t = torch.empty(shape_t)
+        g = torch.Generator().manual_seed(0)
+        rs = np.random.RandomState(0)
+        timings = H.measure_interleaved(
+            {"torch": lambda t=t, g=g, f=draw_torch: f(t, g), "numpy": lambda rs=rs, f=draw_numpy: f(rs, shape_np)},
+            warmup=1, repeats=max(repeats, 3),
+        )
+        torch_ns = 1e9 * timings["torch"].median_s / t.numel()
+        numpy_ns = 1e9 * timings["numpy"].median_s / math.prod(shape_np)
+        rows.append({"sampler": name, "image_size": size, "torch_ns_per_draw": torch_ns,
+                     "numpy_ns_per_draw": numpy_ns, "ratio": numpy_ns / torch_ns})
+        print(f"  {size:>3}px sampler {name:<16} torch {torch_ns:6.2f} ns/draw  numpy {numpy_ns:6.2f} ns/draw"
+              f"  {numpy_ns / torch_ns:6.2f}x", flush=True)
+    return rows
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Geometric-mean speedup over the corruptions both sides ran, per image size."""
     out: dict[str, Any] = {}
@@ -247,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for size, batch in cases:
         rows += bench_size(size, batch, device, repeats, reference, names)
+    samplers = [] if device.type != "cpu" else bench_samplers(*cases[0], repeats)
     summary = summarize(rows)
     for size, entry in summary.items():
         if "geomean_speedup" in entry:
@@ -267,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         "reference_shims": shims,
         "reference_error": ref_error,
         "rows": rows,
+        "samplers": samplers,
         "summary": summary,
     }
     out = args.out or H.default_out_path("corruptions", device, quick=args.quick or bool(args.only))

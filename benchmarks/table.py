@@ -116,6 +116,13 @@ def render_corruptions(res: dict[str, Any]) -> list[str]:
         for side in ("ours", "reference"):
             if "unavailable" in r.get(side, {}):
                 out.append(f"\n{r['image_size']}px {r['corruption']} ({side}) unavailable: {r[side]['unavailable']}")
+    if res.get("samplers"):
+        size = res["samplers"][0]["image_size"]
+        out += ["", f"Random samplers at {size} px, the bound of the noise corruptions (ns per draw; torch: one "
+                "stream over the batch as a corruption draws, NumPy: one image at a time, as the reference):", ""]
+        out += _table(["sampler", "torch ns", "NumPy ns", "NumPy / torch"],
+                      [[r["sampler"], _f(r["torch_ns_per_draw"]), _f(r["numpy_ns_per_draw"]), _f(r["ratio"])]
+                       for r in res["samplers"]])
     return out
 
 

@@ -327,6 +327,27 @@ def test_table_renders_train_step_overhead_and_skips_quick(tmp_path):
     assert "Mixing" not in text  # the quick result is skipped
 
 
+def test_corruption_samplers_measured_and_rendered(tmp_path):
+    rows = corruptions.bench_samplers(16, 2, 3)
+    assert [r["sampler"] for r in rows] == list(corruptions.SAMPLERS)
+    assert all(r["torch_ns_per_draw"] > 0 and r["ratio"] == pytest.approx(r["numpy_ns_per_draw"] / r["torch_ns_per_draw"])
+               for r in rows)
+    timing = H.Timing(times_s=(0.1, 0.1), warmup=0).to_dict()
+    result = {
+        "benchmark": "corruptions", "quick": False, "config": {"severity": 3},
+        "meta": {"device": "cpu", "device_name": "cpu: X", "torch": "t", "numpy": "n", "python": "p",
+                 "torch_threads": 2, "commit": None, "date": "d"},
+        "rows": [{"corruption": "gaussian_noise", "image_size": 224, "ours": {"timing": timing, "images_per_s": 80.0},
+                  "reference": {"timing": timing, "images_per_s": 10.0}, "speedup": 8.0}],
+        "summary": {"224": {"compared": 1, "geomean_speedup": 8.0}},
+        "samplers": [{"sampler": "normal", "image_size": 224, "torch_ns_per_draw": 2.5, "numpy_ns_per_draw": 10.0,
+                      "ratio": 4.0}],
+    }
+    H.write_result(tmp_path / "corruptions-cpu.json", result)
+    text = table.render(tmp_path)
+    assert "| gaussian_noise | 80.0 | 10.0 | 8.00 |" in text and "| normal | 2.50 | 10.00 | 4.00 |" in text
+
+
 def test_agreement_summary_and_table(tmp_path):
     rows = [
         {"corruption": "contrast", "severity": 1, "strength_ratio": 1.0, "mean_abs_diff_levels": 0.25},
