@@ -92,9 +92,10 @@ def render_corruptions(res: dict[str, Any]) -> list[str]:
     sizes = sorted({r["image_size"] for r in res["rows"]}, reverse=True)
     by = {(r["corruption"], r["image_size"]): r for r in res["rows"]}
     names = list(dict.fromkeys(r["corruption"] for r in res["rows"]))
+    runs = res.get("config", {}).get("runs", 1)
     header = ["corruption"]
     for s in sizes:
-        header += [f"{s}px ours img/s", f"{s}px ref img/s", f"{s}px ×"]
+        header += [f"{s}px ours img/s", f"{s}px ref img/s", f"{s}px ×"] + ([f"{s}px × over runs"] if runs > 1 else [])
     rows = []
     for name in names:
         row = [name]
@@ -102,11 +103,17 @@ def render_corruptions(res: dict[str, Any]) -> list[str]:
             r = by.get((name, s), {})
             row += [_f(r.get("ours", {}).get("images_per_s"), 1), _f(r.get("reference", {}).get("images_per_s"), 1),
                     _f(r.get("speedup"))]
+            if runs > 1:
+                spread = r.get("speedups_over_runs")
+                row.append(f"{_f(min(spread))}-{_f(max(spread))}" if spread else "")
         rows.append(row)
     geo = ["**geometric mean**"]
     for s in sizes:
         entry = res["summary"].get(str(s), {})
-        geo += ["", "", f"**{_f(entry.get('geomean_speedup'))}**"]
+        geo += ["", "", f"**{_f(entry.get('geomean_speedup'))}**"] + ([""] if runs > 1 else [])
+    if runs > 1:
+        out += [f"Each row is the run with the median speed-up of {runs} whole-suite runs; the last column per "
+                "size is the range over the runs.", ""]
     out += _table(header, [*rows, geo])
     for s in sizes:
         entry = res["summary"].get(str(s), {})

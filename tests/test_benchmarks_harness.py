@@ -276,6 +276,19 @@ def test_corruption_bench_interleaves_ours_and_reference_and_reports_failures(mo
         ("ours", "broken")] * 5
 
 
+def test_corruption_runs_keep_the_median_run_per_row():
+    def row(name, speedup=None):
+        r = {"corruption": name, "image_size": 32, "ours": {"images_per_s": speedup}}
+        return r if speedup is None else {**r, "speedup": speedup}
+
+    runs = [[row("a", 3.0), row("b", 1.0), row("c")], [row("a", 1.0), row("b", 2.0), row("c")],
+            [row("a", 2.0), row("b", 5.0), row("c")]]
+    a, b, c = corruptions.median_run_rows(runs)
+    assert a["speedup"] == 2.0 and a["ours"]["images_per_s"] == 2.0 and a["speedups_over_runs"] == [3.0, 1.0, 2.0]
+    assert b["speedup"] == 2.0 and "speedup" not in c
+    assert corruptions.median_run_rows(runs[:2])[0]["speedup"] == 1.0  # even count: the lower median
+
+
 def test_reference_shims_map_old_keywords():
     seen = {}
 
@@ -334,18 +347,20 @@ def test_corruption_samplers_measured_and_rendered(tmp_path):
                for r in rows)
     timing = H.Timing(times_s=(0.1, 0.1), warmup=0).to_dict()
     result = {
-        "benchmark": "corruptions", "quick": False, "config": {"severity": 3},
+        "benchmark": "corruptions", "quick": False, "config": {"severity": 3, "runs": 3},
         "meta": {"device": "cpu", "device_name": "cpu: X", "torch": "t", "numpy": "n", "python": "p",
                  "torch_threads": 2, "commit": None, "date": "d"},
         "rows": [{"corruption": "gaussian_noise", "image_size": 224, "ours": {"timing": timing, "images_per_s": 80.0},
-                  "reference": {"timing": timing, "images_per_s": 10.0}, "speedup": 8.0}],
+                  "reference": {"timing": timing, "images_per_s": 10.0}, "speedup": 8.0,
+                  "speedups_over_runs": [7.0, 8.0, 9.5]}],
         "summary": {"224": {"compared": 1, "geomean_speedup": 8.0}},
         "samplers": [{"sampler": "normal", "image_size": 224, "torch_ns_per_draw": 2.5, "numpy_ns_per_draw": 10.0,
                       "ratio": 4.0}],
     }
     H.write_result(tmp_path / "corruptions-cpu.json", result)
     text = table.render(tmp_path)
-    assert "| gaussian_noise | 80.0 | 10.0 | 8.00 |" in text and "| normal | 2.50 | 10.00 | 4.00 |" in text
+    assert "| gaussian_noise | 80.0 | 10.0 | 8.00 | 7.00-9.50 |" in text and "| normal | 2.50 | 10.00 | 4.00 |" in text
+    assert "median speed-up of 3 whole-suite runs" in text
 
 
 def test_agreement_summary_and_table(tmp_path):
