@@ -240,8 +240,9 @@ def test_map_split_keeps_order_and_runs_the_first_group_in_the_caller(monkeypatc
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="test-split")
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-split")
     monkeypatch.setattr(common, "worker_pool", lambda: pool)
+    monkeypatch.setattr(common, "usable_cores", lambda: 3)
     seen = []
 
     def fn(i):

@@ -187,22 +187,28 @@ def resolve_generator(generator: torch.Generator | None) -> torch.Generator:
 
 @lru_cache(maxsize=1)
 def worker_pool() -> ThreadPoolExecutor | None:
-    """One thread per usable core for work that releases the GIL and runs no parallel torch op
-    (random draws, the JPEG codec); ``None`` on one core. Shared, started on first use."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return ThreadPoolExecutor(max_workers=cores, thread_name_prefix="robustmix-worker") if cores > 1 else None
+    """Threads for work that releases the GIL and runs no parallel torch op (random draws, the
+    JPEG codec): one per usable core besides the caller's; ``None`` on one core. Shared, started
+    on first use."""
+    cores = usable_cores()
+    return ThreadPoolExecutor(max_workers=cores - 1, thread_name_prefix="robustmix-worker") if cores > 1 else None
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS reports it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def map_split(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
     """``[fn(item) for item in items]``, the items cut into one contiguous group per core.
 
     The caller's thread runs the first group while the :func:`worker_pool` threads run the
-    others: one hand-off per extra core, not one per item (waking a thread costs ~0.1 ms on a
+    others (the pool has one thread per extra core): one hand-off per extra core, not one per item (waking a thread costs ~0.1 ms on a
     VM, as much as a JPEG round trip of a 224 px image). ``fn`` must release the GIL and run no
     parallel torch op (in a pool thread that would start a second OpenMP team).
     """
     pool = worker_pool()
-    workers = 1 if pool is None else min(pool._max_workers, len(items))
+    workers = 1 if pool is None else min(usable_cores(), len(items))
     if workers <= 1:
         return [fn(item) for item in items]
     bounds = [len(items) * i // workers for i in range(workers + 1)]
