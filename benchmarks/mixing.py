@@ -28,8 +28,9 @@ Run: ``python benchmarks/mixing.py [--device cuda] [--quick]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from typing import Any
 
@@ -161,6 +162,32 @@ def _check_against_torch_dct(x: Tensor, y: Tensor, num_classes: int) -> dict[str
     }
 
 
+MEDIUM = "robustmix c=0.5, matmul 'medium'"
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str) -> Iterator[None]:
+    """``torch.set_float32_matmul_precision`` for the block, restored after (a benchmark may flip
+    this global; the library never does). On CPUs with AVX512-BF16/AMX, ``"medium"`` lets oneDNN
+    run float32 products on the bf16 units."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def error_vs_float64(x: Tensor, y: Tensor, index: Tensor, num_classes: int) -> dict[str, float]:
+    """Max |op - op in float64| of the fixed-cutoff call on the first 16 samples."""
+    xs, ys, idx = x[:16], y[:16], torch.argsort(index[:16])  # any permutation of the 16
+    kwargs = {"lam_low": LAM_LOW, "lam_high": LAM_HIGH, "cutoff": CUTOFF, "index": idx, "num_classes": num_classes}
+    out, soft = F.robustmix(xs, ys, **kwargs)
+    ref, ref_soft = F.robustmix(xs.double(), ys, **kwargs)
+    return {"max_abs_err_images_vs_float64": float((out.double() - ref).abs().max()),
+            "max_abs_err_targets_vs_float64": float((soft.double() - ref_soft).abs().max())}
+
+
 def bench_shape(
     shape: tuple[int, ...], device: torch.device, repeats: int, peers: dict[str, Callable[[], Any]]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -176,7 +203,7 @@ def bench_shape(
     def add(method: str, kind: str, dtype_name: str, timing: H.Timing) -> None:
         rows.append({"shape": list(shape), "dtype": dtype_name, "method": method, "kind": kind,
                      "timing": timing.to_dict()})
-        print(f"  {'x'.join(map(str, shape)):>16} {dtype_name:>8} {method:<22} {timing.median_ms:10.2f} ms "
+        print(f"  {'x'.join(map(str, shape)):>16} {dtype_name:>8} {method:<34} {timing.median_ms:10.2f} ms "
               f"(IQR {timing.stats['iqr_s'] * 1e3:.2f}, n={len(timing.times_s)})", flush=True)
 
     for dtype_name, dtype in DTYPES.items():
@@ -193,6 +220,12 @@ def bench_shape(
         for method, fn in ours.items():
             add(method, "robustmix", dtype_name,
                 H.measure(fn, device=device, warmup=2, repeats=repeats, max_time_s=CASE_BUDGET_S))
+            if method == "robustmix c=0.5":
+                rows[-1].update(error_vs_float64(x, y, index, num_classes))
+                with matmul_precision("medium"):
+                    add(MEDIUM, "robustmix", dtype_name,
+                        H.measure(fn, device=device, warmup=2, repeats=repeats, max_time_s=CASE_BUDGET_S))
+                    rows[-1].update(error_vs_float64(x, y, index, num_classes), matmul_precision="medium")
         for method, factory in peers.items():
             if method == "torch-dct":
                 if dtype != torch.float32:
@@ -261,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         for dtype in (torch.float32, torch.bfloat16):
             gemm.append({"shape": list(shape), **measure_gemm(shape, CUTOFF, dtype, device, repeats)})
             print(f"  GEMM {gemm[-1]['gemm']} {gemm[-1]['dtype']}: {gemm[-1]['gflops_per_s']:.1f} GFLOP/s", flush=True)
+        with matmul_precision("medium"):
+            medium = measure_gemm(shape, CUTOFF, torch.float32, device, repeats)
+        gemm.append({"shape": list(shape), **medium, "dtype": "float32, matmul 'medium'"})
+        print(f"  GEMM {medium['gemm']} float32 'medium': {medium['gflops_per_s']:.1f} GFLOP/s", flush=True)
         shape_rows, check = bench_shape(shape, device, repeats, peers)
         rows += shape_rows
         if check:

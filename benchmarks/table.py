@@ -59,6 +59,14 @@ def render_mixing(res: dict[str, Any]) -> list[str]:
         ])
     out += _table(["batch", "dtype", "method", "median ms", "IQR ms", "n", "÷ timm", "÷ v2.MixUp",
                    "torch-dct ×", "÷ floor"], rows)
+    errors = [c for c in res["cases"] if "max_abs_err_targets_vs_float64" in c]
+    if errors:
+        out += ["", "Accuracy of the fixed-cutoff call against the same call in float64 (16 samples): max |Δ| of "
+                "images / label weights.", ""]
+        out += _table(["batch", "dtype", "method", "images", "label weights"], [
+            ["x".join(map(str, c["shape"])), c["dtype"], c["method"], f"{c['max_abs_err_images_vs_float64']:.2e}",
+             f"{c['max_abs_err_targets_vs_float64']:.2e}"] for c in errors
+        ])
     for chk in res.get("checks_vs_torch_dct", []):
         out.append("")
         out.append(f"Check vs torch-dct at {'x'.join(map(str, chk['shape']))} (8 samples): max |Δ| images "

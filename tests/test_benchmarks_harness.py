@@ -236,6 +236,16 @@ def test_matmul_flops_matches_hand_count():
     assert mixing.matmul_flops((2, 3, 8, 8), 0.0) == (0, 0)
 
 
+def test_matmul_precision_block_restores_the_global_and_float32_stays_accurate():
+    before = torch.get_float32_matmul_precision()
+    with mixing.matmul_precision("medium"):
+        assert torch.get_float32_matmul_precision() == "medium"
+        x = torch.randn(16, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+        err = mixing.error_vs_float64(x, torch.arange(16) % 4, torch.randperm(16), 4)
+    assert torch.get_float32_matmul_precision() == before
+    assert err["max_abs_err_images_vs_float64"] < 1e-3 and err["max_abs_err_targets_vs_float64"] < 1e-4
+
+
 def test_corruption_summary_geomean_and_slowest():
     rows = [
         {"corruption": "a", "image_size": 32, "speedup": 2.0},
