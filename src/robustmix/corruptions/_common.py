@@ -235,7 +235,9 @@ def random_normal(
 ) -> Tensor:
     """Normal float32 draws of ``shape`` on ``like``'s device."""
     z = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
-    return z.mul_(std).add_(mean).to(like.device)  # in place: same values as z * std + mean
+    if (mean, std) != (0.0, 1.0):  # in place: same values as z * std + mean
+        z.mul_(std).add_(mean)
+    return z.to(like.device)
 
 
 def random_integers(
