@@ -235,9 +235,7 @@ def random_normal(
 ) -> Tensor:
     """Normal float32 draws of ``shape`` on ``like``'s device."""
     z = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
-    if (mean, std) != (0.0, 1.0):  # in place: same values as z * std + mean
-        z.mul_(std).add_(mean)
-    return z.to(like.device)
+    return z.mul_(std).add_(mean).to(like.device)  # in place: same values as z * std + mean
 
 
 def random_integers(

@@ -54,8 +54,8 @@ def gaussian_noise(images: Tensor, severity: int, generator: torch.Generator | N
     """
     std, _ = TABLES["gaussian_noise"].row(images, severity)
     x = to_work(images)
-    z = random_normal(x.shape, resolve_generator(generator), like=x)
-    return finish(torch.add(x, z.to(x.dtype), alpha=std), images)  # one pass: x + std * z
+    noise = random_normal(x.shape, resolve_generator(generator), like=x, std=std)
+    return finish(x + noise.to(x.dtype), images)
 
 
 def shot_noise(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
@@ -100,5 +100,5 @@ def speckle_noise(images: Tensor, severity: int, generator: torch.Generator | No
     """
     std, _ = TABLES["speckle_noise"].row(images, severity)
     x = to_work(images)
-    z = random_normal(x.shape, resolve_generator(generator), like=x)
-    return finish(torch.addcmul(x, x, z.to(x.dtype), value=std), images)  # one pass: x + std * x * z
+    noise = random_normal(x.shape, resolve_generator(generator), like=x, std=std)
+    return finish(x + x * noise.to(x.dtype), images)
