@@ -67,6 +67,17 @@ def rand(shape, seed=0, dtype=torch.float64):
 INDEX5 = torch.tensor([3, 0, 4, 1, 2])
 
 
+def assert_matches_reference(x, y, lam_low, lam_high, cutoff, energy):
+    """The op with partner index INDEX5 and 4 classes equals the NumPy/SciPy reference to 1e-12."""
+    out, soft = F.robustmix(x, y, lam_low=lam_low, lam_high=lam_high, cutoff=cutoff, index=INDEX5,
+                            num_classes=4, energy=energy)
+    as_np = (lambda v: v.numpy()) if isinstance(lam_low, torch.Tensor) else (lambda v: v)
+    ref_out, ref_soft = ref_robustmix(x.numpy(), np.eye(4)[y.numpy()], as_np(lam_low), as_np(lam_high),
+                                      as_np(cutoff), INDEX5.numpy(), energy)
+    np.testing.assert_allclose(out.numpy(), ref_out, atol=1e-12)
+    np.testing.assert_allclose(soft.numpy(), ref_soft, atol=1e-12)
+
+
 @pytest.mark.parametrize("energy", ["batch", "sample", "uniform", 0.3])
 @pytest.mark.parametrize("per_sample", [False, True])
 @pytest.mark.parametrize("soft_targets", [False, True])
@@ -107,14 +118,7 @@ def test_robustmix_matches_reference_at_larger_sizes(shape, energy, per_sample):
         cutoff = torch.tensor([0.03, 0.5, 0.61, 0.97, 1.0], dtype=torch.float64)
     else:
         lam_low, lam_high, cutoff = 0.75, 0.2, 0.51
-    y = torch.tensor([0, 3, 1, 1, 2])
-    out, soft = F.robustmix(x, y, lam_low=lam_low, lam_high=lam_high, cutoff=cutoff, index=INDEX5,
-                            num_classes=4, energy=energy)
-    as_np = (lambda v: v.numpy()) if per_sample else (lambda v: v)
-    ref_out, ref_soft = ref_robustmix(x.numpy(), np.eye(4)[y.numpy()], as_np(lam_low), as_np(lam_high),
-                                      as_np(cutoff), INDEX5.numpy(), energy)
-    np.testing.assert_allclose(out.numpy(), ref_out, atol=1e-12)
-    np.testing.assert_allclose(soft.numpy(), ref_soft, atol=1e-12)
+    assert_matches_reference(x, torch.tensor([0, 3, 1, 1, 2]), lam_low, lam_high, cutoff, energy)
 
 
 @pytest.mark.parametrize(
@@ -460,10 +464,4 @@ def test_chunked_batch_equals_reference(monkeypatch, energy, per_sample):
     else:
         lam_low, lam_high, cutoff = 0.6, 0.1, 0.55
     assert len(F._batch_chunks(x)) == 3
-    out, soft = F.robustmix(x, y, lam_low=lam_low, lam_high=lam_high, cutoff=cutoff, index=INDEX5,
-                            num_classes=4, energy=energy)
-    as_np = (lambda v: v.numpy()) if per_sample else (lambda v: v)
-    ref_out, ref_soft = ref_robustmix(x.numpy(), np.eye(4)[y.numpy()], as_np(lam_low), as_np(lam_high),
-                                      as_np(cutoff), INDEX5.numpy(), energy)
-    np.testing.assert_allclose(out.numpy(), ref_out, atol=1e-12)
-    np.testing.assert_allclose(soft.numpy(), ref_soft, atol=1e-12)
+    assert_matches_reference(x, y, lam_low, lam_high, cutoff, energy)

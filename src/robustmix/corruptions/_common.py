@@ -202,10 +202,10 @@ def usable_cores() -> int:
 def map_split(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
     """``[fn(item) for item in items]``, the items cut into one contiguous group per core.
 
-    The caller's thread runs the first group while the :func:`worker_pool` threads run the
-    others (the pool has one thread per extra core): one hand-off per extra core, not one per item (waking a thread costs ~0.1 ms on a
-    VM, as much as a JPEG round trip of a 224 px image). ``fn`` must release the GIL and run no
-    parallel torch op (in a pool thread that would start a second OpenMP team).
+    The caller's thread runs the first group while the :func:`worker_pool` threads (one per
+    extra core) run the others: one hand-off per extra core, not one per item (waking a thread
+    costs ~0.1 ms on a VM, as much as a JPEG round trip of a 224 px image). ``fn`` must release
+    the GIL and run no parallel torch op (in a pool thread that would start a second OpenMP team).
     """
     pool = worker_pool()
     workers = 1 if pool is None else min(usable_cores(), len(items))
@@ -291,11 +291,12 @@ def random_poisson(rates: Tensor, generator: torch.Generator) -> Tensor:
     torch's CPU Poisson sampler is serial (one core, ~45 ns a draw, like NumPy's), so on a CPU
     generator a draw of more than :data:`POISSON_BLOCK` elements is cut into blocks of that
     size, each drawn by its own generator seeded from ``generator`` (one int64 seed per block)
-    and spread over the cores (:func:`map_split`). The split depends on the size alone, never on the core
-    count, so a seed gives the same counts on every machine. The cheap samplers (uniform,
-    normal: ~2-3 ns a draw) stay in one stream: a pool thread only gets the second core after
-    the OpenMP worker of the caller's last parallel op stops spinning, which takes about as long
-    as their whole draw (timed by hand on 2 cores: no gain for them, 1.8x for Poisson).
+    and spread over the cores (:func:`map_split`). The split depends on the size alone, never on
+    the core count, so a seed gives the same counts on every machine. The cheap samplers
+    (uniform, normal: ~2-3 ns a draw) stay in one stream: a pool thread only gets the second
+    core after the OpenMP worker of the caller's last parallel op stops spinning, which takes
+    about as long as their whole draw (timed by hand on 2 cores: no gain for them, ~1.5x for
+    Poisson).
     """
     flat = rates.float().to(generator.device).reshape(-1)
     n = flat.numel()
@@ -305,7 +306,8 @@ def random_poisson(rates: Tensor, generator: torch.Generator) -> Tensor:
     seeds = torch.randint(0, 2**63 - 1, (len(starts),), generator=generator).tolist()
 
     def draw(b: int) -> Tensor:
-        return torch.poisson(flat[starts[b] : starts[b] + POISSON_BLOCK], generator=torch.Generator().manual_seed(seeds[b]))
+        block = flat[starts[b] : starts[b] + POISSON_BLOCK]
+        return torch.poisson(block, generator=torch.Generator().manual_seed(seeds[b]))
 
     # Joined by the caller's thread: a copy this large is a parallel op, which in a pool thread
     # would start a second OpenMP team there.
@@ -402,10 +404,21 @@ def banded_product(m: Tensor, x: Tensor, dim: int) -> Tensor:
     faster this way (timed by hand); where the band covers most of the matrix (small images)
     the one dense product is kept, and on CUDA always.
     """
+    return _apply_banded(*_banded_operator(m), x, dim)
+
+
+Blocks = list[tuple[int, int, int, int]] | None
+
+
+def _banded_operator(m: Tensor) -> tuple[Tensor, Blocks]:
+    """``m`` with its band blocks (``None``: use the dense product), for :func:`_apply_banded`."""
+    return m, (_band_blocks(m) if m.device.type == "cpu" else None)
+
+
+def _apply_banded(m: Tensor, blocks: Blocks, x: Tensor, dim: int) -> Tensor:
     if dim not in (-1, -2):
         raise ValueError(f"dim must be -1 or -2, got {dim}")
-    blocks = _band_blocks(m) if x.device.type == "cpu" else None
-    if blocks is None:
+    if blocks is None or x.device.type != "cpu":
         return m @ x if dim == -2 else x @ m.T
     x = x.contiguous()
     shape = list(x.shape)
@@ -423,15 +436,25 @@ def banded_product(m: Tensor, x: Tensor, dim: int) -> Tensor:
     return out
 
 
+@lru_cache(maxsize=128)
+def _filter_operator(
+    n: int, taps: tuple[float, ...], mode: BorderMode, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Blocks]:
+    """The filter matrix of ``taps`` and its band blocks, built once per size, taps and border."""
+    taps_t = torch.tensor(taps, dtype=torch.float64)
+    return _banded_operator(_filter_matrix(n, taps_t, mode, dtype=dtype, device=device))
+
+
 def _separable(images: Tensor, taps_y: Tensor, taps_x: Tensor, mode: BorderMode) -> Tensor:
     n, c, h, w = images.shape
     if max(h, w) <= 512 or taps_y.numel() > 2 * h or taps_x.numel() > 2 * w:
         # Two matrix products with banded filter matrices (border rule folded in): on CPU
         # they run 8x faster than single-channel conv2d at 224 px, and they need no padded copy
         # for kernels longer than the image (elastic's sigma of 0.7 * side).
-        my = _filter_matrix(h, taps_y, mode, dtype=images.dtype, device=images.device)
-        mx = _filter_matrix(w, taps_x, mode, dtype=images.dtype, device=images.device)
-        return banded_product(mx, banded_product(my, images, -2), -1)
+        key_y, key_x = tuple(taps_y.double().tolist()), tuple(taps_x.double().tolist())
+        ry = _filter_operator(h, key_y, mode, images.dtype, images.device)
+        rx = _filter_operator(w, key_x, mode, images.dtype, images.device)
+        return _apply_banded(*rx, _apply_banded(*ry, images, -2), -1)
     ry, rx = (taps_y.numel() - 1) // 2, (taps_x.numel() - 1) // 2
     x = pad2d(images.reshape(n * c, 1, h, w), (ry, ry, rx, rx), mode=mode)
     ky = taps_y.to(device=images.device, dtype=images.dtype).view(1, 1, -1, 1)
@@ -529,14 +552,15 @@ def clipped_zoom(images: Tensor, zoom: float) -> Tensor:
         (..., H, W) -> (..., H, W)
     """
     h, w = images.shape[-2:]
-    wy = _zoom_matrix(h, zoom, images.device, images.dtype)
-    wx = _zoom_matrix(w, zoom, images.device, images.dtype)
-    return banded_product(wx, banded_product(wy, images, -2), -1)
+    wy = _zoom_operator(h, zoom, images.device, images.dtype)
+    wx = _zoom_operator(w, zoom, images.device, images.dtype)
+    return _apply_banded(*wx, _apply_banded(*wy, images, -2), -1)
 
 
 @lru_cache(maxsize=128)
-def _zoom_matrix(n: int, zoom: float, device: torch.device, dtype: torch.dtype) -> Tensor:
-    return linear_resample_matrix(_zoom_coords(n, zoom, device), n).to(dtype)
+def _zoom_operator(n: int, zoom: float, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Blocks]:
+    """The zoom's interpolation matrix and its band blocks, built once per size and factor."""
+    return _banded_operator(linear_resample_matrix(_zoom_coords(n, zoom, device), n).to(dtype))
 
 
 # --------------------------------------------------------------------------------------------
