@@ -37,12 +37,14 @@ import torch
 from torch import Tensor
 
 import _harness as H
-from robustmix.corruptions import ALL_CORRUPTIONS, corrupt
+from robustmix.corruptions import ALL_CORRUPTIONS, corrupt, registry
 
 SEVERITY = 3
 # (image size, our batch) per device; the reference goes image by image.
 FULL_CASES = {"cpu": ((224, 8), (32, 32)), "cuda": ((224, 64), (32, 256))}
 QUICK_CASES = ((64, 2), (32, 4))
+# A large CPU batch, as an evaluation loader hands it over: chunked (the default) vs one call.
+LARGE_BATCH = {"full": (224, 64), "quick": (64, 12)}
 CASE_BUDGET_S = 4.0
 MIN_ROUNDS = 3
 
@@ -240,6 +242,36 @@ def bench_samplers(size: int, batch: int, repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+def bench_large_batch(size: int, batch: int, repeats: int, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Images/s of ours on one large CPU batch: in cache-sized chunks (``corrupt``'s default) vs
+    the whole batch in one call, timed round-robin. Shows what the chunking buys users."""
+    x = smooth_images(batch, size)
+    default = registry.CPU_CHUNK_ELEMENTS
+
+    def call(name: str, g: torch.Generator, chunk: int) -> None:
+        registry.CPU_CHUNK_ELEMENTS = chunk
+        try:
+            corrupt(x, name, SEVERITY, generator=g)
+        finally:
+            registry.CPU_CHUNK_ELEMENTS = default
+
+    rows = []
+    for name in names:
+        g = torch.Generator().manual_seed(0)
+        timings = H.measure_interleaved(
+            {"chunked": lambda name=name: call(name, g, default),
+             "one_call": lambda name=name: call(name, g, x.numel())},
+            warmup=1, repeats=max(1, repeats),
+        )
+        chunked, whole = (batch / timings[k].median_s for k in ("chunked", "one_call"))
+        rows.append({"corruption": name, "image_size": size, "batch": batch,
+                     "images_per_call": min(batch, max(1, default // x[0].numel())),
+                     "chunked_images_per_s": chunked, "one_call_images_per_s": whole, "ratio": chunked / whole})
+        print(f"  {size:>3}px batch {batch} {name:<18} chunked {chunked:10.1f} img/s  one call {whole:10.1f} img/s"
+              f"  {chunked / whole:5.2f}x", flush=True)
+    return rows
+
+
 def median_run_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per corruption and size, the row of the run with the median speed-up (lower median for an
     even count), with every run's speed-up attached as ``speedups_over_runs``.
@@ -310,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         runs.append([row for size, batch in cases for row in bench_size(size, batch, device, repeats, reference, names)])
     rows = median_run_rows(runs)
     samplers = [] if device.type != "cpu" else bench_samplers(*cases[0], repeats)
+    large = [] if device.type != "cpu" else bench_large_batch(
+        *LARGE_BATCH["quick" if args.quick else "full"], 1 if args.quick else 3, names)
     summary = summarize(rows)
     for size, entry in summary.items():
         if "geomean_speedup" in entry:
@@ -332,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         "reference_error": ref_error,
         "rows": rows,
         "samplers": samplers,
+        "large_batch": large,
         "summary": summary,
     }
     out = args.out or H.default_out_path("corruptions", device, quick=args.quick or bool(args.only))

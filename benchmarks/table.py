@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -138,7 +139,21 @@ def render_corruptions(res: dict[str, Any]) -> list[str]:
         out += _table(["sampler", "torch ns", "NumPy ns", "NumPy / torch"],
                       [[r["sampler"], _f(r["torch_ns_per_draw"]), _f(r["numpy_ns_per_draw"]), _f(r["ratio"])]
                        for r in res["samplers"]])
+    if res.get("large_batch"):
+        lb = res["large_batch"]
+        ratios = [r["ratio"] for r in lb]
+        out += ["", f"One large batch ({lb[0]['batch']} images at {lb[0]['image_size']} px), ours only: `corrupt` "
+                f"in cache-sized chunks ({lb[0]['images_per_call']} images a call, the default on CPU) vs the "
+                "whole batch in one call, timed round-robin:", ""]
+        out += _table(["corruption", "chunked img/s", "one call img/s", "chunked / one call"],
+                      [[r["corruption"], _f(r["chunked_images_per_s"], 1), _f(r["one_call_images_per_s"], 1),
+                        _f(r["ratio"])] for r in lb]
+                      + [["**geometric mean**", "", "", f"**{_f(_geomean(ratios))}**"]])
     return out
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
 def render_agreement(res: dict[str, Any]) -> list[str]:

@@ -768,6 +768,23 @@ def test_channels_last_input_gives_the_same_values(name):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ALL_CORRUPTIONS)
+def test_large_cpu_batches_run_in_chunks_with_one_generator(name, monkeypatch):
+    from robustmix.corruptions import registry
+
+    x = natural(5, 3, 24)
+    monkeypatch.setattr(registry, "CPU_CHUNK_ELEMENTS", 2 * x[0].numel())  # chunks of 2, 2, 1
+    got = corrupt(x, name, 3, generator=gen(4))
+    g = gen(4)
+    if name == "shot_noise":  # one call for the whole batch (its draws split over the cores)
+        want = CORRUPTIONS[name](x, 3, g)
+    else:
+        want = torch.cat([CORRUPTIONS[name](x[i : i + 2], 3, g) for i in (0, 2, 4)])
+    assert torch.equal(got, want)
+    if name in DETERMINISTIC:  # chunks change nothing but the order of the draws
+        torch.testing.assert_close(got, CORRUPTIONS[name](x, 3, gen(0)), atol=1e-6, rtol=0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", OWN)
 def test_cuda_matches_cpu_generator(name):
