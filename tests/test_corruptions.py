@@ -835,8 +835,10 @@ def test_cli_main_end_to_end(tmp_path, capsys):
     assert "unknown corruption 'nope'" in capsys.readouterr().err
 
 
-def test_motion_blur_fft_equals_direct_sum_with_edge_pixels():
+@pytest.mark.parametrize("group_elements", [1, 1 << 30])  # an FFT call per image, one for all
+def test_motion_blur_fft_equals_direct_sum_with_edge_pixels(group_elements, monkeypatch):
     """The FFT path equals sum_i w_i in(clamp(y + dy_i), clamp(x + dx_i)), computed directly."""
+    monkeypatch.setattr(common, "FFT_CPU_GROUP_ELEMENTS", group_elements)
     x = torch.rand(3, 2, 17, 23, generator=gen(4), dtype=torch.float64)
     angles = torch.tensor([-37.0, 12.5, 44.0])
     got = common.apply_motion_blur(x, radius=6, sigma=2.5, angles=angles)
