@@ -576,7 +576,7 @@ def rgb_to_gray(images: Tensor) -> Tensor:
     if images.shape[-3] == 1:
         return images
     r, g, b = images.unbind(-3)
-    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
+    return r.mul(0.299).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(-3)
 
 
 def with_rgb(images: Tensor, op: Callable[[Tensor], Tensor]) -> Tensor:

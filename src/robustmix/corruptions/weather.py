@@ -166,8 +166,9 @@ def snow(images: Tensor, severity: int, generator: torch.Generator | None = None
     layer = torch.round(layer.clamp(0.0, 1.0) * 255) / 255  # 8-bit result of ImageMagick
     layer = layer + layer.flip(-2, -1)  # + np.rot90(layer, k=2)
     layer = _resize(layer.unsqueeze(1), tuple(x.shape[-2:])).to(x.dtype)
-    whitened = torch.maximum(x, rgb_to_gray(x) * 1.5 + 0.5)
-    return finish(weight * x + (1 - weight) * whitened + layer, images)
+    # weight * x + (1 - weight) * max(x, 1.5 * gray + 0.5) + layer, with one full-size buffer
+    out = torch.maximum(x, rgb_to_gray(x).mul(1.5).add_(0.5))
+    return finish(out.mul_(1 - weight).add_(x, alpha=weight).add_(layer), images)
 
 
 # --------------------------------------------------------------------------------------------
