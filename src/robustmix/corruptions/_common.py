@@ -576,7 +576,12 @@ def rgb_to_gray(images: Tensor) -> Tensor:
     if images.shape[-3] == 1:
         return images
     r, g, b = images.unbind(-3)
-    return r.mul(0.299).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(-3)
+    # Each product rounded, then summed left to right: the same floats as 0.299 r + 0.587 g + 0.114 b
+    # (an ``add_(alpha=)`` would fuse the multiply-add and move values at .5 boundaries).
+    gray = r * 0.299
+    gray += g * 0.587
+    gray += b * 0.114
+    return gray.unsqueeze(-3)
 
 
 def with_rgb(images: Tensor, op: Callable[[Tensor], Tensor]) -> Tensor:

@@ -166,9 +166,10 @@ def snow(images: Tensor, severity: int, generator: torch.Generator | None = None
     layer = torch.round(layer.clamp(0.0, 1.0) * 255) / 255  # 8-bit result of ImageMagick
     layer = layer + layer.flip(-2, -1)  # + np.rot90(layer, k=2)
     layer = _resize(layer.unsqueeze(1), tuple(x.shape[-2:])).to(x.dtype)
-    # weight * x + (1 - weight) * max(x, 1.5 * gray + 0.5) + layer, with one full-size buffer
-    out = torch.maximum(x, rgb_to_gray(x).mul(1.5).add_(0.5))
-    return finish(out.mul_(1 - weight).add_(x, alpha=weight).add_(layer), images)
+    # weight * x + (1 - weight) * max(x, 1.5 * gray + 0.5) + layer in two full-size buffers, each
+    # product rounded before the sums as written (no fused multiply-add: same floats).
+    out = torch.maximum(x, rgb_to_gray(x) * 1.5 + 0.5).mul_(1 - weight)
+    return finish(out.add_(x * weight).add_(layer), images)
 
 
 # --------------------------------------------------------------------------------------------
