@@ -51,7 +51,8 @@ def plasma_fractal(
 
     def wibbled_mean(total: Tensor) -> Tensor:
         noise = random_uniform(total.shape, generator, like=total, low=-wibble, high=wibble)
-        return total / 4 + wibble * noise
+        # total / 4 + wibble * noise in place: total * 0.25 is exact, so the same floats
+        return noise.mul_(wibble).add_(total, alpha=0.25)
 
     while step >= 2:
         half = step // 2
@@ -70,9 +71,9 @@ def plasma_fractal(
         step //= 2
         wibble /= wibbledecay
     flat = heights.view(n, -1)
-    flat = flat - flat.amin(dim=1, keepdim=True)
-    flat = flat / flat.amax(dim=1, keepdim=True).clamp_min(torch.finfo(flat.dtype).tiny)
-    return flat.view(n, mapsize, mapsize)
+    flat.sub_(flat.amin(dim=1, keepdim=True))
+    flat.div_(flat.amax(dim=1, keepdim=True).clamp_min(torch.finfo(flat.dtype).tiny))
+    return heights
 
 
 def line_smear(layer: Tensor, offsets_y: Tensor, offsets_x: Tensor, weights: Tensor) -> Tensor:

@@ -291,7 +291,8 @@ def fog(images: Tensor, severity: int, generator: torch.Generator | None = None)
     haze = plasma_fractal(x.shape[0], mapsize=mapsize, wibbledecay=decay, generator=generator, like=x)
     haze = _resize(haze[:, None, :rh, :rw], tuple(x.shape[-2:])).to(x.dtype)
     peak = x.amax(dim=(1, 2, 3), keepdim=True)
-    return finish((x + strength * haze) * peak / (peak + strength), images)
+    out = x + strength * haze  # then in place: the same floats as (x + s h) * peak / (peak + s)
+    return finish(out.mul_(peak).div_(peak + strength), images)
 
 
 # --------------------------------------------------------------------------------------------
