@@ -447,3 +447,16 @@ def test_spatter_mud_weights() -> None:
     muddy = m[:, 0] > 1e-6
     assert 0.01 < float(muddy.float().mean()) < 0.5
     assert float(m[:, 0][muddy].min()) >= 0.8 - 1e-5 and float(m.max()) <= 1 + 1e-5
+
+
+def test_separable_sobel_equals_the_3x3_correlation() -> None:
+    from robustmix.corruptions._common import filter2d
+
+    gray = torch.randint(0, 256, (3, 1, 19, 26), generator=torch.Generator().manual_seed(2)).float()
+    gx, gy = weather._sobel(gray)
+    assert torch.equal(gx, filter2d(gray, weather._SOBEL_X, mode="nearest"))
+    assert torch.equal(gy, filter2d(gray, weather._SOBEL_X.T.contiguous(), mode="nearest"))
+    # and against scipy's Sobel, image by image (replicated border = mode "nearest")
+    for img, want_x, want_y in zip(gray[:, 0].double().numpy(), gx[:, 0].double(), gy[:, 0].double()):
+        np.testing.assert_array_equal(want_x.numpy(), ndimage.sobel(img, axis=1, mode="nearest"))
+        np.testing.assert_array_equal(want_y.numpy(), ndimage.sobel(img, axis=0, mode="nearest"))

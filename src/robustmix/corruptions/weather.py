@@ -50,6 +50,7 @@ from ._common import (
     SeverityTable,
     clipped_zoom,
     filter2d,
+    pad2d,
     finish,
     gaussian_filter,
     random_integers,
@@ -313,16 +314,15 @@ def _canny(gray: Tensor, *, low: float, high: float) -> Tensor:
     (strict on the previous neighbour, non-strict on the next), hysteresis by dilating strong
     edges through weak ones until nothing changes.
     """
-    gx = filter2d(gray, _SOBEL_X, mode="nearest")
-    gy = filter2d(gray, _SOBEL_X.T.contiguous(), mode="nearest")
-    mag = gx.abs() + gy.abs()
+    gx, gy = _sobel(gray)
+    ax, ay = gx.abs(), gy.abs()
+    mag = ax + ay
     padded = F.pad(mag, (1, 1, 1, 1))  # OpenCV's magnitude buffer has zero borders
     h, w = mag.shape[-2:]
 
     def at(dy: int, dx: int) -> Tensor:
         return padded[..., 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
 
-    ax, ay = gx.abs(), gy.abs()
     horizontal = ay < ax * _TAN_22_5
     vertical = ay > ax * _TAN_67_5
     same_sign = (gx * gy) >= 0  # OpenCV: s = +1 unless the signs differ
@@ -342,6 +342,23 @@ def _canny(gray: Tensor, *, low: float, high: float) -> Tensor:
             break
         edges = grown
     return edges
+
+
+def _sobel(gray: Tensor) -> tuple[Tensor, Tensor]:
+    """3x3 Sobel x and y derivatives (replicated border) as separable sums, (N, 1, H, W) each.
+
+    Equals ``filter2d`` with ``_SOBEL_X`` and its transpose exactly: the inputs are small
+    integers, so every partial sum is exact in float32 whatever the order.
+    """
+    p = pad2d(gray, (1, 1, 1, 1), mode="nearest")
+    h = gray.shape[-2]
+    diff = p[..., 2:] - p[..., :-2]  # [-1, 0, 1] along x
+    gx = diff[..., :h, :] + diff[..., 2:, :]
+    gx += diff[..., 1 : h + 1, :] * 2  # then [1, 2, 1] along y
+    smooth = p[..., :-2] + p[..., 2:]
+    smooth += p[..., 1:-1] * 2  # [1, 2, 1] along x
+    gy = smooth[..., 2:, :] - smooth[..., :h, :]  # then [-1, 0, 1] along y
+    return gx, gy
 
 
 def _dilate3x3(mask: Tensor) -> Tensor:
@@ -413,7 +430,8 @@ def _water_mask(liquid: Tensor, intensity: float) -> Tensor:
     dist = filter2d(dist, _BOX3.to(dist.device), mode="mirror")
     m = liquid_u8 * dist
     peak = m.amax(dim=(1, 2, 3), keepdim=True)
-    return torch.where(peak > 0, m / peak.clamp_min(1e-12), torch.zeros_like(m)) * intensity
+    # m >= 0, so a zero peak means an all-zero layer, which stays zero
+    return m.div_(peak.clamp_min(1e-12)).mul_(intensity)
 
 
 def spatter(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
@@ -432,7 +450,7 @@ def spatter(images: Tensor, severity: int, generator: torch.Generator | None = N
     _, rh, rw = _reference_shape(x)
     liquid = random_normal((x.shape[0], 1, rh, rw), generator, like=x, mean=loc, std=scale)
     liquid = gaussian_filter(liquid, sigma)
-    liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)
+    liquid.masked_fill_(liquid < threshold, 0.0)
     size = tuple(x.shape[-2:])
     if mud:
         m = gaussian_filter((liquid > threshold).float(), extra)
@@ -442,4 +460,4 @@ def spatter(images: Tensor, severity: int, generator: torch.Generator | None = N
         return finish(with_rgb(x, lambda rgb: rgb * (1 - m) + color * m), images)
     m = _resize(_water_mask(liquid, extra), size).to(x.dtype)
     color = torch.tensor(WATER_RGB, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return finish(with_rgb(x, lambda rgb: rgb + m * color), images)
+    return finish(with_rgb(x, lambda rgb: (m * color).add_(rgb)), images)
