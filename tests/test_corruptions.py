@@ -554,6 +554,19 @@ def test_filter2d_equals_scipy_correlate(kshape, mode):
     assert np.abs(y - ref).max() < 1e-12
 
 
+@pytest.mark.parametrize("kshape", [(15, 17), (21, 21)])  # >= 15x15 taps on CPU: the FFT path
+@pytest.mark.parametrize("mode", ["mirror", "nearest", "reflect"])
+def test_large_kernel_filter2d_equals_scipy_correlate(kshape, mode, monkeypatch):
+    x = torch.rand(3, 2, 40, 37, generator=gen(7), dtype=torch.float64)
+    k = torch.rand(*kshape, generator=gen(8), dtype=torch.float64)
+    ref = scipy_ndimage.correlate(x.numpy(), k.numpy()[None, None], mode=mode)
+    for group in (1, 1 << 30):  # an FFT call per image and one for the batch
+        monkeypatch.setattr(common, "FFT_CPU_GROUP_ELEMENTS", group)
+        assert np.abs(common.filter2d(x, k, mode=mode).numpy() - ref).max() < 1e-12
+    monkeypatch.setattr(common, "_FFT_MIN_TAPS", 10**9)  # the depthwise convolution agrees too
+    assert np.abs(common.filter2d(x, k, mode=mode).numpy() - ref).max() < 1e-12
+
+
 def test_dilate3x3_equals_max_pool():
     from robustmix.corruptions import weather
 

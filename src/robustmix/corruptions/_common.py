@@ -507,12 +507,42 @@ def filter2d(images: Tensor, kernel: Tensor, *, mode: BorderMode = "mirror") -> 
             if k != 0.0:
                 out.add_(x[..., i : i + h, j : j + w], alpha=k)
         return out
+    if shared and kh * kw >= _FFT_MIN_TAPS and images.device.type == "cpu":
+        return _fft_correlate(x, kernel[0], h, w)
     weight = kernel.to(device=images.device, dtype=images.dtype)
     weight = weight.repeat_interleave(c, dim=0).unsqueeze(1)  # (N*C, 1, kh, kw), one group per plane
     # Depthwise convolution over the N*C planes; oneDNN runs it ~20% faster channels-last.
     planes = x.reshape(1, n * c, *x.shape[-2:]).contiguous(memory_format=torch.channels_last)
     out = F.conv2d(planes, weight, groups=n * c)
     return out.reshape(n, c, h, w)
+
+
+# From 15x15 taps (defocus at 224 px, severity >= 3) a CPU correlation is cheaper through the
+# FFT in cache-sized groups (measured on a 2-core EPYC: 15x15 1.3x, 21x21 1.8x faster than the
+# depthwise convolution; 11x11 still slower). OpenCV's filter2D switches at 11x11 likewise.
+_FFT_MIN_TAPS = 15 * 15
+
+
+def _fft_correlate(padded: Tensor, kernel: Tensor, h: int, w: int) -> Tensor:
+    """``out[y, x] = sum_ij kernel[i, j] padded[y + i, x + j]`` for the (h, w) valid outputs.
+
+    Circular convolution with the kernel stored at ``(-i, -j)``: the FFT length covers the padded
+    plane, so the valid outputs never read across the wrap (equal to the direct sum up to float
+    rounding, ~1e-6 of the values' range).
+    """
+    kh, kw = kernel.shape
+    hp, wp = _fft_size(padded.shape[-2]), _fft_size(padded.shape[-1])
+    spread = torch.zeros(hp, wp, dtype=padded.dtype, device=padded.device)
+    rows = (-torch.arange(kh, device=padded.device)) % hp
+    cols = (-torch.arange(kw, device=padded.device)) % wp
+    spread[rows.view(-1, 1), cols.view(1, -1)] = kernel.to(padded.dtype)
+    spectrum = torch.fft.rfft2(spread)
+    out = torch.empty(*padded.shape[:-2], h, w, dtype=padded.dtype, device=padded.device)
+    step = _fft_group(padded, hp * wp)
+    for i in range(0, padded.shape[0], step):
+        product = torch.fft.rfft2(padded[i : i + step], s=(hp, wp)).mul_(spectrum)
+        out[i : i + step] = torch.fft.irfft2(product, s=(hp, wp))[..., :h, :w]
+    return out
 
 
 def linear_resample_matrix(coords: Tensor, size: int) -> Tensor:
