@@ -482,10 +482,13 @@ def _low_band_share(
     if energy == "sample":
         # Low(out) = Low(mixL): its coefficients are a lerp of the batch's own coefficients.
         c = coef.to(freq._compute_dtype(coef.dtype))
-        low_out = torch.lerp(c[index], c, _as_column(lam_low, c.ndim, c.dtype, c.device))
-        if mask is not None:
-            low_out = low_out * mask
-        num = _sum_over(low_out.square(), keep_batch=True)
+        weight = _as_column(lam_low, c.ndim, c.dtype, c.device)
+        num = torch.empty(c.shape[0], dtype=c.dtype, device=c.device)
+        for s, e in _batch_chunks(c):  # cache-sized pieces: no full-size temporaries
+            low_out = torch.lerp(c[index[s:e]], c[s:e], weight[s:e] if isinstance(weight, Tensor) else weight)
+            if mask is not None:
+                low_out *= mask[s:e]
+            num[s:e] = _sum_over(low_out.square_(), keep_batch=True)
         den = _sq_norms(out, c.dtype)
         return _safe_ratio(num.double(), den.double())
     total = sq_norms.double().sum()
