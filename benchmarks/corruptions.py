@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = median_run_rows(runs)
     samplers = [] if device.type != "cpu" else bench_samplers(*cases[0], repeats)
     large = [] if device.type != "cpu" else bench_large_batch(
-        *LARGE_BATCH["quick" if args.quick else "full"], 1 if args.quick else 3, names)
+        *LARGE_BATCH["quick" if args.quick else "full"], 1 if args.quick else 5, names)
     summary = summarize(rows)
     for size, entry in summary.items():
         if "geomean_speedup" in entry:
