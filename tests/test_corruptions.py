@@ -561,7 +561,7 @@ def test_large_kernel_filter2d_equals_scipy_correlate(kshape, mode, monkeypatch)
     k = torch.rand(*kshape, generator=gen(8), dtype=torch.float64)
     ref = scipy_ndimage.correlate(x.numpy(), k.numpy()[None, None], mode=mode)
     for group in (1, 1 << 30):  # an FFT call per image and one for the batch
-        monkeypatch.setattr(common, "FFT_CPU_GROUP_ELEMENTS", group)
+        monkeypatch.setattr(common, "CPU_GROUP_ELEMENTS", group)
         assert np.abs(common.filter2d(x, k, mode=mode).numpy() - ref).max() < 1e-12
     monkeypatch.setattr(common, "_FFT_MIN_TAPS", 10**9)  # the depthwise convolution agrees too
     assert np.abs(common.filter2d(x, k, mode=mode).numpy() - ref).max() < 1e-12
@@ -851,7 +851,7 @@ def test_cli_main_end_to_end(tmp_path, capsys):
 @pytest.mark.parametrize("group_elements", [1, 1 << 30])  # an FFT call per image, one for all
 def test_motion_blur_fft_equals_direct_sum_with_edge_pixels(group_elements, monkeypatch):
     """The FFT path equals sum_i w_i in(clamp(y + dy_i), clamp(x + dx_i)), computed directly."""
-    monkeypatch.setattr(common, "FFT_CPU_GROUP_ELEMENTS", group_elements)
+    monkeypatch.setattr(common, "CPU_GROUP_ELEMENTS", group_elements)
     x = torch.rand(3, 2, 17, 23, generator=gen(4), dtype=torch.float64)
     angles = torch.tensor([-37.0, 12.5, 44.0])
     got = common.apply_motion_blur(x, radius=6, sigma=2.5, angles=angles)
