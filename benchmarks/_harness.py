@@ -35,6 +35,7 @@ __all__ = [
     "collect_metadata",
     "default_out_path",
     "geometric_mean",
+    "machine_probe",
     "measure",
     "measure_interleaved",
     "resolve_device",
@@ -112,6 +113,23 @@ def sync(device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def machine_probe(repeats: int = 5) -> dict[str, float]:
+    """Two CPU rates that show what state a shared VM is in when a benchmark runs: a float32
+    GEMM of the issue's reference shape, (86016 x 224) @ (224 x 112), into a preallocated output,
+    and a 256 MB memory copy (read + write GB/s). Taken at the start and end of a run, they
+    tell a reader whether a table was measured in a slow phase of the machine.
+    """
+    a, b = torch.randn(86016, 224), torch.randn(224, 112)
+    out = torch.empty(86016, 112)
+    gemm = measure(lambda: torch.mm(a, b, out=out), warmup=1, repeats=repeats)
+    src = torch.empty(1 << 25)  # 128 MB of float32
+    dst = torch.empty_like(src)
+    src.fill_(1.0)
+    copy = measure(lambda: dst.copy_(src), warmup=1, repeats=repeats)
+    return {"gemm_fp32_gflops_per_s": 2 * 86016 * 224 * 112 / gemm.median_s / 1e9,
+            "copy_gb_per_s": 2 * src.numel() * 4 / copy.median_s / 1e9}
 
 
 def _check_counts(warmup: int, repeats: int, min_repeats: int, max_time_s: float | None) -> None:

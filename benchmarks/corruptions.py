@@ -259,8 +259,8 @@ def bench_large_batch(size: int, batch: int, repeats: int, names: tuple[str, ...
     for name in names:
         g = torch.Generator().manual_seed(0)
         timings = H.measure_interleaved(
-            {"chunked": lambda name=name: call(name, g, default),
-             "one_call": lambda name=name: call(name, g, x.numel())},
+            {"chunked": lambda name=name, g=g: call(name, g, default),
+             "one_call": lambda name=name, g=g: call(name, g, x.numel())},
             warmup=1, repeats=max(1, repeats),
         )
         chunked, whole = (batch / timings[k].median_s for k in ("chunked", "one_call"))
@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     names = parse_only(parser, args.only)
     device = H.resolve_device(args.device)
     H.apply_threads(args.threads)
+    probe_start = H.machine_probe() if device.type == "cpu" and not args.quick else None
     cases = QUICK_CASES if args.quick else FULL_CASES[device.type]
     repeats = 1 if args.quick else args.repeats
     try:
@@ -350,11 +351,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {size}px: geometric-mean speedup {entry['geomean_speedup']:.2f}x over {entry['compared']}"
                   f" corruptions; slowest {entry['min_speedup']}")
     versions = {d: dist_version(d) for d in ("imagecorruptions", "scikit-image", "opencv-python-headless", "scipy", "Pillow")}
+    probe_end = H.machine_probe() if probe_start is not None else None
     result = {
         "benchmark": "corruptions",
         "quick": args.quick or bool(args.only),
         "only": list(names) if args.only else None,
-        "meta": H.collect_metadata(device, extra={"peer_versions": versions, "cv2_threads": cv2_threads}),
+        "meta": H.collect_metadata(device, extra={"probe_start": probe_start, "probe_end": probe_end, "peer_versions": versions, "cv2_threads": cv2_threads}),
         "config": {"severity": SEVERITY, "runs": args.runs, "row_per_case": "the run with the median speed-up",
                    "max_rounds": repeats, "min_rounds": MIN_ROUNDS, "warmup": 1,
                    "case_budget_s": CASE_BUDGET_S, "timing": "interleaved rounds: one call of ours on the batch, "

@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = H.resolve_device(args.device)
     H.apply_threads(args.threads)
+    probe_start = H.machine_probe() if device.type == "cpu" and not args.quick else None
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     repeats = min(args.repeats, 3) if args.quick else args.repeats
     _, unavailable = _peer_factories(10)
@@ -310,10 +311,11 @@ def main(argv: list[str] | None = None) -> int:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
+    probe_end = H.machine_probe() if probe_start is not None else None
     result = {
         "benchmark": "mixing",
         "quick": args.quick,
-        "meta": H.collect_metadata(device, extra={"peer_versions": versions}),
+        "meta": H.collect_metadata(device, extra={"probe_start": probe_start, "probe_end": probe_end, "peer_versions": versions}),
         "config": {"lam_low": LAM_LOW, "lam_high": LAM_HIGH, "cutoff": CUTOFF, "energy": "batch",
                    "repeats": repeats, "slow_peer_repeats": SLOW_PEER_REPEATS, "case_budget_s": CASE_BUDGET_S},
         "gemm": gemm,

@@ -27,9 +27,15 @@ def _f(value: float | None, digits: int = 2) -> str:
 
 def _meta_line(meta: dict[str, Any]) -> str:
     commit = (meta.get("commit") or "unknown")[:10]
-    return (f"{meta.get('device_name')}; torch {meta.get('torch')}, numpy {meta.get('numpy')}, "
+    line = (f"{meta.get('device_name')}; torch {meta.get('torch')}, numpy {meta.get('numpy')}, "
             f"python {meta.get('python')}; {meta.get('torch_threads')} torch threads; commit `{commit}`; "
             f"{meta.get('date')}")
+    probes = [(when, meta[f"probe_{when}"]) for when in ("start", "end") if meta.get(f"probe_{when}")]
+    if probes:
+        line += ("; machine state (`_harness.machine_probe`): " + ", ".join(
+            f"{when} fp32 GEMM {p['gemm_fp32_gflops_per_s']:.0f} GFLOP/s, copy {p['copy_gb_per_s']:.1f} GB/s"
+            for when, p in probes))
+    return line
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -100,13 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = H.resolve_device(args.device)
     H.apply_threads(args.threads)
+    probe_start = H.machine_probe() if device.type == "cpu" and not args.quick else None
     cases = QUICK_CASES if args.quick else FULL_CASES[device.type]
     repeats = min(args.repeats, 2) if args.quick else args.repeats
     results = [bench_case(size, batch, device, repeats) for size, batch in cases]
+    probe_end = H.machine_probe() if probe_start is not None else None
     result = {
         "benchmark": "train_step",
         "quick": args.quick,
-        "meta": H.collect_metadata(device, extra={"torchvision": torchvision.__version__}),
+        "meta": H.collect_metadata(device, extra={"probe_start": probe_start, "probe_end": probe_end, "torchvision": torchvision.__version__}),
         "config": {"repeats": repeats, "warmup": 2, "optimizer": "SGD(lr=1e-3, momentum=0.9)",
                    "loss": "soft-target cross entropy", "mixers": {"mixup": "MixUp(alpha=1)",
                    "robustmix": "RobustMix(alpha=1, tau=0, energy='batch')"}},

@@ -401,3 +401,13 @@ def test_agreement_summary_and_table(tmp_path):
 def test_agreement_truncates_like_the_reference():
     x = torch.tensor([0.0, 0.5 / 255, 1.99 / 255, 1.0]).view(1, 1, 1, 4)
     assert agreement._as_uint8(x).reshape(-1).tolist() == [0, 0, 1, 255]
+
+
+def test_machine_probe_rates_are_positive_and_rendered():
+    probe = H.machine_probe(repeats=1)
+    assert set(probe) == {"gemm_fp32_gflops_per_s", "copy_gb_per_s"}
+    assert all(math.isfinite(v) and v > 0 for v in probe.values())
+    meta = {"device_name": "cpu", "commit": "abc", "probe_start": {"gemm_fp32_gflops_per_s": 170.4,
+            "copy_gb_per_s": 12.25}, "probe_end": None}
+    line = table._meta_line(meta)
+    assert "start fp32 GEMM 170 GFLOP/s, copy 12.2 GB/s" in line and "end" not in line.split("machine state")[1]
