@@ -798,6 +798,20 @@ def test_large_cpu_batches_run_in_chunks_with_one_generator(name, monkeypatch):
         torch.testing.assert_close(got, CORRUPTIONS[name](x, 3, gen(0)), atol=1e-6, rtol=0)
 
 
+def test_accelerator_batches_run_whole():
+    """Chunks and FFT groups are a CPU cache measure; other devices get the batch in one call
+    (checked on the meta device, which runs nothing)."""
+    from robustmix.corruptions import registry
+
+    meta = torch.empty(100, 3, 224, 224, device="meta")
+    assert registry._chunk_images(meta, "contrast") == 100
+    assert common._cpu_group(meta, 256 * 256) == 100
+    cpu = torch.empty(100, 3, 224, 224)
+    assert registry._chunk_images(cpu, "contrast") == registry.CPU_CHUNK_ELEMENTS // (3 * 224 * 224) == 8
+    assert registry._chunk_images(cpu, "shot_noise") == 100
+    assert common._cpu_group(cpu, 256 * 256) == 1
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", OWN)
 def test_cuda_matches_cpu_generator(name):
