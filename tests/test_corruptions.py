@@ -633,6 +633,15 @@ def test_glass_sources_equal_the_reference_loop(h, w, d, passes):
     np.testing.assert_array_equal(got.numpy(), _reference_glass_loop(dy.numpy(), dx.numpy(), h, w))
 
 
+def test_small_divmod_is_exact_over_its_whole_range():
+    values = torch.arange(1 << 16)
+    for divisor in range(1, 257):
+        q, r = blur.small_divmod(values, divisor)
+        assert torch.equal(q, values // divisor) and torch.equal(r, values % divisor), divisor
+    with pytest.raises(ValueError, match="divisor"):
+        blur.small_divmod(values, 257)
+
+
 def test_glass_sources_copies_rather_than_swaps():
     # One pass, d = 2 (interior rows/cols 3..6), every offset (+1, +1): each pixel copies its
     # lower-right neighbour, which was scanned (and overwritten) first, so every chain runs down

@@ -127,6 +127,22 @@ def defocus_blur(images: Tensor, severity: int, generator: torch.Generator | Non
     return finish(filter2d(x, kernel, mode="mirror"), images)
 
 
+def small_divmod(values: Tensor, divisor: int) -> tuple[Tensor, Tensor]:
+    """``(values // divisor, values % divisor)`` for int64 ``values`` in ``[0, 2**16)`` and
+    ``divisor`` in ``[1, 2**8]``, by multiply and shift (``q = v * ceil(2**24 / d) >> 24``).
+
+    CPU integer division has no vector instruction: on 1.2M glass-blur draws the two ops took
+    ~4 ms, the multiply-shift ~0.4 ms. Exact in that range: the multiplier overshoots ``2**24 / d``
+    by less than 1, so ``v * M / 2**24`` exceeds ``v / d`` by less than ``2**-8 <= 1 / d``, which
+    cannot carry it past the next integer (tested over the whole range).
+    """
+    if not 1 <= divisor <= 1 << 8:
+        raise ValueError(f"divisor must be in [1, 256], got {divisor}")
+    multiplier = -(-(1 << 24) // divisor)
+    quotient = (values * multiplier) >> 24
+    return quotient, values - quotient * divisor
+
+
 def glass_sources(dy: Tensor, dx: Tensor, height: int, width: int) -> Tensor:
     """Where each pixel comes from after the reference's glass-blur passes, as a flat index.
 
@@ -171,10 +187,13 @@ def glass_sources(dy: Tensor, dx: Tensor, height: int, width: int) -> Tensor:
             (src_r > delta) & (src_r <= height - delta) & (src_c > delta) & (src_c <= width - delta)
             & (q > interior)
         )
+        # Interior pixels are a rectangle of the (height, width) grid: written as a strided slice,
+        # not by index (an index_put costs ~5x a slice copy).
+        box = (slice(None), slice(delta + 1, height - delta + 1), slice(delta + 1, width - delta + 1))
         value = identity.clone()  # what a chain that ends here resolves to
-        value[:, interior] = q
+        value.view(n, height, width)[box] = q.view(n, rows, cols)
         link = identity.clone()  # next pixel along the chain; a root links to itself
-        link[:, interior] = torch.where(scanned_before, q, interior)
+        link.view(n, height, width)[box] = torch.where(scanned_before, q, interior).view(n, rows, cols)
         while True:
             jumped = link.gather(1, link)
             if torch.equal(jumped, link):
@@ -200,7 +219,8 @@ def glass_blur(images: Tensor, severity: int, generator: torch.Generator | None 
     if h > 2 * delta and w > 2 * delta:  # else no interior pixel: nothing moves
         # One draw per pixel and pass picks (dy, dx) uniformly from [-delta, delta)^2.
         pick = random_integers(0, 4 * delta * delta, (iterations, n, h - 2 * delta, w - 2 * delta), gen, like=x)
-        source = glass_sources(pick // (2 * delta) - delta, pick % (2 * delta) - delta, h, w)
+        row, col = small_divmod(pick, 2 * delta)
+        source = glass_sources(row.sub_(delta), col.sub_(delta), h, w)
         x = x.reshape(n, c, h * w).gather(2, source.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
     return finish(gaussian_filter(x, sigma), images)
 
