@@ -189,6 +189,59 @@ def test_shot_noise_is_poisson(side, severity):
     assert counts.var().item() == pytest.approx(0.3 * c, rel=0.06)  # Poisson: variance == mean
 
 
+@pytest.mark.parametrize("scale", [3.0, 12.0, 60.0, 500.0])
+def test_poisson_alias_tables_give_the_poisson_pmf(scale):
+    from scipy import stats
+
+    prob, alias, width = common._poisson_alias_table(scale, "cpu")
+    prob, alias = prob.view(256, width), alias.view(256, width).long()
+    # outcome k: its own column kept, plus the rejected share of every column aliased to k
+    recovered = prob.clone().scatter_add_(1, alias, 1 - prob) / width
+    rates = np.arange(256) * scale / 255
+    expected = stats.poisson.pmf(np.arange(width)[None], rates[:, None])
+    assert np.abs(recovered.numpy() - expected).max() < 1e-13
+    assert stats.poisson.sf(width - 1, scale) < 1e-20  # the truncated tail
+
+
+@pytest.mark.parametrize(("level", "through_corrupt"), [(1, True), (77, True), (200, False), (255, False)])
+def test_eight_bit_poisson_draws_match_the_poisson_pmf(level, through_corrupt):
+    # through shot noise where its clip at 1 (counts > c) is negligible, else the sampler itself
+    from scipy import stats
+
+    c = REFERENCE_IMAGENET["shot_noise"][2]
+    x = torch.full((4, 3, 100, 100), level / 255)
+    if through_corrupt:
+        counts = (corrupt(x, "shot_noise", 3, generator=gen(11)) * c).round().long()
+    else:
+        counts = common.random_poisson_levels(common.eight_bit_levels(x), c, gen(11)).long()
+    lam = level * c / 255
+    hi = int(stats.poisson.ppf(1 - 1e-4, lam))
+    observed = torch.bincount(counts.flatten().clamp(max=hi + 1), minlength=hi + 2).double().numpy()
+    expected = np.append(stats.poisson.pmf(np.arange(hi + 1), lam), stats.poisson.sf(hi, lam)) * counts.numel()
+    keep = expected >= 5
+    chi2 = float(((observed - expected) ** 2 / expected)[keep].sum())
+    other_o, other_e = observed[~keep].sum(), expected[~keep].sum()
+    chi2 += (other_o - other_e) ** 2 / other_e if other_e > 0 else 0.0
+    dof = int(keep.sum()) + (1 if other_e > 0 else 0) - 1
+    assert stats.chi2.sf(chi2, dof) > 1e-3
+
+
+def test_shot_noise_takes_the_alias_path_only_for_eight_bit_images(monkeypatch):
+    from robustmix.corruptions import noise
+
+    calls = []
+    real = common.random_poisson_levels
+    monkeypatch.setattr(noise, "random_poisson_levels", lambda *a: calls.append(1) or real(*a))
+    eight_bit = torch.randint(0, 256, (2, 3, 16, 16), generator=gen(1)).float() / 255
+    first = corrupt(eight_bit, "shot_noise", 2, generator=gen(5))
+    assert calls == [1] and torch.equal(first, corrupt(eight_bit, "shot_noise", 2, generator=gen(5)))
+    between = eight_bit.clamp(max=254 / 255) + 0.3 / 255
+    corrupt(between, "shot_noise", 2, generator=gen(5))  # between levels: torch.poisson
+    assert len(calls) == 2
+    assert common.eight_bit_levels(between) is None
+    assert torch.equal(common.eight_bit_levels(eight_bit), (eight_bit * 255).round().long())
+
+
 def test_blocked_poisson_draw_is_reproducible_and_independent_of_the_pool(monkeypatch):
     # > POISSON_BLOCK elements: drawn in independently seeded blocks over the worker pool. The
     # split is by size only, so the same seed gives the same counts with or without the pool.

@@ -315,6 +315,71 @@ def random_poisson(rates: Tensor, generator: torch.Generator) -> Tensor:
     return counts.view(rates.shape).to(rates.device)
 
 
+EIGHT_BIT_LEVELS = 256
+
+
+def eight_bit_levels(images: Tensor, *, tolerance: float = 1e-3) -> Tensor | None:
+    """``round(255 x)`` as int64 when every value lies within ``tolerance`` of a level ``k / 255``
+    (an 8-bit image in float), else ``None``."""
+    scaled = images.float() * (EIGHT_BIT_LEVELS - 1)
+    levels = scaled.round()
+    if not bool((scaled.sub_(levels).abs_().amax() <= tolerance) if scaled.numel() else True):
+        return None
+    return levels.clamp_(0, EIGHT_BIT_LEVELS - 1).long()
+
+
+def random_poisson_levels(levels: Tensor, scale: float, generator: torch.Generator) -> Tensor:
+    """Poisson draws of rate ``scale * k / 255`` for 8-bit levels ``k`` (float32 counts).
+
+    An 8-bit image has only 256 rates, so each gets an alias table (Walker; built once per
+    ``scale``) and a draw is one float64 uniform, two table lookups and a comparison: ~5x less
+    work than torch's serial CPU sampler, and the rates are the reference's exactly
+    (``uint8 / 255 * c`` in float64). The pmf is truncated where the tail is below 1e-20.
+    """
+    prob, alias, width = _poisson_alias_table(float(scale), str(levels.device))
+    u = torch.rand(levels.shape, dtype=torch.float64, generator=generator, device=generator.device)
+    u = u.to(levels.device).mul_(width)
+    column = u.floor()
+    index = levels * width + column.long()
+    keep = u.sub_(column) < prob.take(index)
+    return torch.where(keep, column.float(), alias.take(index))
+
+
+@lru_cache(maxsize=32)
+def _poisson_alias_table(scale: float, device: str) -> tuple[Tensor, Tensor, int]:
+    """Alias tables ``(prob, alias)``, flattened (level, count), and the counts per level."""
+    width = math.ceil(scale + 10.0 * math.sqrt(scale) + 10.0)  # P(K >= width) < 1e-20
+    rates = torch.arange(EIGHT_BIT_LEVELS, dtype=torch.float64) * (scale / (EIGHT_BIT_LEVELS - 1))
+    k = torch.arange(width, dtype=torch.float64)
+    log_pmf = k * rates.clamp_min(1e-300).log().unsqueeze(1) - rates.unsqueeze(1) - torch.lgamma(k + 1)
+    pmf = log_pmf.exp()
+    pmf[0] = 0.0
+    pmf[0, 0] = 1.0  # rate 0: always 0
+    pmf /= pmf.sum(dim=1, keepdim=True)
+    prob, alias = zip(*(_vose_alias(row.tolist()) for row in pmf))
+    return (
+        torch.tensor(prob, dtype=torch.float64, device=device).reshape(-1),
+        torch.tensor(alias, dtype=torch.float32, device=device).reshape(-1),
+        width,
+    )
+
+
+def _vose_alias(pmf: list[float]) -> tuple[list[float], list[int]]:
+    """Vose's alias method: column ``j`` keeps itself with probability ``prob[j]``, else
+    ``alias[j]``; drawing a uniform column gives outcome ``k`` with probability ``pmf[k]``."""
+    n = len(pmf)
+    scaled = [p * n for p in pmf]
+    prob, alias = [1.0] * n, list(range(n))
+    small = [i for i, q in enumerate(scaled) if q < 1.0]
+    large = [i for i, q in enumerate(scaled) if q >= 1.0]
+    while small and large:
+        s, big = small.pop(), large.pop()
+        prob[s], alias[s] = scaled[s], big
+        scaled[big] = (scaled[big] + scaled[s]) - 1.0
+        (small if scaled[big] < 1.0 else large).append(big)
+    return prob, alias  # leftovers (rounding) keep prob 1.0
+
+
 # --------------------------------------------------------------------------------------------
 # Borders and filters
 

@@ -18,9 +18,11 @@ from torch import Tensor
 from ._common import (
     SeverityTable,
     bernoulli_positions,
+    eight_bit_levels,
     finish,
     random_normal,
     random_poisson,
+    random_poisson_levels,
     random_uniform,
     resolve_generator,
     to_work,
@@ -61,12 +63,22 @@ def gaussian_noise(images: Tensor, severity: int, generator: torch.Generator | N
 def shot_noise(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
     """Poisson (photon) noise: ``Poisson(c x) / c`` with the tabled ``c``, then clip.
 
+    On CPU, images whose values are all 8-bit levels ``k / 255`` (anything decoded from
+    uint8) draw from per-level alias tables (:func:`random_poisson_levels`); other inputs use
+    torch's Poisson sampler. Both give exact Poisson draws, from different random streams.
+
     Shape:
         (N, C, H, W) -> (N, C, H, W)
     """
     c, _ = TABLES["shot_noise"].row(images, severity)
     x = to_work(images)
-    counts = random_poisson(x.float().clamp_min(0) * c, resolve_generator(generator))
+    generator = resolve_generator(generator)
+    # 8-bit images (the benchmark's inputs) have 256 rates: alias tables, ~5x faster on CPU
+    levels = eight_bit_levels(x) if x.device.type == generator.device.type == "cpu" else None
+    if levels is not None:
+        counts = random_poisson_levels(levels, c, generator)
+    else:
+        counts = random_poisson(x.float().clamp_min(0) * c, generator)
     return finish((counts / c).to(x.dtype), images)
 
 
