@@ -2,9 +2,10 @@
 
 The reference is the ``imagecorruptions`` package (the ImageNet-C code as a library), called per
 image through its public API ``imagecorruptions.corrupt(uint8 HWC, corruption_name=, severity=)``,
-as a user corrupting a test set would. Ours is called on a float (N, 3, S, S) batch. Neither side
-is charged for converting between uint8 HWC and float NCHW. Both use severity 3 on the same
-smooth synthetic images (a smooth random field, so JPEG and blurs see natural-like content).
+as a user corrupting a test set would. Ours is called on a float (N, 3, S, S) batch of the same
+8-bit images (values k / 255). Neither side is charged for converting between uint8 HWC and
+float NCHW. Both use severity 3 on the same smooth synthetic images (a smooth random field, so
+JPEG and blurs see natural-like content).
 
 ``imagecorruptions`` 1.1.2 does not import or run as published on numpy 2 / scikit-image >= 0.19 /
 setuptools without ``pkg_resources``; :func:`load_imagecorruptions` patches, inside this process
@@ -169,9 +170,9 @@ def bench_size(
     fit in ``CASE_BUDGET_S``, at least ``MIN_ROUNDS`` and at most ``repeats``. A side that
     raises is recorded as unavailable and the other is timed alone.
     """
-    images = smooth_images(batch, size)
-    x = images.to(device)
-    hwc = to_uint8_hwc(images)
+    hwc = to_uint8_hwc(smooth_images(batch, size))
+    # Ours gets the very images the reference gets: the 8-bit ones, as float k / 255.
+    x = torch.from_numpy(np.stack(hwc)).permute(0, 3, 1, 2).float().div(255).contiguous().to(device)
     rows = []
     for name in names:
         row: dict[str, Any] = {"corruption": name, "image_size": size, "batch": batch, "severity": SEVERITY}
@@ -245,7 +246,8 @@ def bench_samplers(size: int, batch: int, repeats: int) -> list[dict[str, Any]]:
 def bench_large_batch(size: int, batch: int, repeats: int, names: tuple[str, ...]) -> list[dict[str, Any]]:
     """Images/s of ours on one large CPU batch: in cache-sized chunks (``corrupt``'s default) vs
     the whole batch in one call, timed round-robin. Shows what the chunking buys users."""
-    x = smooth_images(batch, size)
+    x = torch.from_numpy(np.stack(to_uint8_hwc(smooth_images(batch, size)))).permute(0, 3, 1, 2).float().div(255)
+    x = x.contiguous()  # 8-bit images as float k / 255, as in bench_size
     default = registry.CPU_CHUNK_ELEMENTS
 
     def call(name: str, g: torch.Generator, chunk: int) -> None:

@@ -851,10 +851,7 @@ def test_large_cpu_batches_run_in_chunks_with_one_generator(name, monkeypatch):
     monkeypatch.setattr(registry, "CPU_CHUNK_ELEMENTS", 2 * x[0].numel())  # chunks of 2, 2, 1
     got = corrupt(x, name, 3, generator=gen(4))
     g = gen(4)
-    if name == "shot_noise":  # one call for the whole batch (its draws split over the cores)
-        want = CORRUPTIONS[name](x, 3, g)
-    else:
-        want = torch.cat([CORRUPTIONS[name](x[i : i + 2], 3, g) for i in (0, 2, 4)])
+    want = torch.cat([CORRUPTIONS[name](x[i : i + 2], 3, g) for i in (0, 2, 4)])
     assert torch.equal(got, want)
     if name in DETERMINISTIC:  # chunks change nothing but the order of the draws
         torch.testing.assert_close(got, CORRUPTIONS[name](x, 3, gen(0)), atol=1e-6, rtol=0)
@@ -866,11 +863,10 @@ def test_accelerator_batches_run_whole():
     from robustmix.corruptions import registry
 
     meta = torch.empty(100, 3, 224, 224, device="meta")
-    assert registry._chunk_images(meta, "contrast") == 100
+    assert registry._chunk_images(meta) == 100
     assert common._cpu_group(meta, 256 * 256) == 100
     cpu = torch.empty(100, 3, 224, 224)
-    assert registry._chunk_images(cpu, "contrast") == registry.CPU_CHUNK_ELEMENTS // (3 * 224 * 224) == 8
-    assert registry._chunk_images(cpu, "shot_noise") == 100
+    assert registry._chunk_images(cpu) == registry.CPU_CHUNK_ELEMENTS // (3 * 224 * 224) == 8
     assert common._cpu_group(cpu, 256 * 256) == 1
 
 

@@ -182,7 +182,7 @@ def corrupt(
     severity = check_severity(severity)
     check_images(images)
     fn, generator = CORRUPTIONS[name], resolve_generator(generator)
-    step = _chunk_images(images, name)
+    step = _chunk_images(images)
     if step >= images.shape[0]:
         return fn(images, severity, generator)
     out = torch.empty_like(images)
@@ -199,12 +199,9 @@ caches every pass streams from memory, so a large CPU batch goes through in chun
 (``benchmarks/corruptions.py`` times a 64-image batch at 224 px both ways).
 """
 
-# Shot noise splits its Poisson draws over the cores in blocks: it gains from more per call.
-_WHOLE_BATCH = frozenset({"shot_noise"})
 
-
-def _chunk_images(images: Tensor, name: str) -> int:
-    """Images per call: all of them on accelerators and for ``_WHOLE_BATCH``, else a chunk."""
-    if images.device.type != "cpu" or name in _WHOLE_BATCH:
+def _chunk_images(images: Tensor) -> int:
+    """Images per call: all of them on accelerators, a cache-sized chunk on CPU."""
+    if images.device.type != "cpu":
         return images.shape[0]
     return max(1, CPU_CHUNK_ELEMENTS // images[0].numel())
