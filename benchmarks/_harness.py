@@ -246,6 +246,24 @@ def _cpu_model(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
     return platform.processor() or platform.machine()
 
 
+# The vector extensions that change which CPU kernels run (and so the numbers): the same VM
+# image has landed on AVX-512 and on AVX2-only hosts between sessions.
+_ISA_FLAGS = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX-BF16"))
+
+
+def _cpu_isa(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str | None:
+    """The relevant vector extensions from the first ``flags`` line, e.g. ``"AVX2, AVX-512"``."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return ", ".join(name for flag, name in _ISA_FLAGS if flag in flags) or "none of AVX2/AVX-512"
+    except OSError:
+        pass
+    return None
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -265,6 +283,7 @@ def collect_metadata(device: torch.device | str, *, extra: Mapping[str, Any] | N
         "torch_interop_threads": torch.get_num_interop_threads(),
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
+        "cpu_isa": _cpu_isa(),
         "device": str(device),
         "device_name": _device_name(device),
         "platform": platform.platform(),

@@ -27,7 +27,8 @@ def _f(value: float | None, digits: int = 2) -> str:
 
 def _meta_line(meta: dict[str, Any]) -> str:
     commit = (meta.get("commit") or "unknown")[:10]
-    line = (f"{meta.get('device_name')}; torch {meta.get('torch')}, numpy {meta.get('numpy')}, "
+    isa = f" ({meta['cpu_isa']})" if meta.get("cpu_isa") and meta.get("device") == "cpu" else ""
+    line = (f"{meta.get('device_name')}{isa}; torch {meta.get('torch')}, numpy {meta.get('numpy')}, "
             f"python {meta.get('python')}; {meta.get('torch_threads')} torch threads; commit `{commit}`; "
             f"{meta.get('date')}")
     probes = [(when, meta[f"probe_{when}"]) for when in ("start", "end") if meta.get(f"probe_{when}")]

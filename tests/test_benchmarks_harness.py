@@ -197,6 +197,17 @@ def test_cpu_model_read_from_cpuinfo(tmp_path):
     assert H._cpu_model(info) == "Fake CPU 9000 @ 1GHz"
 
 
+def test_cpu_isa_names_the_vector_extensions(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: X\nflags\t: fpu avx avx2 fma avx512f avx512bw avx512_bf16\n")
+    assert H._cpu_isa(info) == "AVX2, AVX-512, AVX512-BF16"
+    info.write_text("flags\t: fpu sse4_2 avx avx2\n")
+    assert H._cpu_isa(info) == "AVX2"
+    info.write_text("flags\t: fpu sse2\n")
+    assert H._cpu_isa(info) == "none of AVX2/AVX-512"
+    assert H._cpu_isa(tmp_path / "missing") is None
+
+
 def test_resolve_device_validates():
     assert H.resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
