@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from robustmix import freq
+from robustmix._memory import empty_output
 
 __all__ = ["cutmix", "energy_modes", "mixup", "one_hot", "robustmix"]
 
@@ -154,6 +155,13 @@ def _mix_targets(y1: Tensor, index: Tensor, lam: float | Tensor) -> Tensor:
 
 
 _CHUNK_BYTES = 4 << 20
+
+
+def _contiguous_as(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x.to(dtype).contiguous()``, a new buffer only where needed (then from :func:`empty_output`)."""
+    if x.dtype == dtype and x.is_contiguous():
+        return x
+    return empty_output(x.shape, dtype=dtype, device=x.device).copy_(x)
 
 
 def _batch_chunks(x: Tensor) -> list[tuple[int, int]]:
@@ -373,7 +381,7 @@ def robustmix(
         return _restore_format(out, images), _mix_targets(y1, index, lam)
     # Contiguous, in the dtype of the inverse product (the input's own half dtype where the
     # hardware multiplies it natively, see freq.matmul_dtype; else fp32+): the output is built in it.
-    x1 = images.to(freq.matmul_dtype(images.dtype, device)).contiguous()
+    x1 = _contiguous_as(images, freq.matmul_dtype(images.dtype, device))
     # The forward transform always runs in fp32+: the coefficients decide the label weights,
     # which bf16 products would bias by up to ~0.5 % (the constant DC basis row alone rounds
     # by 1e-3 in bf16). Half chunks are converted on the fly, a cache-sized piece at a time.
@@ -384,7 +392,7 @@ def robustmix(
     # Pass 1: Low(x1) once, as coefficients of the kept block only (Low(x2) is a permutation of
     # them), and per-sample energies of the image and of its low band (Parseval).
     coef_shape = (n, *(block[dims_t.index(d)] if d in dims_t else x1.shape[d] for d in range(1, x1.ndim)))
-    coef = torch.empty(coef_shape, dtype=compute, device=device)
+    coef = empty_output(coef_shape, dtype=compute, device=device)
     sq_norms = torch.empty(n, dtype=compute, device=device)
     for s, e in chunks:
         part = x1[s:e].to(compute)
@@ -399,7 +407,7 @@ def robustmix(
     # both x1_i and its partner.
     delta = _as_column(lam_low - lam_high, coef.ndim, coef.dtype, device)
     w_high = _as_column_weight(lam_high, x1)
-    out = torch.empty_like(x1)
+    out = empty_output(x1.shape, dtype=x1.dtype, device=device)
     if mask is not None and len(chunks) > 1:
         _mix_per_sample_bands(out, x1, coef, mask, cutoff, index, delta, w_high, dims_t, sizes, chunks)
     for s, e in chunks if mask is None or len(chunks) == 1 else ():
@@ -413,7 +421,7 @@ def robustmix(
         torch.index_select(x1, 0, partners, out=part)
         part.lerp_(x1[rows], w_high[rows] if isinstance(w_high, Tensor) else w_high)  # x2 + lam_h (x1 - x2)
         freq.coefficients_to_signal(delta_coef, sizes, add_to=part)
-    out = out.to(images.dtype)
+    out = _contiguous_as(out, images.dtype)
 
     lam_c = _low_band_share(energy, coef, mask, sq_norms, low_sq, cutoff, index, lam_low, out, dims_t)
     lam = lam_c * lam_low + (1 - lam_c) * lam_high
