@@ -1,9 +1,11 @@
-"""Large CPU output buffers: huge-page advice on the aligned span only, never a change of values."""
+"""Large CPU output buffers: pooled by size class, lent once at a time, advised huge pages; values never change."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import robustmix._memory as M
 from robustmix.functional import robustmix
@@ -34,14 +36,15 @@ def calls(monkeypatch):
     seen: list[tuple[int, int, int]] = []
     monkeypatch.setattr(M, "_madvise", lambda: lambda a, n, advice: seen.append((a, n, advice)) or 0)
     monkeypatch.setattr(M, "ENABLED", True)
+    monkeypatch.setattr(M, "POOL", M.BufferPool(64 * MIB))
     return seen
 
 
-def test_large_cpu_buffer_is_advised_on_its_aligned_span(calls):
+def test_new_large_cpu_buffer_is_advised_on_its_aligned_span(calls):
     out = M.empty_output((3, MIB), dtype=torch.float32, device=torch.device("cpu"))  # 12 MiB
     assert out.shape == (3, MIB) and out.dtype == torch.float32 and out.is_contiguous()
-    start, nbytes = out.data_ptr(), out.numel() * 4
-    assert calls == [(*M.huge_page_range(start, nbytes), 14)]
+    assert out.data_ptr() % 64 == 0
+    assert calls == [(*M.huge_page_range(out.data_ptr(), 12 * MIB), 14)]
 
 
 def test_small_meta_or_disabled_buffers_are_not_advised(calls, monkeypatch):
@@ -50,7 +53,7 @@ def test_small_meta_or_disabled_buffers_are_not_advised(calls, monkeypatch):
     assert meta.device.type == "meta" and meta.shape == (4, MIB)
     monkeypatch.setattr(M, "ENABLED", False)
     M.empty_output((4, MIB), dtype=torch.float32, device=torch.device("cpu"))
-    assert calls == []
+    assert calls == [] and M.POOL.owned_bytes == 16 * MIB  # pooled all the same
 
 
 def test_real_advice_is_accepted_or_harmless():
@@ -60,14 +63,117 @@ def test_real_advice_is_accepted_or_harmless():
     assert float(out.sum()) == 1.5 * 4 * MIB
 
 
+def _cpu(shape, dtype=torch.float32):
+    return M.empty_output(shape, dtype=dtype, device=torch.device("cpu"))
+
+
+def test_a_buffer_is_lent_again_only_after_every_tensor_on_it_is_gone(calls):
+    a = _cpu((4, MIB))
+    ptr = a.data_ptr()
+    view = a[1:3].view(-1)  # a view keeps the buffer lent
+    del a
+    b = _cpu((4, MIB))
+    assert b.data_ptr() != ptr
+    b.fill_(2.0)
+    del view
+    c = _cpu((4, MIB))
+    assert c.data_ptr() == ptr  # given back and lent again
+    assert float(b.sum()) == 2.0 * 4 * MIB  # the other loan untouched
+    assert M.POOL.owned_bytes == 32 * MIB and len(calls) == 2  # two buffers made, each advised once
+
+
+def test_autograd_keeps_a_saved_buffer_lent(monkeypatch):
+    monkeypatch.setattr(M, "POOL", M.BufferPool(64 * MIB))
+    x = _cpu((MIB, 4)).fill_(1.0).requires_grad_()
+    ptr = x.data_ptr()
+    w = torch.ones(4, 1, requires_grad=True)
+    loss = (x @ w).sum()  # here x is saved to compute w's gradient
+    del x
+    assert _cpu((MIB, 4)).data_ptr() != ptr
+    loss.backward()
+    assert torch.equal(w.grad, torch.full((4, 1), float(MIB)))
+    del loss
+    assert _cpu((MIB, 4)).data_ptr() == ptr
+
+
+def test_pool_cap_falls_back_to_plain_tensors_and_drops_idle_sizes(monkeypatch):
+    monkeypatch.setattr(M, "POOL", M.BufferPool(20 * MIB))
+    a = _cpu((3, MIB))  # 12 MiB pooled
+    b = _cpu((3, MIB))  # would make 24 MiB: a plain tensor
+    assert M.POOL.owned_bytes == 12 * MIB
+    b.fill_(1.0)
+    assert float(b.sum()) == 3 * MIB
+    del a
+    c = _cpu((4, MIB))  # 16 MiB: the idle 12 MiB buffer is dropped to make room
+    assert M.POOL.owned_bytes == 16 * MIB and c.shape == (4, MIB)
+    M.POOL.clear()
+    assert M.POOL.owned_bytes == 16 * MIB  # c is still lent
+    del c
+    M.POOL.clear()
+    assert M.POOL.owned_bytes == 0
+
+
+def test_pool_off_and_bfloat16(monkeypatch):
+    monkeypatch.setattr(M, "POOL", M.BufferPool(0))
+    a = _cpu((4, MIB), torch.bfloat16)
+    assert a.dtype == torch.bfloat16 and a.shape == (4, MIB) and M.POOL.owned_bytes == 0
+    monkeypatch.setattr(M, "POOL", M.BufferPool(64 * MIB))
+    b = _cpu((4, MIB), torch.bfloat16).fill_(0.5)
+    assert b.dtype == torch.bfloat16 and float(b.float().sum()) == 0.5 * 4 * MIB
+
+
+def test_forked_child_starts_with_an_empty_pool(monkeypatch):
+    pool = M.BufferPool(64 * MIB)
+    monkeypatch.setattr(M, "POOL", pool)
+    keep = _cpu((4, MIB))
+    M._reset_pool_in_child()
+    assert M.POOL is not pool and M.POOL.owned_bytes == 0 and M.POOL.max_bytes == 64 * MIB
+    del keep
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_robustmix_values_do_not_depend_on_the_advice(monkeypatch, dtype):
+def test_robustmix_values_do_not_depend_on_the_pool_or_the_advice(monkeypatch, dtype):
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(20, 3, 224, 224, generator=g).to(dtype)  # 12 MB in float32: advised
-    y = torch.arange(20) % 7
-    kw = {"lam_low": 0.7, "lam_high": 0.2, "cutoff": 0.4, "num_classes": 7, "index": torch.randperm(20, generator=g)}
-    monkeypatch.setattr(M, "ENABLED", True)
-    with_advice = robustmix(x, y, **kw)
+    x = torch.rand(40, 3, 224, 224, generator=g).to(dtype)  # output >= 12 MB in either dtype: pooled
+    y = torch.arange(40) % 7
+    kw = {"lam_low": 0.7, "lam_high": 0.2, "cutoff": 0.4, "num_classes": 7, "index": torch.randperm(40, generator=g)}
     monkeypatch.setattr(M, "ENABLED", False)
-    without = robustmix(x, y, **kw)
-    assert torch.equal(with_advice[0], without[0]) and torch.equal(with_advice[1], without[1])
+    monkeypatch.setattr(M, "POOL", M.BufferPool(0))
+    plain = robustmix(x, y, **kw)
+    monkeypatch.setattr(M, "ENABLED", True)
+    monkeypatch.setattr(M, "POOL", M.BufferPool(1 << 30))
+    first = robustmix(x, y, **kw)
+    first_ptr = first[0].data_ptr()
+    del first
+    again = robustmix(x, y, **kw)  # reuses the first call's buffers, stale bytes and all
+    assert again[0].data_ptr() == first_ptr
+    assert torch.equal(again[0], plain[0]) and torch.equal(again[1], plain[1])
+
+
+def test_size_class_hand_values():
+    assert M.size_class(8 * MIB) == 8 * MIB
+    assert M.size_class(8 * MIB + 1) == 10 * MIB
+    assert M.size_class(128 * 3 * 224 * 224 * 4) == 80 * MIB  # 77,070,336 bytes: 64 MiB + 1 quarter step
+    assert M.size_class(15 * MIB) == 16 * MIB
+
+
+@given(st.integers(min_value=5, max_value=1 << 40))
+def test_size_class_covers_wastes_under_a_quarter_and_is_monotone(nbytes):
+    cls = M.size_class(nbytes)
+    assert nbytes <= cls < 1.25 * nbytes + 1
+    assert M.size_class(cls) == cls
+    assert M.size_class(nbytes + 1) >= cls
+
+
+def test_sizes_in_one_class_share_buffers_and_idle_buffers_are_bounded(monkeypatch):
+    monkeypatch.setattr(M, "POOL", M.BufferPool(256 * MIB))
+    a = _cpu((9 * MIB // 4,))  # 9 MiB -> class 10 MiB
+    ptr = a.data_ptr()
+    del a
+    b = _cpu((10 * MIB // 4 - 8,))  # another size of the same class: the same buffer
+    assert b.data_ptr() == ptr and b.numel() == 10 * MIB // 4 - 8
+    del b
+    held = [_cpu((10 * MIB // 4,)) for _ in range(M.MAX_IDLE_PER_CLASS + 2)]
+    assert M.POOL.owned_bytes == (M.MAX_IDLE_PER_CLASS + 2) * 10 * MIB
+    del held  # all given back, but only MAX_IDLE_PER_CLASS of them kept
+    assert M.POOL.owned_bytes == M.MAX_IDLE_PER_CLASS * 10 * MIB

@@ -1,15 +1,28 @@
-"""Large CPU output buffers that page-fault 2 MiB at a time instead of 4 KiB.
+"""Large CPU output buffers that do not page-fault on every call.
 
 A CPU tensor of tens of MB is a fresh ``mmap`` from the C allocator on every call (glibc maps
 anything above its 32 MiB ceiling afresh and unmaps it on free), and its first write faults once
 per 4 KiB page. On the VMs this project is measured on, that costs several times the write
 itself: 77 MB (a B128x3x224² float32 batch) takes ~30 ms of faults against ~6 ms of copying,
-a fifth of the Robustmix op. Advising the buffer ``MADV_HUGEPAGE`` before its first touch lets
-the kernel back it with transparent huge pages where it is configured to honour the advice
-(``/sys/kernel/mm/transparent_hugepage/enabled`` = ``madvise``, the common default; ``always``
-needs no advice, ``never`` ignores it). torch has the same behind ``THP_MEM_ALLOC_ENABLE=1``,
-but only for every allocation of the process and only when set before start-up, so the op asks
-for it on its own few large outputs. Set ``ROBUSTMIX_HUGE_PAGES=0`` to turn it off.
+a fifth of the Robustmix op. torch has no caching allocator on the CPU, so the op keeps its own,
+for its own few large buffers only (output, coefficients, dtype conversions):
+
+* a **pool** of host buffers lent by size class (quarter steps between powers of two, so a
+  random cutoff's coefficient block finds a buffer; at most 25 % unused). A lent buffer is
+  wrapped by ``torch.frombuffer`` through a fresh view object that only the tensor's storage
+  holds; when the last tensor, view or autograd reference on it dies, that object dies and a
+  finalizer puts the buffer back. So a buffer is never lent twice at once, and a training loop
+  (which drops the previous batch before mixing the next) reuses the same pages every step.
+  The pool owns at most ``ROBUSTMIX_BUFFER_POOL_MB`` (default 256; 0 turns it off), keeps at
+  most ``MAX_IDLE_PER_CLASS`` idle buffers per class and drops idle ones of other classes
+  before it grows past its cap (beyond it, buffers are ordinary tensors); ``POOL.clear()``
+  drops every idle buffer.
+* new buffers are advised ``MADV_HUGEPAGE`` before their first touch, so the kernel backs them
+  with 2 MiB pages where it honours the advice (``transparent_hugepage/enabled`` = ``madvise``,
+  the common default): 512x fewer faults. ``ROBUSTMIX_HUGE_PAGES=0`` turns it off. torch has the
+  same behind ``THP_MEM_ALLOC_ENABLE=1``, for every allocation and only if set before start-up.
+
+Neither changes a value: both only decide where the bytes live.
 """
 
 from __future__ import annotations
@@ -17,19 +30,32 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ENABLED", "MIN_BYTES", "empty_output", "huge_page_range"]
+__all__ = ["ENABLED", "MAX_IDLE_PER_CLASS", "MIN_BYTES", "POOL", "BufferPool", "empty_output", "huge_page_range", "size_class"]
 
 ENABLED = os.environ.get("ROBUSTMIX_HUGE_PAGES", "1") != "0"
 MIN_BYTES = 8 << 20
-"""Buffers from this size up are advised (smaller ones come from the allocator's reused heap)."""
+"""Buffers from this size up are pooled and advised (smaller ones come from the allocator's heap)."""
 _HUGE_PAGE = 2 << 20
 _MADV_HUGEPAGE = 14  # linux/mman.h, the same on every Linux architecture
+_ALIGN = 64  # cache line / AVX-512 vector
+MAX_IDLE_PER_CLASS = 2
+
+
+def size_class(nbytes: int) -> int:
+    """``nbytes`` rounded up to a quarter step between powers of two (e.g. 77 MB -> 80 MiB)."""
+    if nbytes <= 4:
+        return max(nbytes, 0)
+    step = 1 << (nbytes.bit_length() - 3)  # a quarter of the power of two at or below nbytes
+    return -(-nbytes // step) * step
 
 
 @lru_cache(maxsize=1)
@@ -57,15 +83,113 @@ def huge_page_range(start: int, nbytes: int) -> tuple[int, int] | None:
     return (first, last - first) if last > first else None
 
 
-def empty_output(shape: Sequence[int], *, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``torch.empty(shape, dtype=, device=)``; a large CPU buffer is advised huge pages first.
+def _advise_huge_pages(start: int, nbytes: int) -> None:
+    madvise, span = _madvise(), huge_page_range(start, nbytes)
+    if ENABLED and madvise is not None and span is not None:
+        madvise(span[0], span[1], _MADV_HUGEPAGE)  # a refusal (EINVAL: no THP) changes nothing
 
-    Advice is a hint: where the kernel declines it, or there is no ``madvise``, the buffer is an
-    ordinary one. Nothing is written, so it must be fully overwritten like any ``torch.empty``.
+
+def _new_host_buffer(nbytes: int) -> np.ndarray:
+    """``nbytes`` of untouched host memory, 64-byte aligned, advised huge pages."""
+    raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+    offset = -raw.ctypes.data % _ALIGN
+    buf = raw[offset : offset + nbytes]
+    _advise_huge_pages(buf.ctypes.data, nbytes)
+    return buf
+
+
+class BufferPool:
+    """Host buffers lent by exact size and given back when the last tensor on them dies."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._free: dict[int, list[np.ndarray]] = {}
+        self._owned = 0  # bytes of every buffer the pool made and has not dropped, lent or free
+        # Reentrant: a garbage collection inside the lock can finalize a loan, which gives back.
+        self._lock = threading.RLock()
+
+    @property
+    def owned_bytes(self) -> int:
+        return self._owned
+
+    def lend(self, nbytes: int) -> np.ndarray | None:
+        """A view of ``nbytes`` on a free buffer of its size class (new if none is free), or
+        None past the cap.
+
+        The view is what the caller's tensor must hold (``torch.frombuffer``): when it dies, the
+        buffer returns to the pool.
+        """
+        cls = size_class(nbytes)
+        with self._lock:
+            free = self._free.get(cls)
+            buf = free.pop() if free else None
+            if buf is None:
+                self._make_room(cls)
+                if self._owned + cls > self.max_bytes:
+                    return None
+                self._owned += cls
+        if buf is None:
+            buf = _new_host_buffer(cls)
+        loan = buf[:nbytes]
+        finalizer = weakref.finalize(loan, self._give_back, buf)
+        finalizer.atexit = False
+        return loan
+
+    def _make_room(self, nbytes: int) -> None:
+        """Drop idle buffers (other sizes first met, none lent) until ``nbytes`` more fit."""
+        for size in list(self._free):
+            while self._free[size] and self._owned + nbytes > self.max_bytes:
+                self._free[size].pop()
+                self._owned -= size
+            if not self._free[size]:
+                del self._free[size]
+
+    def _give_back(self, buf: np.ndarray) -> None:
+        with self._lock:
+            free = self._free.setdefault(buf.nbytes, [])
+            if len(free) < MAX_IDLE_PER_CLASS:
+                free.append(buf)
+            else:
+                self._owned -= buf.nbytes
+
+    def clear(self) -> None:
+        """Drop every idle buffer (lent ones return, and are kept, when their tensors die)."""
+        with self._lock:
+            for size, bufs in self._free.items():
+                self._owned -= size * len(bufs)
+            self._free.clear()
+
+
+POOL = BufferPool(int(os.environ.get("ROBUSTMIX_BUFFER_POOL_MB", "256")) << 20)
+
+
+def _reset_pool_in_child() -> None:
+    # A forked child (DataLoader worker) starts with an empty pool and a fresh lock: the parent's
+    # lock may have been held by another thread at the fork, and its buffers belong to the parent.
+    global POOL
+    POOL = BufferPool(POOL.max_bytes)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pool_in_child)
+
+
+def empty_output(shape: Sequence[int], *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``torch.empty(shape, dtype=, device=)``; a large CPU buffer comes from the pool.
+
+    Like any ``torch.empty``, the contents are arbitrary (a reused buffer holds an earlier
+    call's bytes): the caller overwrites every element.
     """
-    out = torch.empty(tuple(shape), dtype=dtype, device=device)
-    if ENABLED and out.device.type == "cpu" and out.numel() * out.element_size() >= MIN_BYTES:
-        madvise, span = _madvise(), huge_page_range(out.data_ptr(), out.numel() * out.element_size())
-        if madvise is not None and span is not None:
-            madvise(span[0], span[1], _MADV_HUGEPAGE)  # a refusal (EINVAL: no THP) changes nothing
-    return out
+    shape = tuple(shape)
+    numel = 1
+    for s in shape:
+        numel *= s
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    if torch.device(device).type != "cpu" or nbytes < MIN_BYTES:
+        return torch.empty(shape, dtype=dtype, device=device)
+    loan = POOL.lend(nbytes) if POOL.max_bytes > 0 else None
+    if loan is None:
+        out = torch.empty(shape, dtype=dtype, device=device)
+        _advise_huge_pages(out.data_ptr(), nbytes)
+        return out
+    return torch.frombuffer(loan, dtype=dtype, count=numel).view(shape)
