@@ -44,6 +44,15 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def _floor_cell(floor: dict[str, Any] | None) -> str:
+    """``1.21 (1.18-1.25)``: the paired ratio's median and quartiles (older results: the median)."""
+    if not floor:
+        return ""
+    if "time_over_floor_q1" not in floor:
+        return _f(floor["time_over_floor"])
+    return f"{_f(floor['time_over_floor'])} ({_f(floor['time_over_floor_q1'])}-{_f(floor['time_over_floor_q3'])})"
+
+
 def render_mixing(res: dict[str, Any]) -> list[str]:
     out = [f"### Mixing ({res['meta']['device']})", "", _meta_line(res["meta"]), ""]
     out += ["GEMM rate of the op's largest product shape (the floor's denominator):", ""]
@@ -53,7 +62,8 @@ def render_mixing(res: dict[str, Any]) -> list[str]:
     ])
     out += ["", "Time per call; `÷ peer` is our time over the peer's (below 1 = faster), "
             "`torch-dct ×` how many times faster than the torch-dct implementation, `÷ floor` our time over "
-            "the matrix-product floor.", ""]
+            "the matrix-product floor (median and quartiles of the per-round ratio, the op and its GEMMs timed "
+            "round-robin).", ""]
     rows = []
     for c in res["cases"]:
         vs = c.get("time_over_peer", {})
@@ -63,7 +73,7 @@ def render_mixing(res: dict[str, Any]) -> list[str]:
             _f(c["timing"]["iqr_ms"]), str(c["timing"]["repeats"]),
             _f(vs.get("timm Mixup")) if vs else "", _f(vs.get("torchvision v2.MixUp")) if vs else "",
             (_f(1 / dct, 1) if dct else "n/a") if vs else "",
-            _f(c["floor"]["time_over_floor"]) if "floor" in c else "",
+            _floor_cell(c.get("floor")),
         ])
     out += _table(["batch", "dtype", "method", "median ms", "IQR ms", "n", "÷ timm", "÷ v2.MixUp",
                    "torch-dct ×", "÷ floor"], rows)

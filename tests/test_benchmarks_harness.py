@@ -247,6 +247,33 @@ def test_matmul_flops_matches_hand_count():
     assert mixing.matmul_flops((2, 3, 8, 8), 0.0) == (0, 0)
 
 
+def test_paired_floor_takes_the_ratio_per_round(monkeypatch):
+    """Round r's ratio is the op's time over the floor from round r's GEMM rates."""
+    shape = (2, 3, 8, 8)  # k = 4: GEMM (48x8)@(8x4) = 3072 FLOPs; op forward + inverse 4608 + 4608
+    op_s, gemm_s = [0.010, 0.020, 0.040], [0.001, 0.001, 0.004]
+
+    def fake(cases, **kw):
+        assert list(cases) == ["op", "torch.float32"]  # float32 input: one product dtype, after the op
+        return {"op": H.Timing(tuple(op_s), 2), "torch.float32": H.Timing(tuple(gemm_s), 2)}
+
+    monkeypatch.setattr(H, "measure_interleaved", fake)
+    got = mixing.measure_floor_paired(lambda: None, shape, torch.float32, torch.device("cpu"), 3)
+    floors = [9216 / (3072 / g) for g in gemm_s]  # 3x the GEMM's time each round
+    want = sorted(o / f for o, f in zip(op_s, floors))
+    assert got["ratios"] == pytest.approx([o / f for o, f in zip(op_s, floors)])
+    assert got["time_over_floor"] == pytest.approx(want[1])  # median of 3.33, 6.67, 3.33
+    assert got["time_over_floor_q1"] == pytest.approx(np.percentile(want, 25))
+    assert got["floor_ms"] == pytest.approx(3.0) and got["flops"] == 9216
+    assert got["matmul_dtype"] == "float32" and got["paired_rounds"] == 3
+
+
+def test_floor_cell_shows_median_and_quartiles():
+    assert table._floor_cell(None) == ""
+    assert table._floor_cell({"time_over_floor": 1.234}) == "1.23"
+    cell = table._floor_cell({"time_over_floor": 1.2, "time_over_floor_q1": 1.1, "time_over_floor_q3": 1.35})
+    assert cell == "1.20 (1.10-1.35)"
+
+
 def test_matmul_precision_block_restores_the_global_and_float32_stays_accurate():
     before = torch.get_float32_matmul_precision()
     with mixing.matmul_precision("medium"):
