@@ -132,21 +132,29 @@ def test_forked_child_starts_with_an_empty_pool(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_robustmix_values_do_not_depend_on_the_pool_or_the_advice(monkeypatch, dtype):
+@pytest.mark.parametrize(("cutoff", "energy"), [(0.4, "batch"), ("per-sample", "batch"), (0.4, "sample")])
+def test_robustmix_values_do_not_depend_on_the_pool_or_the_advice(monkeypatch, dtype, cutoff, energy):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(40, 3, 224, 224, generator=g).to(dtype)  # output >= 12 MB in either dtype: pooled
     y = torch.arange(40) % 7
-    kw = {"lam_low": 0.7, "lam_high": 0.2, "cutoff": 0.4, "num_classes": 7, "index": torch.randperm(40, generator=g)}
+    if cutoff == "per-sample":
+        cutoff = torch.rand(40, generator=g)
+    kw = {"lam_low": 0.7, "lam_high": 0.2, "cutoff": cutoff, "num_classes": 7, "energy": energy,
+          "index": torch.randperm(40, generator=g)}
     monkeypatch.setattr(M, "ENABLED", False)
     monkeypatch.setattr(M, "POOL", M.BufferPool(0))
     plain = robustmix(x, y, **kw)
     monkeypatch.setattr(M, "ENABLED", True)
     monkeypatch.setattr(M, "POOL", M.BufferPool(1 << 30))
     first = robustmix(x, y, **kw)
-    first_ptr = first[0].data_ptr()
     del first
-    again = robustmix(x, y, **kw)  # reuses the first call's buffers, stale bytes and all
-    assert again[0].data_ptr() == first_ptr
+    owned = M.POOL.owned_bytes
+    assert owned >= 12 * MIB
+    for bufs in M.POOL._free.values():  # poison every idle buffer: all-ones bytes are NaN in both dtypes
+        for buf in bufs:
+            buf[:] = 0xFF
+    again = robustmix(x, y, **kw)  # runs on the poisoned buffers
+    assert M.POOL.owned_bytes == owned  # no new buffer: every large one was a reused, poisoned one
     assert torch.equal(again[0], plain[0]) and torch.equal(again[1], plain[1])
 
 
@@ -177,3 +185,11 @@ def test_sizes_in_one_class_share_buffers_and_idle_buffers_are_bounded(monkeypat
     assert M.POOL.owned_bytes == (M.MAX_IDLE_PER_CLASS + 2) * 10 * MIB
     del held  # all given back, but only MAX_IDLE_PER_CLASS of them kept
     assert M.POOL.owned_bytes == M.MAX_IDLE_PER_CLASS * 10 * MIB
+
+
+def test_traced_calls_get_plain_tensors(monkeypatch):
+    pool = M.BufferPool(64 * MIB)
+    monkeypatch.setattr(M, "POOL", pool)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    out = _cpu((4, MIB))
+    assert out.shape == (4, MIB) and pool.owned_bytes == 0

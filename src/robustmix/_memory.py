@@ -185,7 +185,8 @@ def empty_output(shape: Sequence[int], *, dtype: torch.dtype, device: torch.devi
     for s in shape:
         numel *= s
     nbytes = numel * torch.empty((), dtype=dtype).element_size()
-    if torch.device(device).type != "cpu" or nbytes < MIN_BYTES:
+    if torch.device(device).type != "cpu" or nbytes < MIN_BYTES or torch.compiler.is_compiling():
+        # (under torch.compile the graph owns its buffers: host pointers and finalizers have no place)
         return torch.empty(shape, dtype=dtype, device=device)
     loan = POOL.lend(nbytes) if POOL.max_bytes > 0 else None
     if loan is None:
