@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from hypothesis import given
@@ -126,9 +128,13 @@ def test_forked_child_starts_with_an_empty_pool(monkeypatch):
     pool = M.BufferPool(64 * MIB)
     monkeypatch.setattr(M, "POOL", pool)
     keep = _cpu((4, MIB))
+    idle = _cpu((2, MIB))
+    del idle
     M._reset_pool_in_child()
     assert M.POOL is not pool and M.POOL.owned_bytes == 0 and M.POOL.max_bytes == 64 * MIB
-    del keep
+    assert pool._free == {}  # the parent's idle buffers are let go
+    del keep  # a loan made before the fork comes back to the retired pool, which drops it
+    assert pool._free == {} and M.POOL._free == {}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -193,3 +199,35 @@ def test_traced_calls_get_plain_tensors(monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     out = _cpu((4, MIB))
     assert out.shape == (4, MIB) and pool.owned_bytes == 0
+
+
+class _Images(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        g = torch.Generator().manual_seed(i)
+        return torch.rand(3, 224, 224, generator=g), i % 5
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forked DataLoader workers need os.fork (POSIX)")
+def test_pooled_batches_cross_dataloader_worker_processes(monkeypatch):
+    """Mixed in a forked worker from the child's own pool (16 x 3 x 224^2 float32 = 9.6 MB), sent to
+    the parent through shared memory: the same batches as with the pool off."""
+    from robustmix.transforms import MixCollate, RobustMix
+
+    def loader() -> list[tuple[torch.Tensor, torch.Tensor]]:
+        dl = torch.utils.data.DataLoader(_Images(), batch_size=16, num_workers=1,
+                                         collate_fn=MixCollate(RobustMix(5, seed=0)),
+                                         generator=torch.Generator().manual_seed(0),
+                                         multiprocessing_context="fork")
+        return list(dl)
+
+    monkeypatch.setattr(M, "POOL", M.BufferPool(64 * MIB))
+    pooled = loader()
+    monkeypatch.setattr(M, "POOL", M.BufferPool(0))  # the worker's pool inherits the size: off
+    plain = loader()
+    assert len(pooled) == len(plain) == 4
+    for (images, soft), (want_images, want_soft) in zip(pooled, plain):
+        assert images.shape == (16, 3, 224, 224)
+        assert torch.equal(images, want_images) and torch.equal(soft, want_soft)

@@ -105,6 +105,7 @@ class BufferPool:
         self.max_bytes = max_bytes
         self._free: dict[int, list[np.ndarray]] = {}
         self._owned = 0  # bytes of every buffer the pool made and has not dropped, lent or free
+        self._retired = False  # set in a forked child: buffers coming back are dropped
         # Reentrant: a garbage collection inside the lock can finalize a loan, which gives back.
         self._lock = threading.RLock()
 
@@ -145,6 +146,8 @@ class BufferPool:
                 del self._free[size]
 
     def _give_back(self, buf: np.ndarray) -> None:
+        if self._retired:
+            return
         with self._lock:
             free = self._free.setdefault(buf.nbytes, [])
             if len(free) < MAX_IDLE_PER_CLASS:
@@ -166,7 +169,10 @@ POOL = BufferPool(int(os.environ.get("ROBUSTMIX_BUFFER_POOL_MB", "256")) << 20)
 def _reset_pool_in_child() -> None:
     # A forked child (DataLoader worker) starts with an empty pool and a fresh lock: the parent's
     # lock may have been held by another thread at the fork, and its buffers belong to the parent.
+    # The parent's pool is retired without its lock: the child has one thread right after the fork.
     global POOL
+    POOL._retired = True
+    POOL._free = {}
     POOL = BufferPool(POOL.max_bytes)
 
 
