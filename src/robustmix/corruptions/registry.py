@@ -13,6 +13,8 @@ from types import MappingProxyType
 import torch
 from torch import Tensor
 
+from robustmix._memory import empty_output
+
 from . import blur, digital, noise
 from ._common import SeverityTable, check_images, check_severity, resolve_generator
 
@@ -185,7 +187,9 @@ def corrupt(
     step = _chunk_images(images)
     if step >= images.shape[0]:
         return fn(images, severity, generator)
-    out = torch.empty_like(images)
+    # A large batch's output from the pool of large CPU buffers (no page faults once warm).
+    out = empty_output(images.shape, dtype=images.dtype, device=images.device) if images.is_contiguous() \
+        else torch.empty_like(images)
     for start in range(0, images.shape[0], step):
         out[start : start + step] = fn(images[start : start + step], severity, generator)
     return out
