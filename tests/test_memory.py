@@ -231,3 +231,20 @@ def test_pooled_batches_cross_dataloader_worker_processes(monkeypatch):
     for (images, soft), (want_images, want_soft) in zip(pooled, plain):
         assert images.shape == (16, 3, 224, 224)
         assert torch.equal(images, want_images) and torch.equal(soft, want_soft)
+
+
+@pytest.mark.parametrize("name", ["contrast", "gaussian_noise", "pixelate"])
+def test_corrupt_values_do_not_depend_on_the_pool(monkeypatch, name):
+    from robustmix.corruptions.registry import corrupt
+
+    x = torch.rand(16, 3, 224, 224, generator=torch.Generator().manual_seed(1))  # 9.6 MB: chunked, pooled
+    monkeypatch.setattr(M, "POOL", M.BufferPool(0))
+    plain = corrupt(x, name, 3, generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(M, "POOL", M.BufferPool(64 * MIB))
+    del_me = corrupt(x, name, 3, generator=torch.Generator().manual_seed(2))
+    del del_me
+    for bufs in M.POOL._free.values():  # poison the idle output buffer
+        for buf in bufs:
+            buf[:] = 0xFF
+    got = corrupt(x, name, 3, generator=torch.Generator().manual_seed(2))
+    assert M.POOL.owned_bytes == 10 * MIB and torch.equal(got, plain)
