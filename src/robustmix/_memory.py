@@ -22,7 +22,9 @@ for its own few large buffers only (output, coefficients, dtype conversions):
   the common default): 512x fewer faults. ``ROBUSTMIX_HUGE_PAGES=0`` turns it off. torch has the
   same behind ``THP_MEM_ALLOC_ENABLE=1``, for every allocation and only if set before start-up.
 
-Neither changes a value: both only decide where the bytes live.
+Neither changes a value: both only decide where the bytes live. One visible difference: a
+pooled tensor's storage is not resizable (``resize_`` to a larger size raises), as for any
+``torch.frombuffer`` tensor.
 """
 
 from __future__ import annotations
