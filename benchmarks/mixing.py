@@ -191,6 +191,44 @@ def measure_floor_paired(op: Callable[[], Any], shape: tuple[int, ...], dtype: t
     }
 
 
+def measure_buffer_pool(shape: tuple[int, ...], device: torch.device, repeats: int) -> list[dict[str, Any]]:
+    """The op and the batch mixer with the pool of large CPU buffers on and off, round-robin, and
+    a fresh vs a reused buffer of the output's size filled once: what the pool saves and why."""
+    from robustmix import _memory
+
+    num_classes = num_classes_for(shape)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g)
+    y = torch.randint(0, num_classes, (shape[0],), generator=g)
+    index = torch.randperm(shape[0], generator=g)
+    pools = {"pool on": _memory.BufferPool(_memory.POOL.max_bytes or 256 << 20), "pool off": _memory.BufferPool(0)}
+    mixers = {name: RobustMix(num_classes, seed=0) for name in pools}
+    reused = torch.empty(shape)
+    saved = _memory.POOL
+
+    def with_pool(name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+        def call() -> Any:
+            _memory.POOL = pools[name]
+            try:
+                return fn()
+            finally:
+                _memory.POOL = saved
+        return call
+
+    cases: dict[str, Callable[[], Any]] = {}
+    for name in pools:
+        cases[f"robustmix c=0.5, {name}"] = with_pool(name, lambda: F.robustmix(
+            x, y, lam_low=LAM_LOW, lam_high=LAM_HIGH, cutoff=CUTOFF, index=index, num_classes=num_classes))
+        cases[f"RobustMix batch, {name}"] = with_pool(name, lambda m=mixers[name]: m(x, y))
+    cases["fill a fresh buffer"] = lambda: torch.empty(shape).fill_(1.0)
+    cases["fill a reused buffer"] = lambda: reused.fill_(1.0)
+    timings = H.measure_interleaved(cases, device=device, warmup=2, repeats=repeats)
+    rows = [{"shape": list(shape), "case": name, "timing": t.to_dict()} for name, t in timings.items()]
+    for row in rows:
+        print(f"  {'x'.join(map(str, shape)):>16} {row['case']:<34} {row['timing']['median_ms']:10.2f} ms", flush=True)
+    return rows
+
+
 # --------------------------------------------------------------------------------------------
 # One shape
 
@@ -350,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         if check:
             checks.append({"shape": list(shape), **check})
     add_ratios_and_floor(rows, gemm, device)
+    pool_rows = measure_buffer_pool(shapes[0], device, repeats) if device.type == "cpu" else []
 
     versions = {}
     for dist in ("timm", "torchvision", "torch-dct"):
@@ -367,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         "gemm": gemm,
         "cases": rows,
         "checks_vs_torch_dct": checks,
+        "buffer_pool": pool_rows,
         "unavailable": unavailable,
     }
     out = args.out or H.default_out_path("mixing", device, quick=args.quick)

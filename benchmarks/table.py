@@ -89,6 +89,14 @@ def render_mixing(res: dict[str, Any]) -> list[str]:
         out.append("")
         out.append(f"Check vs torch-dct at {'x'.join(map(str, chk['shape']))} (8 samples): max |Δ| images "
                    f"{chk['max_abs_diff_images']:.2e}, targets {chk['max_abs_diff_targets']:.2e}.")
+    pool = res.get("buffer_pool", [])
+    if pool:
+        out += ["", "Large CPU buffers (`robustmix._memory`): the op and the batch mixer with the buffer pool on and "
+                "off, and one fill of a fresh vs a reused buffer of the batch's size, all round-robin:", ""]
+        out += _table(["batch", "case", "median ms", "IQR ms", "n"], [
+            ["x".join(map(str, r["shape"])), r["case"], _f(r["timing"]["median_ms"]), _f(r["timing"]["iqr_ms"]),
+             str(r["timing"]["repeats"])] for r in pool
+        ])
     for name, why in res.get("unavailable", {}).items():
         out.append(f"\nUnavailable peer {name}: {why}")
     return out

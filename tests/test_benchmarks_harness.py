@@ -449,3 +449,13 @@ def test_machine_probe_rates_are_positive_and_rendered():
             "copy_gb_per_s": 12.25}, "probe_end": None}
     line = table._meta_line(meta)
     assert "start fp32 GEMM 170 GFLOP/s, copy 12.2 GB/s" in line and "end" not in line.split("machine state")[1]
+
+
+def test_mixing_table_renders_the_buffer_pool_rows():
+    timing = H.Timing((0.010, 0.012, 0.014), 2).to_dict()
+    res = {"meta": {"device": "cpu", "device_name": "cpu: X"}, "gemm": [], "cases": [],
+           "buffer_pool": [{"shape": [2, 3, 8, 8], "case": "RobustMix batch, pool on", "timing": timing}]}
+    text = "\n".join(table.render_mixing(res))
+    assert "| 2x3x8x8 | RobustMix batch, pool on | 12.00 | 2.00 | 3 |" in text
+    assert "buffer pool on and off" in text
+    assert "buffer pool" not in "\n".join(table.render_mixing({**res, "buffer_pool": []}))
