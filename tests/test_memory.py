@@ -248,3 +248,16 @@ def test_corrupt_values_do_not_depend_on_the_pool(monkeypatch, name):
             buf[:] = 0xFF
     got = corrupt(x, name, 3, generator=torch.Generator().manual_seed(2))
     assert M.POOL.owned_bytes == 10 * MIB and torch.equal(got, plain)
+
+
+def test_pooled_tensors_save_pickle_and_copy_like_any_tensor(monkeypatch, tmp_path):
+    import copy
+    import pickle
+
+    monkeypatch.setattr(M, "POOL", M.BufferPool(64 * MIB))
+    t = _cpu((4, MIB)).fill_(2.5)
+    assert M.POOL.owned_bytes == 16 * MIB
+    torch.save(t, tmp_path / "t.pt")
+    assert torch.equal(torch.load(tmp_path / "t.pt", weights_only=True), t)
+    assert torch.equal(pickle.loads(pickle.dumps(t)), t) and torch.equal(copy.deepcopy(t), t)
+    assert not t.untyped_storage().resizable()
