@@ -101,7 +101,7 @@ def _new_host_buffer(nbytes: int) -> np.ndarray:
 
 
 class BufferPool:
-    """Host buffers lent by exact size and given back when the last tensor on them dies."""
+    """Host buffers lent by size class and given back when the last tensor on them dies."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -192,7 +192,7 @@ def empty_output(shape: Sequence[int], *, dtype: torch.dtype, device: torch.devi
     numel = 1
     for s in shape:
         numel *= s
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    nbytes = numel * dtype.itemsize
     if torch.device(device).type != "cpu" or nbytes < MIN_BYTES or torch.compiler.is_compiling():
         # (under torch.compile the graph owns its buffers: host pointers and finalizers have no place)
         return torch.empty(shape, dtype=dtype, device=device)
