@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robustmix import freq
 from robustmix._io import write_json
 
 __all__ = [
@@ -252,16 +253,11 @@ _ISA_FLAGS = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-
 
 
 def _cpu_isa(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str | None:
-    """The relevant vector extensions from the first ``flags`` line, e.g. ``"AVX2, AVX-512"``."""
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return ", ".join(name for flag, name in _ISA_FLAGS if flag in flags) or "none of AVX2/AVX-512"
-    except OSError:
-        pass
-    return None
+    """The relevant vector extensions of the CPU, e.g. ``"AVX2, AVX-512"`` (None off Linux)."""
+    flags = freq._cpu_flags(os.fspath(cpuinfo))  # the flags the library itself dispatches on
+    if flags is None:
+        return None
+    return ", ".join(name for flag, name in _ISA_FLAGS if flag in flags) or "none of AVX2/AVX-512"
 
 
 def _device_name(device: torch.device) -> str:

@@ -30,6 +30,7 @@ pooled tensor's storage is not resizable (``resize_`` to a larger size raises), 
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import sys
 import threading
@@ -189,9 +190,7 @@ def empty_output(shape: Sequence[int], *, dtype: torch.dtype, device: torch.devi
     call's bytes): the caller overwrites every element.
     """
     shape = tuple(shape)
-    numel = 1
-    for s in shape:
-        numel *= s
+    numel = math.prod(shape)
     nbytes = numel * dtype.itemsize
     if torch.device(device).type != "cpu" or nbytes < MIN_BYTES or torch.compiler.is_compiling():
         # (under torch.compile the graph owns its buffers: host pointers and finalizers have no place)

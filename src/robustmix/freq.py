@@ -83,10 +83,10 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _cpu_flags() -> frozenset[str] | None:
+def _cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
     """The x86 feature flags of this CPU from ``/proc/cpuinfo`` (None off Linux)."""
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
                     return frozenset(line.partition(":")[2].split())
