@@ -261,3 +261,11 @@ def test_pooled_tensors_save_pickle_and_copy_like_any_tensor(monkeypatch, tmp_pa
     assert torch.equal(torch.load(tmp_path / "t.pt", weights_only=True), t)
     assert torch.equal(pickle.loads(pickle.dumps(t)), t) and torch.equal(copy.deepcopy(t), t)
     assert not t.untyped_storage().resizable()
+
+
+def test_pool_size_from_the_environment():
+    assert M.pool_bytes_from_env(None) == 256 * MIB
+    assert M.pool_bytes_from_env("0") == 0 and M.pool_bytes_from_env("64") == 64 * MIB
+    for bad in ("abc", "-1", "1.5", ""):
+        with pytest.raises(ValueError, match="ROBUSTMIX_BUFFER_POOL_MB must be a non-negative whole number"):
+            M.pool_bytes_from_env(bad)

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ENABLED", "MAX_IDLE_PER_CLASS", "MIN_BYTES", "POOL", "BufferPool", "empty_output", "huge_page_range", "size_class"]
+__all__ = ["ENABLED", "MAX_IDLE_PER_CLASS", "MIN_BYTES", "POOL", "BufferPool", "empty_output", "huge_page_range", "pool_bytes_from_env",
+           "size_class"]
 
 ENABLED = os.environ.get("ROBUSTMIX_HUGE_PAGES", "1") != "0"
 MIN_BYTES = 8 << 20
@@ -166,7 +167,21 @@ class BufferPool:
             self._free.clear()
 
 
-POOL = BufferPool(int(os.environ.get("ROBUSTMIX_BUFFER_POOL_MB", "256")) << 20)
+def pool_bytes_from_env(value: str | None) -> int:
+    """The pool's cap from ``ROBUSTMIX_BUFFER_POOL_MB`` (MiB; unset: 256, 0: off)."""
+    if value is None:
+        return 256 << 20
+    try:
+        mib = int(value)
+    except ValueError:
+        mib = -1
+    if mib < 0:
+        raise ValueError(f"ROBUSTMIX_BUFFER_POOL_MB must be a non-negative whole number of MiB (0 turns the "
+                         f"buffer pool off), got {value!r}")
+    return mib << 20
+
+
+POOL = BufferPool(pool_bytes_from_env(os.environ.get("ROBUSTMIX_BUFFER_POOL_MB")))
 
 
 def _reset_pool_in_child() -> None:
