@@ -201,7 +201,7 @@ def measure_buffer_pool(shape: tuple[int, ...], device: torch.device, repeats: i
     x = torch.randn(shape, generator=g)
     y = torch.randint(0, num_classes, (shape[0],), generator=g)
     index = torch.randperm(shape[0], generator=g)
-    pools = {"pool on": _memory.BufferPool(_memory.POOL.max_bytes or 256 << 20), "pool off": _memory.BufferPool(0)}
+    pools = {"pool on": _memory.BufferPool(_memory.POOL.max_bytes or _memory.pool_bytes_from_env(None)), "pool off": _memory.BufferPool(0)}
     mixers = {name: RobustMix(num_classes, seed=0) for name in pools}
     reused = torch.empty(shape)
     saved = _memory.POOL

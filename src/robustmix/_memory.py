@@ -3,8 +3,8 @@
 A CPU tensor of tens of MB is a fresh ``mmap`` from the C allocator on every call (glibc maps
 anything above its 32 MiB ceiling afresh and unmaps it on free), and its first write faults once
 per 4 KiB page. On the VMs this project is measured on, that costs several times the write
-itself: 77 MB (a B128x3x224² float32 batch) takes ~30 ms of faults against ~6 ms of copying,
-a fifth of the Robustmix op. torch has no caching allocator on the CPU, so the op keeps its own,
+itself: filling a fresh 77 MB buffer (a B128x3x224² float32 batch) took 31.8 ms against 3.8 ms
+for a reused one (``benchmarks/mixing.py``, its buffer-pool table), a quarter of the op. torch has no caching allocator on the CPU, so the op keeps its own,
 for its own few large buffers only (output, coefficients, dtype conversions):
 
 * a **pool** of host buffers lent by size class (quarter steps between powers of two, so a
