@@ -645,17 +645,26 @@ def test_motion_blur_kernel_is_imagemagick_line():
     assert out.sum().item() == pytest.approx(1.0) and out[[0, 9, 11]].abs().max() < 1e-12  # FFT rounding only
 
 
-def test_clipped_zoom_equals_reference_scipy_zoom():
-    x = torch.rand(1, 2, 32, 32, generator=gen(9), dtype=torch.float64)
-    for z in (1.0, 1.06, 1.13, 1.3):
-        h = 32
-        ch = int(np.ceil(h / z))
-        top = (h - ch) // 2
-        crop = x[0].numpy()[:, top : top + ch, top : top + ch]
-        zoomed = scipy_ndimage.zoom(crop, (1, z, z), order=1)
-        trim = (zoomed.shape[1] - h) // 2
-        ref = zoomed[:, trim : trim + h, trim : trim + h]
+def _reference_clipped_zoom(img: np.ndarray, z: float) -> np.ndarray:
+    """make_imagenet_c.py's clipped_zoom (square images) generalised per axis, on (C, H, W)."""
+    h, w = img.shape[-2:]
+    ch, cw = int(np.ceil(h / z)), int(np.ceil(w / z))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    zoomed = scipy_ndimage.zoom(img[:, top : top + ch, left : left + cw], (1, z, z), order=1)
+    trim_h, trim_w = (zoomed.shape[1] - h) // 2, (zoomed.shape[2] - w) // 2
+    return zoomed[:, trim_h : trim_h + h, trim_w : trim_w + w]
+
+
+# 32 px and 40x56 take the interpolation matrices on CPU, the larger ones F.interpolate
+@pytest.mark.parametrize("shape", [(32, 32), (40, 56), (80, 80), (72, 100), (64, 30)])
+def test_clipped_zoom_equals_reference_scipy_zoom(shape):
+    x = torch.rand(1, 2, *shape, generator=gen(9), dtype=torch.float64)
+    for z in (1.0, 1.06, 1.13, 1.3, 3.0):
+        ref = _reference_clipped_zoom(x[0].numpy(), z)
         assert np.abs(common.clipped_zoom(x, z)[0].numpy() - ref).max() < 1e-9
+        # float32 and a 3-D stack of planes (snow's layer) give the same values
+        planes = common.clipped_zoom(x[0].float(), z).double().numpy()
+        assert np.abs(planes - ref).max() < 1e-5
 
 
 def _reference_glass_loop(dy: np.ndarray, dx: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -652,25 +652,44 @@ def _zoom_coords(n: int, zoom: float, device: torch.device) -> Tensor:
     return top + o * step
 
 
+ZOOM_MATRIX_MAX_SIDE = 63
+"""Largest side zoomed on CPU by interpolation matrices; larger images go through ``F.interpolate``.
+
+Timed round-robin on a 2-core EPYC, about 1.2M values a call, zoom 1.1 (median ms, matrices vs
+``F.interpolate``): 16 px 1.4 vs 4.4, 32 px 2.0 vs 5.0, 56 px 3.3 vs 6.4, 64 px 3.4 vs 2.1; at
+224 px the banded products used before took ~11 ms, ``F.interpolate`` ~1.8 ms."""
+
+
 def clipped_zoom(images: Tensor, zoom: float) -> Tensor:
     """Zoom into the centre by ``zoom`` >= 1 keeping the size (reference ``clipped_zoom``, order 1).
 
-    Equals the reference's ``scipy.ndimage.zoom`` of the centre crop up to float rounding; done as
-    two small interpolation matrices, so the whole batch is two matmuls.
+    The reference zooms the centre crop of side ``ceil(n / zoom)`` with ``scipy.ndimage.zoom``
+    (order 1, ``grid_mode=False``: output ``i`` samples input ``i * (crop - 1) / (out - 1)``), which
+    is bilinear interpolation with ``align_corners=True``, then trims the centre ``n``. Small
+    images on CPU use the same sampling as two cached interpolation matrices (see
+    :data:`ZOOM_MATRIX_MAX_SIDE`). Equal to scipy up to float rounding (~1e-5 in float32).
 
     Shape:
         (..., H, W) -> (..., H, W)
     """
     h, w = images.shape[-2:]
-    wy = _zoom_operator(h, zoom, images.device, images.dtype)
-    wx = _zoom_operator(w, zoom, images.device, images.dtype)
-    return _apply_banded(*wx, _apply_banded(*wy, images, -2), -1)
+    if images.device.type == "cpu" and max(h, w) <= ZOOM_MATRIX_MAX_SIDE:
+        wy = _zoom_matrix(h, zoom, images.dtype)
+        wx = _zoom_matrix(w, zoom, images.dtype)
+        return (wy @ images) @ wx.T
+    crop_h, crop_w = math.ceil(h / zoom), math.ceil(w / zoom)
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    out_h, out_w = round(crop_h * zoom), round(crop_w * zoom)
+    crop = images[..., top : top + crop_h, left : left + crop_w].reshape(-1, 1, crop_h, crop_w)
+    zoomed = F.interpolate(crop, size=(out_h, out_w), mode="bilinear", align_corners=True)
+    trim_h, trim_w = (out_h - h) // 2, (out_w - w) // 2
+    return zoomed[..., trim_h : trim_h + h, trim_w : trim_w + w].reshape(images.shape)
 
 
 @lru_cache(maxsize=128)
-def _zoom_operator(n: int, zoom: float, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Blocks]:
-    """The zoom's interpolation matrix and its band blocks, built once per size and factor."""
-    return _banded_operator(linear_resample_matrix(_zoom_coords(n, zoom, device), n).to(dtype))
+def _zoom_matrix(n: int, zoom: float, dtype: torch.dtype) -> Tensor:
+    """(n, n) CPU matrix of :func:`clipped_zoom` along one axis, built once per size and factor."""
+    return linear_resample_matrix(_zoom_coords(n, zoom, torch.device("cpu")), n).to(dtype)
 
 
 # --------------------------------------------------------------------------------------------
