@@ -268,14 +268,25 @@ def bernoulli_positions(n: int, p: float, generator: torch.Generator) -> Tensor:
         left = n - 1 - last  # trials still to place
         # enough gaps nearly always (mean + 6 sd); a shortfall just takes another round
         m = max(1, int(left * p + _GAP_SIGMAS * math.sqrt(left * p * (1.0 - p)) + _GAP_SLACK))
-        gaps = torch.empty(m, dtype=torch.float64, device=generator.device).geometric_(p, generator=generator)
-        pos = gaps.cumsum_(0).add_(last)
+        pos = _geometric_gaps(m, p, generator).cumsum_(0).add_(last)
         if float(pos[-1]) >= n:
             parts.append(pos[pos < n])
             break
         parts.append(pos)
         last = float(pos[-1])
     return torch.cat(parts).long()
+
+
+def _geometric_gaps(m: int, p: float, generator: torch.Generator) -> Tensor:
+    """``m`` Geometric(``p``) draws (trials up to the first success, >= 1) as float64.
+
+    By inversion, ``1 + floor(log(v) / log(1 - p))`` for ``v = 1 - u`` uniform in (0, 1]: exact,
+    since ``P(G = k) = P((1 - p)**k < v <= (1 - p)**(k - 1))``. torch's ``geometric_`` is the same
+    formula run element by element (~2x slower on CPU, timed by hand at 110k draws); here the
+    logarithm and the rest are vectorised passes over one float64 uniform draw.
+    """
+    u = torch.rand(m, dtype=torch.float64, device=generator.device, generator=generator)
+    return u.neg_().add_(1.0).log_().mul_(1.0 / math.log1p(-p)).floor_().add_(1.0)
 
 
 POISSON_BLOCK = 1 << 15
