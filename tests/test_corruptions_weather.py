@@ -384,28 +384,111 @@ def test_snow_on_black_image(side: int, severity: int) -> None:
 # Spatter and its OpenCV pieces
 
 
-def test_distance_matches_scipy_edt() -> None:
-    g = _gen(0)
-    edges = torch.rand(2, 1, 40, 50, generator=g) < 0.004
-    edges[1] = False
-    edges[1, 0, 5, 5] = True
-    got = weather._distance_to(edges, cap=20.0)
-    for i in range(2):
-        expected = np.minimum(ndimage.distance_transform_edt(~edges[i, 0].numpy()), 20.0)
-        np.testing.assert_allclose(got[i, 0].numpy(), expected, atol=1e-5)
+def _opencv_chamfer5(src: np.ndarray) -> np.ndarray:
+    """OpenCV's two-pass ``distanceTransform_5x5`` (distransform.cpp) transcribed loop for loop,
+    in 16-bit fixed point: distance to the nearest zero of ``src``, in units of 2**-16 px."""
+    hv, diag, knight = 65536, 91750, 143976
+    far = 2**32 - 1 - knight
+    h, w = src.shape
+    b = 2
+    t = np.full((h + 2 * b, w + 2 * b), far, dtype=np.int64)
+    for i in range(h):  # forward pass
+        for j in range(w):
+            y, x = i + b, j + b
+            if not src[i, j]:
+                t[y, x] = 0
+                continue
+            t[y, x] = min(
+                t[y - 2, x - 1] + knight, t[y - 2, x + 1] + knight, t[y - 1, x - 2] + knight,
+                t[y - 1, x - 1] + diag, t[y - 1, x] + hv, t[y - 1, x + 1] + diag,
+                t[y - 1, x + 2] + knight, t[y, x - 1] + hv, far,
+            )
+    for i in range(h - 1, -1, -1):  # backward pass
+        for j in range(w - 1, -1, -1):
+            y, x = i + b, j + b
+            if t[y, x] > hv:
+                t[y, x] = min(
+                    t[y, x], t[y + 2, x + 1] + knight, t[y + 2, x - 1] + knight,
+                    t[y + 1, x + 2] + knight, t[y + 1, x + 1] + diag, t[y + 1, x] + hv,
+                    t[y + 1, x - 1] + diag, t[y + 1, x - 2] + knight, t[y, x + 1] + hv,
+                )
+    return t[b:-b, b:-b]
 
 
-@pytest.mark.parametrize("density", [0.0, 0.001, 0.02, 0.3])
-def test_distance_matches_scipy_edt_at_224(density) -> None:
-    # Spatter's size, sparse to dense edges (none at all: everything capped), edges on the borders.
-    edges = torch.rand(2, 1, 224, 224, generator=_gen(1)) < density
-    edges[1, 0, 0, 17] = edges[1, 0, 223, 0] = edges[1, 0, 100, 223] = density > 0
-    got = weather._distance_to(edges, cap=20.0)
-    for i in range(2):
-        expected = np.minimum(ndimage.distance_transform_edt(~edges[i, 0].numpy()), 20.0) if edges[i].any() else 20.0
-        np.testing.assert_allclose(got[i, 0].numpy(), np.broadcast_to(expected, (224, 224)), atol=1e-5)
+@pytest.mark.parametrize("density", [0.0, 0.002, 0.01, 0.05, 0.3])
+def test_chamfer_distance_equals_opencv_two_pass_scan(density) -> None:
+    # Random sizes (non-square, smaller than the longest steps), edges on the borders, none at all.
+    g = _gen(int(density * 1000))
+    sizes = [(3, 4), (17, 9), (40, 51), (61, 33)]
+    for h, w in sizes:
+        edges = torch.rand(2, 1, h, w, generator=g) < density
+        edges[1, 0, 0, w - 1] = edges[1, 0, h - 1, 0] = density > 0
+        got = weather._chamfer_distance(edges, cap=20.0)
+        for i in range(2):
+            want = np.minimum(_opencv_chamfer5((~edges[i, 0]).numpy()), 20 * 65536)
+            np.testing.assert_array_equal(got[i, 0].numpy().astype(np.int64), want)
 
 
+def test_chamfer_distance_hand_computed() -> None:
+    edges = torch.zeros(1, 1, 30, 30, dtype=torch.bool)
+    edges[0, 0, 4, 4] = True
+    d = weather._chamfer_distance(edges, cap=20.0)[0, 0] / 65536
+    assert d[4, 4] == 0 and d[4, 5] == 1 and d[5, 4] == 1
+    assert d[5, 5] == pytest.approx(1.4, abs=1e-5) and d[5, 6] == pytest.approx(2.1969, abs=1e-5)
+    assert d[7, 5] == pytest.approx(2.1969 + 1, abs=1e-5)  # (3, 1): a knight's move and a step
+    assert d[8, 6] == pytest.approx(2 * 2.1969, abs=1e-5)  # (4, 2): two knight's moves
+    assert d[4, 24] == 20 and d[29, 29] == 20  # 20 px and more: capped
+
+
+def test_chamfer_distance_close_to_opencv() -> None:
+    cv2 = pytest.importorskip("cv2", reason="OpenCV is a benchmark extra, not a test dependency")
+    edges = torch.rand(1, 1, 64, 80, generator=_gen(5)) < 0.01
+    got = weather._chamfer_distance(edges, cap=20.0)[0, 0].double().numpy() / 65536
+    src = (~edges[0, 0]).numpy().astype(np.uint8) * 255
+    want = np.minimum(cv2.distanceTransform(src, cv2.DIST_L2, 5), 20.0)
+    assert np.abs(got - want).max() < 1e-4  # OpenCV adds float32 weights; these sums are exact
+
+
+def test_blurs_round_as_opencv() -> None:
+    # float distances: float64 mean, float32 store, truncation -- a patch of 3 px gives 3, not 2
+    fixed = torch.full((1, 1, 5, 5), 3.0 * 65536)
+    assert torch.equal(weather._blur_distance_to_uint8(fixed), torch.full((1, 1, 5, 5), 3.0))
+    fixed[0, 0, 2, 2] = 3.0 * 65536 - 1  # a hair below: the mean truncates down
+    assert weather._blur_distance_to_uint8(fixed)[0, 0, 2, 2] == 2
+    # uint8: the mean rounded to nearest, border reflected without repeating the edge (reflect-101)
+    values = torch.tensor([[0.0, 0.0, 5.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]).view(1, 1, 3, 3)
+    out = weather._blur_uint8(values)[0, 0]
+    # 5 / 9 rounds to 1; at the corner reflect-101 counts the 5 once (a repeated edge: 4 times, 2)
+    assert out[1, 1] == 1 and out[0, 2] == 1
+    assert out[2, 0] == 0
+
+
+def test_water_mask_wraps_liquid_above_one_as_the_reference_uint8_cast() -> None:
+    layer = torch.zeros(1, 1, 32, 32)
+    layer[..., 8:20, 8:20] = 0.9
+    high, wrapped = layer.clone(), layer.clone()
+    high[0, 0, 12, 12] = 258.4 / 255  # (x * 255).astype(np.uint8) -> 2 on x86
+    wrapped[0, 0, 12, 12] = 2.4 / 255
+    assert torch.equal(weather._water_mask(high, 0.6), weather._water_mask(wrapped, 0.6))
+
+
+def test_water_mask_equals_opencv_reference() -> None:
+    cv2 = pytest.importorskip("cv2", reason="OpenCV is a benchmark extra, not a test dependency")
+    rng = np.random.default_rng(3)
+    for size, (loc, scale, sigma, threshold, intensity) in [(224, (0.65, 0.3, 3, 0.68, 0.6)), (32, (0.65, 0.3, 1, 0.69, 0.5))]:
+        layer = ndimage.gaussian_filter(rng.normal(loc, scale, (size, size)), sigma, mode="nearest").astype(np.float32)
+        layer[layer < threshold] = 0
+        # make_imagenet_c.py's water branch, line for line
+        liquid = (layer * 255).astype(np.uint8)
+        dist = cv2.distanceTransform(255 - cv2.Canny(liquid, 50, 150), cv2.DIST_L2, 5)
+        _, dist = cv2.threshold(dist, 20, 20, cv2.THRESH_TRUNC)
+        dist = cv2.equalizeHist(cv2.blur(dist, (3, 3)).astype(np.uint8))
+        dist = cv2.filter2D(dist, cv2.CV_8U, np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]]))
+        m = liquid * cv2.blur(dist, (3, 3)).astype(np.float32)
+        want = m / m.max() * intensity
+        got = weather._water_mask(torch.from_numpy(layer)[None, None], intensity)[0, 0].numpy()
+        off = np.abs(got - want) > 1e-6
+        assert off.mean() < 1e-3, f"{size} px: {off.sum()} pixels differ"
 def test_equalize_hist_hand_computed() -> None:
     # hist {0: 2, 1: 1, 2: 1}: cdf 2, 3, 4; lut = round((cdf - 2) * 255 / (4 - 2))
     values = torch.tensor([0.0, 0.0, 1.0, 2.0]).view(1, 1, 2, 2)
