@@ -504,6 +504,45 @@ def test_pixelate_equals_pil_on_odd_rectangles(h, w, severity):
     assert np.abs(corrupt(x, "pixelate", severity)[0, 0].numpy() - ref).max() < 1e-5
 
 
+@pytest.mark.parametrize(("h", "w", "severity"), [(224, 224, 1), (224, 224, 3), (224, 224, 5), (32, 32, 2), (32, 32, 5), (57, 91, 4)])
+def test_pixelate_of_8bit_images_equals_pil_bytes(h, w, severity):
+    """8-bit inputs: PIL's own 8-bit resize (two passes, each rounded to uint8), byte for byte."""
+    from PIL import Image
+
+    table = REFERENCE_IMAGENET if min(h, w) > 32 else REFERENCE_CIFAR
+    c = table["pixelate"][severity - 1]
+    x8 = (natural(2, 3, max(h, w), seed=severity)[..., :h, :w] * 255).round().to(torch.uint8)
+    out = corrupt(x8.float() / 255, "pixelate", severity)
+    for img, got in zip(x8, out):
+        pil = Image.fromarray(img.permute(1, 2, 0).numpy())
+        ref = np.asarray(pil.resize((int(w * c), int(h * c)), Image.BOX).resize((w, h), Image.BOX))
+        assert np.array_equal((got * 255).round().to(torch.uint8).permute(1, 2, 0).numpy(), ref)
+        assert torch.equal(got, (got * 255).round() / 255)  # 8-bit levels, as float32 k / 255
+    gray = corrupt(x8[:1, :1].float() / 255, "pixelate", severity)[0, 0]
+    ref = np.asarray(Image.fromarray(x8[0, 0].numpy()).resize((int(w * c), int(h * c)), Image.BOX).resize((w, h), Image.BOX))
+    assert np.array_equal((gray * 255).round().to(torch.uint8).numpy(), ref)
+
+
+def test_pil_fixed_point_mean_is_exact_for_every_sum():
+    """Every window size the float32 path takes (1..160 pixels) and a few beyond it (float64)."""
+    from robustmix.corruptions import digital
+
+    for count in [*range(1, digital._FLOAT32_EXACT_MAX_COUNT + 1), 161, 167, 253]:
+        kk = math.floor(2**22 / count + 0.5)
+        sums = torch.arange(255 * count + 1, dtype=torch.float32)
+        got = digital._pil_fixed_point_mean(sums.clone(), torch.tensor([kk / 2**22], dtype=torch.float64))
+        want = torch.clamp((sums.long() * kk + 2**21) >> 22, 0, 255)  # PIL: (ss + 2**21) >> 22
+        assert torch.equal(got.long(), want), count
+
+
+def test_pixelate_nearly_8bit_inputs_take_the_8bit_path_and_others_do_not():
+    x8 = (natural(1, 3, 64) * 255).round() / 255
+    exact = corrupt(x8, "pixelate", 3)
+    assert torch.equal(corrupt(x8 + 2e-6, "pixelate", 3), exact)  # within 1e-3 of a level: 8-bit
+    smooth = corrupt(x8 + 0.4 / 255, "pixelate", 3)  # between levels: PIL's float resize, unrounded
+    assert not torch.equal(smooth, (smooth * 255).round() / 255)
+
+
 def test_pixelate_integer_ratio_equals_area_then_nearest():
     x = natural(2, 3, 224)
     y = corrupt(x, "pixelate", 2)  # 224 -> 112 -> 224

@@ -15,11 +15,13 @@ additive offset of severities 4-5 acts (it tints towards hue 0, which darkens th
 
 Deviations from the reference, and why:
 
-* pixelate: PIL's ``BOX`` resize (down to ``int(side * c)``, back up) is rebuilt as two exact
-  resampling matrices per axis (PIL's own weights), applied in float: the reference rounds to
-  ``uint8`` after each PIL pass. ``F.interpolate(mode="area")`` equals PIL's BOX only when the
-  side is a multiple of the small side, so it is not used; the upsampling half is PIL BOX =
-  nearest-exact.
+* pixelate: none for 8-bit images (every value a level ``k / 255``, as decoded files are): PIL's
+  ``BOX`` resize (down to ``int(side * c)``, back up) is rebuilt with PIL's own window sums and
+  fixed-point rounding after each pass, so the result is the reference's bytes. Other float
+  images are resized as PIL resizes a float (mode ``"F"``) image, without the 8-bit rounding
+  (the reference only takes 8-bit images). ``F.interpolate(mode="area")`` equals PIL's BOX only
+  when the side is a multiple of the small side, so it is not used; the upsampling half is PIL
+  BOX = nearest-exact.
 * jpeg_compression: libjpeg through ``torchvision.io`` (the codec is per image by nature, so the
   batch is a list), always on the CPU so every device gives the same bytes; PIL (the reference's
   encoder, also libjpeg) is the fallback when torchvision lacks the codec.
@@ -234,6 +236,10 @@ def box_resize_matrix(in_size: int, out_size: int, *, dtype: torch.dtype = torch
 def pixelate(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
     """Box-downsample to ``int(side * c)`` and upsample back (PIL ``BOX`` both ways). Deterministic.
 
+    8-bit images (every value within 1e-3 of a level ``k / 255``, e.g. decoded files) take PIL's
+    8-bit arithmetic, so the result is the reference's bytes exactly; other images are resized as
+    PIL resizes a float (mode ``"F"``) image, without rounding.
+
     Shape:
         (N, C, H, W) -> (N, C, H, W)
     """
@@ -241,6 +247,29 @@ def pixelate(images: Tensor, severity: int, generator: torch.Generator | None = 
     x = to_work(images)
     n, ch, h, w = x.shape
     sh, sw = max(1, int(h * c)), max(1, int(w * c))
+    if _is_eight_bit(x):
+        small = _pil_box_down_8bit(x, sh, sw).div_(255)
+    else:
+        small = _pil_box_down_float(x, sh, sw)
+    # Up: PIL's BOX upsampling takes the one pixel under each output centre (nearest-exact).
+    return _upsample_pixels(small.view(n, ch, sh, sw), h, w).to(images.dtype)
+
+
+def _is_eight_bit(x: Tensor, tolerance: float = 1e-3) -> bool:
+    """Whether every value of ``x`` is within ``tolerance / 255`` of a level ``k / 255``.
+
+    One scratch buffer and in-place passes (``round(255 x) - 255 x``, then its largest magnitude):
+    a fresh full-size buffer per step costs more in page faults than the arithmetic.
+    """
+    if x.numel() == 0:
+        return True
+    scratch = x.mul(255).round_()
+    return float(scratch.sub_(x, alpha=255).abs_().amax()) <= tolerance
+
+
+def _pil_box_down_float(x: Tensor, sh: int, sw: int) -> Tensor:
+    """PIL's BOX downsampling of a float image (no rounding), clipped to [0, 1]."""
+    n, ch, h, w = x.shape
     # Down along rows: each output row is a weighted sum of 1-4 whole input rows (contiguous
     # gathers, ~2x faster on CPU than the dense product); down along columns: a banded product.
     # The clip commutes with the upsampling, which copies pixels, so it runs on the small image.
@@ -251,9 +280,64 @@ def pixelate(images: Tensor, severity: int, generator: torch.Generator | None = 
     for t in range(1, src.shape[1]):
         small.addcmul_(planes.index_select(1, src[:, t]), weight[:, t])
     down_x = box_resize_matrix(w, sw).to(device=x.device, dtype=x.dtype)
-    small = banded_product(down_x, small, -1).clamp_(0.0, 1.0).view(n, ch, sh, sw)
-    # Up: PIL's BOX upsampling takes the one pixel under each output centre (nearest-exact).
-    return _upsample_pixels(small, h, w).to(images.dtype)
+    return banded_product(down_x, small, -1).clamp_(0.0, 1.0)
+
+
+def _pil_box_down_8bit(x: Tensor, sh: int, sw: int) -> Tensor:
+    """PIL's BOX downsampling of an 8-bit image ``x`` (levels ``k / 255``), as levels 0..255.
+
+    PIL resizes 8-bit images in two passes, horizontal then vertical, each stored as uint8. Its
+    BOX weights are equal over the ``count`` pixels whose centres fall in the box, in fixed
+    point, so each pass gives ``floor(sum * kk / 2**22 + 1/2)`` with ``kk = round(2**22 / count)``
+    (``normalize_coeffs_8bpc``; rounding half up). The sums of levels are exact integers here:
+    ``255 * sum(x)`` over a window is within ~1e-4 of one, so rounding it recovers the sum of the
+    levels without a full-size buffer of them.
+    """
+    n, ch, h, w = x.shape
+    members, scale_x = _pil_box_members(w, sw)
+    sums = banded_product(members.to(device=x.device, dtype=x.dtype), x, -1)
+    sums = sums.mul_(255).round_()
+    wide = _pil_fixed_point_mean(sums, scale_x.to(x.device)).view(n * ch, h, sw)
+    src, valid = (t.to(x.device) for t in _box_taps_8bit(h, sh))
+    sums = wide.index_select(1, src[:, 0])
+    for t in range(1, src.shape[1]):
+        sums.addcmul_(wide.index_select(1, src[:, t]), valid[:, t].to(sums.dtype).unsqueeze(-1))
+    _, scale_y = _pil_box_members(h, sh)
+    return _pil_fixed_point_mean(sums, scale_y.to(x.device).unsqueeze(-1))
+
+
+# Widest BOX window (pixels) for which the float32 scaling below gives PIL's integers for
+# every possible sum (checked exhaustively in the tests; the first failure is at 161). The
+# tabled severities average at most 5 pixels.
+_FLOAT32_EXACT_MAX_COUNT = 160
+
+
+def _pil_fixed_point_mean(sums: Tensor, scale: Tensor) -> Tensor:
+    """``clip(floor(sums * scale + 1/2), 0, 255)`` for ``scale = kk / 2**22`` (float64), as PIL's
+    integer ``(sums * kk + 2**21) >> 22``: in float32 up to windows of 160 pixels, else float64."""
+    if float(scale.min()) * (_FLOAT32_EXACT_MAX_COUNT + 0.5) >= 1.0:
+        return sums.mul_(scale.to(sums.dtype)).add_(0.5).floor_().clamp_(0, 255)
+    return sums.double().mul_(scale).add_(0.5).floor_().clamp_(0, 255).to(sums.dtype)
+
+
+PIL_PRECISION_BITS = 22  # 32 - 8 - 2, PIL's fixed-point weights for 8-bit images
+
+
+@lru_cache(maxsize=64)
+def _pil_box_members(in_size: int, out_size: int) -> tuple[Tensor, Tensor]:
+    """(out, in) 0/1 matrix of the pixels in each BOX window and each window's fixed-point
+    scale ``kk / 2**22`` (float64), ``kk = int(2**22 / count + 1/2)`` as PIL rounds it."""
+    members = (box_resize_matrix(in_size, out_size) > 0).float()
+    counts = members.sum(dim=1).double()
+    kk = torch.floor((1 << PIL_PRECISION_BITS) / counts + 0.5)
+    return members, kk / (1 << PIL_PRECISION_BITS)
+
+
+@lru_cache(maxsize=64)
+def _box_taps_8bit(in_size: int, out_size: int) -> tuple[Tensor, Tensor]:
+    """Source rows ``(out, T)`` of each BOX window and whether each tap is in it (0/1 weights)."""
+    src, weight = _box_taps(in_size, out_size)
+    return src, (weight > 0).float()
 
 
 def _upsample_pixels(small: Tensor, h: int, w: int) -> Tensor:
