@@ -84,7 +84,7 @@ def test_public_surface():
 
     assert set(pkg.__all__) == {
         "ALL_CORRUPTIONS", "BENCHMARK_CORRUPTIONS", "CORRUPTIONS", "EXTRA_CORRUPTIONS", "GROUPS",
-        "SEVERITY_TABLES", "corrupt", "resolve_corruptions",
+        "SEVERITY_TABLES", "STORAGE_MODES", "corrupt", "resolve_corruptions", "store",
     }  # fmt: skip
 
 
@@ -950,11 +950,58 @@ def test_cli_writes_cifar_c_layout(tmp_path):
     assert arr.shape == (15, 28, 28, 1) and arr.dtype == np.uint8
     for s in range(1, 6):  # severity-major blocks
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-        expected = (corrupt(x, "contrast", s) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        # stored as CIFAR-10-C: np.uint8(clip(x, 0, 1) * 255) truncates
+        expected = (corrupt(x, "contrast", s) * 255).floor().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         assert np.array_equal(arr[(s - 1) * 3 : s * 3], expected)
     again = tmp_path / "again"
     write_corrupted_set(images, labels, again, ("gaussian_noise",), seed=0, batch_size=2, progress=False)
     assert np.array_equal(np.load(again / "gaussian_noise.npy"), np.load(tmp_path / "gaussian_noise.npy"))
+
+
+def test_store_modes_at_cifar_size():
+    from robustmix.corruptions import store
+
+    # values a third and two thirds between levels: truncation and rounding part ways
+    k = torch.arange(0, 255, dtype=torch.float64).view(1, 1, 15, 17)
+    x = torch.cat([(k + 0.3) / 255, (k + 0.7) / 255, torch.full_like(k, 1.2), torch.full_like(k, -0.1)], 1)
+    release = store(x, "release")
+    want = np.uint8(np.clip(x.numpy(), 0, 1) * 255) / 255  # make_cifar_c.py: np.uint8(corruption(x))
+    np.testing.assert_array_equal(release.numpy(), want)
+    assert torch.equal(store(x, "round"), (x.clamp(0, 1) * 255).round() / 255)
+    assert store(x, "float") is x
+    assert store(x.bfloat16(), "release").dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="store: expected one of"):
+        store(x, "jpeg")
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_store_release_is_imagenet_c_jpeg_above_32px(channels):
+    from PIL import Image
+
+    from robustmix.corruptions import store
+
+    x = natural(2, channels, 64, seed=channels)
+    got = (store(x, "release") * 255).round().to(torch.uint8)
+    for img, out in zip(x, got):
+        arr = np.uint8(np.clip(img.permute(1, 2, 0).double().numpy(), 0, 1) * 255)
+        buf = io.BytesIO()  # make_imagenet_c.py: Image.fromarray(np.uint8(img)).save(path, quality=85, optimize=True)
+        Image.fromarray(arr[..., 0] if channels == 1 else arr).save(buf, "JPEG", quality=85, optimize=True)
+        ref = np.asarray(Image.open(buf)).reshape(arr.shape)
+        assert np.array_equal(out.permute(1, 2, 0).numpy(), ref)
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        store(torch.rand(1, 4, 40, 40), "release")
+
+
+def test_cli_store_round_keeps_the_nearest_level(tmp_path):
+    from robustmix.cli.corrupt import corrupt_uint8
+
+    images = (natural(2, 1, 28).permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    got = corrupt_uint8(images, "contrast", 2, store="round")
+    want = (corrupt(x, "contrast", 2) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(got, want)
+    with pytest.raises(ValueError, match="store: expected 'release' or 'round'"):
+        corrupt_uint8(images, "contrast", 2, store="float")
 
 
 def test_cli_main_end_to_end(tmp_path, capsys):

@@ -12,6 +12,7 @@ MODULES = [
     "robustmix.functional",
     "robustmix.transforms",
     "robustmix.corruptions",
+    "robustmix.corruptions.storage",
 ]
 
 

@@ -148,6 +148,28 @@ def test_evaluate_model_bad_inputs(model_and_data) -> None:
         evaluate_model(model, images, labels, corruption="fog")
     with pytest.raises(ValueError, match="images: expected uint8"):
         evaluate_model(model, images[..., 0], labels)
+    with pytest.raises(ValueError, match="store: expected one of"):
+        evaluate_model(model, images, labels, corruption="fog", severity=1, store="png")
+
+
+def test_evaluate_model_store_modes(model_and_data) -> None:
+    """The corrupted batch reaches the model as stored: truncated, rounded or as floats."""
+    from robustmix.corruptions import corrupt
+
+    model, images, labels = model_and_data
+    for store, keep in [
+        ("release", lambda x: (x.clamp(0, 1) * 255).floor() / 255),
+        ("round", lambda x: (x.clamp(0, 1) * 255).round() / 255),
+        ("float", lambda x: x),
+    ]:
+        gen = torch.Generator().manual_seed(5)
+        result = evaluate_model(
+            model, images, labels, corruption="speckle_noise", severity=3, generator=gen, store=store
+        )
+        x = corrupt(_to01(images), "speckle_noise", 3, generator=torch.Generator().manual_seed(5))
+        error, loss = _reference(model, keep(x), labels)
+        assert result["error"] == pytest.approx(error, abs=1e-12)
+        assert result["loss"] == pytest.approx(loss, rel=1e-5), store
 
 
 # ---------------------------------------------------------------------- evaluate_checkpoint
@@ -187,7 +209,7 @@ def test_on_the_fly_is_seeded_per_pair(checkpoint, model_and_data) -> None:
     # reference: the same corruption applied by hand with the documented generator seed
     gen = torch.Generator().manual_seed(pair_seed(3, "gaussian_noise", 5))
     x = corrupt(_to01(images), "gaussian_noise", 5, generator=gen)
-    x = (x * 255).round() / 255
+    x = (x.clamp(0, 1) * 255).floor() / 255  # stored as CIFAR-10-C stores it: np.uint8 truncates
     error, loss = _reference(model, x, labels)
     assert first["corrupted"]["gaussian_noise"]["5"] == pytest.approx(error, abs=1e-12)
     assert first["corrupted_loss"]["gaussian_noise"]["5"] == pytest.approx(loss, rel=1e-5)
@@ -326,6 +348,7 @@ def test_cli_writes_json_and_table(checkpoint, tmp_path, capsys) -> None:
     assert main(argv) == 0
     results = json.loads(out.read_text())
     assert set(results) >= {"checkpoint", "dataset", "config", "clean", "corrupted", "summary"}
+    assert results["config"]["store"] == "release"
     assert set(results["corrupted"]) == {"gaussian_noise", "speckle_noise"}
     assert results["summary"]["corruptions"] == ["gaussian_noise"]
     assert results["summary"]["extra"]["corruptions"] == ["speckle_noise"]
@@ -356,6 +379,9 @@ def test_cli_errors_exit_2(checkpoint, tmp_path, capsys) -> None:
     argv = ["evaluate", "--checkpoint", str(checkpoint), "--baseline", str(tmp_path / "x.json")]
     assert main(argv) == 2
     assert "--baseline: expected 'alexnet' or a results JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse rejects an unknown storage mode
+        main(["evaluate", "--checkpoint", str(checkpoint), "--store", "png"])
+    assert "invalid choice: 'png'" in capsys.readouterr().err
 
 
 def test_format_table_full_benchmark_with_alexnet() -> None:

@@ -6,15 +6,18 @@ ImageNet-C folder tree (``<corruption>/<severity>/<class>/<image>``).
 
 On the fly, each (corruption, severity) pair draws from its own ``torch.Generator`` seeded from
 ``(seed, corruption, severity)``, so a pair's images do not depend on which other pairs run or in
-which order; they do depend on ``batch_size`` (the generator is consumed batch by batch) and, as
-in the stored benchmarks, the corrupted images are rounded to 8-bit levels before the model sees
-them, so an on-the-fly run and a saved uint8 copy of the same corrupted images agree exactly.
+which order; they do depend on ``batch_size`` (the generator is consumed batch by batch). Before
+the model sees them, the corrupted images are stored as the released benchmark files are
+(:func:`robustmix.corruptions.store`, ``store="release"``: 8-bit truncation, and JPEG at quality 85
+for ImageNet-C-sized images), so on-the-fly errors compare with published ones and with the
+AlexNet baseline; a set written by ``robustmix corrupt`` holds the same bytes.
 
 Results schema (:func:`evaluate_checkpoint`)::
 
     {"checkpoint": str, "dataset": str, "model": str, "epoch": int | None,
      "config": {"corruptions": [...], "severities": [...], "source": "on-the-fly" | path,
-                "source_format": "on-the-fly" | "cifar-c" | "imagenet-c", "seed", "batch_size",
+                "source_format": "on-the-fly" | "cifar-c" | "imagenet-c", "seed",
+                "store": "release" | "round" | "float" | None (precomputed source), "batch_size",
                 "limit", "device", "amp", "channels_last", "data_dir", "baseline"},
      "clean": {"error": float, "loss": float, "n": int},
      "corrupted": {corruption: {"1": error, ...}},
@@ -219,7 +222,7 @@ def evaluate_model(
     corruption: str | None = None,
     severity: int | None = None,
     generator: torch.Generator | None = None,
-    quantize: bool = True,
+    store: str = "release",
     batch_size: int = 256,
     amp: str = "none",
     channels_last: bool = False,
@@ -236,7 +239,10 @@ def evaluate_model(
         corruption: apply :func:`robustmix.corruptions.corrupt` with this name to every batch.
         severity: its severity (1..5); required with ``corruption``.
         generator: the corruption's randomness (a seeded CPU generator for reproducible runs).
-        quantize: round corrupted images to 8-bit levels, as the stored benchmarks are.
+        store: how corrupted images are stored before the model sees them
+            (:data:`robustmix.corruptions.STORAGE_MODES`): ``"release"`` as the benchmark files
+            (8-bit truncation; JPEG at quality 85 above 32 px), ``"round"`` 8-bit rounding,
+            ``"float"`` unchanged.
         batch_size: images per forward pass for array input.
         amp: ``"none"``, ``"bf16"`` or ``"fp16"`` (CUDA) autocast for the forward pass.
         channels_last: feed the model channels-last tensors.
@@ -256,6 +262,10 @@ def evaluate_model(
         )
     if corruption is not None:
         from robustmix.corruptions import corrupt
+        from robustmix.corruptions import store as store_images
+        from robustmix.corruptions.storage import check_storage_mode
+
+        check_storage_mode(store)
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     wrong = torch.zeros((), dtype=torch.float64, device=device)
@@ -267,9 +277,7 @@ def evaluate_model(
         if y.shape != x.shape[:1]:
             raise ValueError(f"labels: expected shape ({x.shape[0]},), got {tuple(y.shape)}")
         if corruption is not None:
-            x = corrupt(x, corruption, severity, generator=generator)
-            if quantize:
-                x = x.mul(255).round_().div_(255)
+            x = store_images(corrupt(x, corruption, severity, generator=generator), store)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_context(amp, device):
@@ -354,6 +362,7 @@ def evaluate_checkpoint(
     batch_size: int = 256,
     device: str = "auto",
     seed: int = 0,
+    store: str = "release",
     limit: int | None = None,
     amp: str = "none",
     channels_last: bool = False,
@@ -373,6 +382,8 @@ def evaluate_checkpoint(
         batch_size: images per forward pass.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
         seed: seed of the on-the-fly corruptions.
+        store: how on-the-fly corrupted images are stored before the model sees them
+            (``"release"``, ``"round"``, ``"float"``; see :func:`evaluate_model`).
         limit: evaluate only the first ``limit`` test images (and of each corrupted set).
         amp: autocast mode ``"none"``, ``"bf16"``, ``"fp16"``.
         channels_last: channels-last memory format for the network and inputs.
@@ -385,6 +396,7 @@ def evaluate_checkpoint(
         ValueError: unknown corruption names, bad severities, limit or batch size.
         FileNotFoundError: missing checkpoint, data or corrupted-set files.
     """
+    from robustmix.corruptions.storage import check_storage_mode
     from robustmix.data import (
         build_dataset,
         imagenet_c_folder,
@@ -395,6 +407,7 @@ def evaluate_checkpoint(
     from robustmix.train.distributed import resolve_device
 
     severities = parse_severities(severities)
+    check_storage_mode(store)
     _check_limit(limit)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
@@ -459,7 +472,7 @@ def evaluate_checkpoint(
                     )
                     result = evaluate_model(
                         model, *clean_args, corruption=corruption, severity=severity,
-                        generator=gen, on_batch=bar.update, **run,
+                        generator=gen, store=store, on_batch=bar.update, **run,
                     )  # fmt: skip
                 elif fmt == "cifar-c":
                     c_images, c_labels = load_cifar_c(root, corruption, severity)
@@ -496,6 +509,7 @@ def evaluate_checkpoint(
             "source": "on-the-fly" if root is None else str(root),
             "source_format": fmt,
             "seed": seed,
+            "store": store if root is None else None,
             "batch_size": batch_size,
             "limit": limit,
             "device": str(dev),

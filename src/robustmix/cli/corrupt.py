@@ -4,8 +4,10 @@ The folder gets ``<corruption>.npy``, uint8 (5 * N, H, W, C), severity-major (ro
 * N - 1`` hold severity ``s + 1``), and ``labels.npy`` (5 * N,) int64, the clean labels repeated
 five times, as in CIFAR-10-C. Each (corruption, severity) pair draws from its own generator seeded
 by ``(seed, corruption index in ALL_CORRUPTIONS, severity)``, so a file does not depend on which
-other corruptions were written. Outputs are rounded to uint8 (the reference truncates, which
-darkens by half a level on average).
+other corruptions were written. The bytes are stored as the released sets store theirs
+(``--store release``, :func:`robustmix.corruptions.store`: 8-bit truncation, and a JPEG round trip
+at quality 85 for ImageNet-C-sized images), the same bytes ``robustmix evaluate`` feeds a model on
+the fly; ``--store round`` rounds to the nearest level instead.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--store", default="release", choices=("release", "round"),
+        help="'release' (default): as the released sets (8-bit truncation; JPEG quality 85 above "
+        "32 px); 'round': nearest 8-bit level",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--limit", type=int, default=None, help="corrupt the first N test images only")
     parser.add_argument("--device", default="cpu", help="'cpu', 'cuda', 'cuda:1'")
@@ -60,14 +67,20 @@ def corrupt_uint8(
     severity: int,
     *,
     seed: int = 0,
+    store: str = "release",
     batch_size: int = 256,
     device: str = "cpu",
     on_batch: Any = None,
 ) -> np.ndarray:
-    """Corrupt uint8 (N, H, W, C) images with ``name`` at ``severity``; return uint8 (N, H, W, C)."""
+    """Corrupt uint8 (N, H, W, C) images with ``name`` at ``severity``; return uint8 (N, H, W, C),
+    stored as ``store`` says (``"release"`` or ``"round"``, see :func:`robustmix.corruptions.store`)."""
     import torch
 
     from robustmix.corruptions import corrupt
+    from robustmix.corruptions import store as store_images
+
+    if store not in ("release", "round"):
+        raise ValueError(f"store: expected 'release' or 'round' for uint8 files, got {store!r}")
 
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
@@ -78,8 +91,8 @@ def corrupt_uint8(
     for start in range(0, len(images), batch_size):
         chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
         x = chunk.to(device).permute(0, 3, 1, 2).float() / 255
-        y = corrupt(x, name, severity, generator=generator)
-        y8 = (y * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        y = store_images(corrupt(x, name, severity, generator=generator), store)
+        y8 = (y * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # exact levels
         out[start : start + len(chunk)] = y8
         if on_batch is not None:
             on_batch(len(chunk))
@@ -93,6 +106,7 @@ def write_corrupted_set(
     corruptions: Sequence[str],
     *,
     seed: int = 0,
+    store: str = "release",
     batch_size: int = 256,
     device: str = "cpu",
     progress: bool = True,
@@ -121,7 +135,8 @@ def write_corrupted_set(
             stack = np.concatenate(
                 [
                     corrupt_uint8(
-                        images, name, severity, seed=seed, batch_size=batch_size, device=device, on_batch=update
+                        images, name, severity, seed=seed, store=store, batch_size=batch_size,
+                        device=device, on_batch=update,
                     )
                     for severity in range(1, 6)
                 ]
@@ -147,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
         images = images[..., None]
     paths = write_corrupted_set(
         images, labels, args.out, names,
-        seed=args.seed, batch_size=args.batch_size, device=args.device, progress=args.progress,
+        seed=args.seed, store=args.store, batch_size=args.batch_size, device=args.device,
+        progress=args.progress,
     )  # fmt: skip
     print(f"wrote {len(paths) - 1} corruptions x 5 severities x {len(images)} images to {args.out}")
     return 0

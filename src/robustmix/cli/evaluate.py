@@ -45,6 +45,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N test images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the on-the-fly corruptions")
+    parser.add_argument(
+        "--store", default="release", choices=("release", "round", "float"),
+        help="how on-the-fly corrupted images are stored before the model sees them: 'release' "
+        "(default) as the benchmark files (8-bit truncation; JPEG quality 85 above 32 px), "
+        "'round' 8-bit rounding, 'float' unchanged",
+    )  # fmt: skip
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1'")
     parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     parser.add_argument("--channels-last", action="store_true")
@@ -93,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         seed=args.seed,
+        store=args.store,
         limit=args.limit,
         amp=args.amp,
         channels_last=args.channels_last,

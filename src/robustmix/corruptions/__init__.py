@@ -42,6 +42,7 @@ from .registry import (
     corrupt,
     resolve_corruptions,
 )
+from .storage import STORAGE_MODES, store
 
 __all__ = [
     "ALL_CORRUPTIONS",
@@ -50,6 +51,8 @@ __all__ = [
     "EXTRA_CORRUPTIONS",
     "GROUPS",
     "SEVERITY_TABLES",
+    "STORAGE_MODES",
     "corrupt",
     "resolve_corruptions",
+    "store",
 ]
