@@ -667,6 +667,17 @@ def test_dilate3x3_equals_max_pool():
     assert torch.equal(weather._dilate3x3(mask), expected)
 
 
+def test_motion_blur_returns_imagemagick_8bit_levels():
+    """The reference reads ImageMagick's 8-bit PNG back: the blur rounded to the nearest level."""
+    x = natural(2, 3, 48)
+    angles = common.random_uniform((2,), gen(3), like=x, low=-45.0, high=45.0)  # the draw motion_blur makes
+    out = corrupt(x, "motion_blur", 2, generator=gen(3))
+    assert torch.equal(out, (out * 255).round() / 255)
+    radius, sigma = REFERENCE_IMAGENET["motion_blur"][1]
+    exact = common.apply_motion_blur(x, radius=radius * 48 / 224, sigma=sigma * 48 / 224, angles=angles)
+    assert (out - exact.clamp(0, 1)).abs().max() <= 0.5 / 255 + 1e-6  # rounding, not truncation
+
+
 def test_motion_blur_kernel_is_imagemagick_line():
     taps = common.motion_blur_taps(10, 3)
     assert taps.numel() == 21  # 2 * ceil(radius) + 1

@@ -14,7 +14,8 @@ Deviations from the reference, and why:
   :func:`glass_sources` resolves those chains exactly (vectorised pointer jumping instead of a
   sequential Python loop). Only the draws differ (torch generator instead of NumPy's global RNG).
 * motion_blur: ImageMagick's ``MotionBlurImage`` rebuilt in torch (same one-sided Gaussian taps,
-  same integer offsets and edge border), applied in float instead of through a PNG round trip.
+  same integer offsets and edge border), applied in float and rounded to 8-bit levels, as
+  ImageMagick writes the PNG the reference reads back (its input PNG is the 8-bit image itself).
 * defocus_blur: for radii > 8 the reference's disk grid is ``arange(-r, r + 1)``, which is only
   centred for integer ``r``; scaled radii may be fractional, so the grid is ``-ceil(r)..ceil(r)``
   (identical for the tabled integer radii). Scaled radii are at least 1 px (a smaller binary disk
@@ -236,7 +237,9 @@ def motion_blur(images: Tensor, severity: int, generator: torch.Generator | None
     low, high = _MOTION_ANGLE_RANGE
     angles = random_uniform((x.shape[0],), resolve_generator(generator), like=x, low=low, high=high)
     out = apply_motion_blur(x, radius=radius * scale, sigma=sigma * scale, angles=angles)
-    return finish(out, images)
+    # The reference's result is ImageMagick's 8-bit PNG (rounded to the nearest level), not a
+    # float it truncates later: round here too, or a stored copy would sit half a level darker.
+    return finish(out.clamp_(0.0, 1.0).mul_(255).round_().div_(255), images)
 
 
 def zoom_blur(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
