@@ -535,6 +535,15 @@ def test_pil_fixed_point_mean_is_exact_for_every_sum():
         assert torch.equal(got.long(), want), count
 
 
+def test_pixelate_decides_8bit_per_image():
+    x8 = (natural(2, 3, 64) * 255).round() / 255
+    mixed = torch.cat([x8[:1], (x8[1:] + 0.4 / 255).clamp(max=1)])  # the second image between levels
+    out = corrupt(mixed, "pixelate", 3)
+    assert torch.equal(out[:1], corrupt(mixed[:1], "pixelate", 3))
+    assert torch.equal(out[1:], corrupt(mixed[1:], "pixelate", 3))
+    assert not torch.equal(out[:1], out[1:])
+
+
 def test_pixelate_nearly_8bit_inputs_take_the_8bit_path_and_others_do_not():
     x8 = (natural(1, 3, 64) * 255).round() / 255
     exact = corrupt(x8, "pixelate", 3)

@@ -238,7 +238,8 @@ def pixelate(images: Tensor, severity: int, generator: torch.Generator | None = 
 
     8-bit images (every value within 1e-3 of a level ``k / 255``, e.g. decoded files) take PIL's
     8-bit arithmetic, so the result is the reference's bytes exactly; other images are resized as
-    PIL resizes a float (mode ``"F"``) image, without rounding.
+    PIL resizes a float (mode ``"F"``) image, without rounding. The choice is made per image, so
+    an image's result does not depend on the rest of its batch.
 
     Shape:
         (N, C, H, W) -> (N, C, H, W)
@@ -247,24 +248,29 @@ def pixelate(images: Tensor, severity: int, generator: torch.Generator | None = 
     x = to_work(images)
     n, ch, h, w = x.shape
     sh, sw = max(1, int(h * c)), max(1, int(w * c))
-    if _is_eight_bit(x):
+    eight_bit = _eight_bit_images(x)
+    if bool(eight_bit.all()):
         small = _pil_box_down_8bit(x, sh, sw).div_(255)
-    else:
+    elif not bool(eight_bit.any()):
         small = _pil_box_down_float(x, sh, sw)
+    else:  # a mixed batch: each image by its own kind
+        small = x.new_empty(n, ch, sh, sw)
+        small[eight_bit] = _pil_box_down_8bit(x[eight_bit], sh, sw).div_(255).view(-1, ch, sh, sw)
+        small[~eight_bit] = _pil_box_down_float(x[~eight_bit], sh, sw).view(-1, ch, sh, sw)
     # Up: PIL's BOX upsampling takes the one pixel under each output centre (nearest-exact).
     return _upsample_pixels(small.view(n, ch, sh, sw), h, w).to(images.dtype)
 
 
-def _is_eight_bit(x: Tensor, tolerance: float = 1e-3) -> bool:
-    """Whether every value of ``x`` is within ``tolerance / 255`` of a level ``k / 255``.
+def _eight_bit_images(x: Tensor, tolerance: float = 1e-3) -> Tensor:
+    """(N,) bool: whether every value of image ``i`` is within ``tolerance / 255`` of a level ``k / 255``.
 
-    One scratch buffer and in-place passes (``round(255 x) - 255 x``, then its largest magnitude):
-    a fresh full-size buffer per step costs more in page faults than the arithmetic.
+    One scratch buffer and in-place passes (``round(255 x) - 255 x``, then its largest magnitude
+    per image): a fresh full-size buffer per step costs more in page faults than the arithmetic.
     """
     if x.numel() == 0:
-        return True
+        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     scratch = x.mul(255).round_()
-    return float(scratch.sub_(x, alpha=255).abs_().amax()) <= tolerance
+    return scratch.sub_(x, alpha=255).abs_().flatten(1).amax(dim=1) <= tolerance
 
 
 def _pil_box_down_float(x: Tensor, sh: int, sw: int) -> Tensor:
