@@ -559,6 +559,68 @@ def test_pixelate_integer_ratio_equals_area_then_nearest():
     assert torch.allclose(y, F.interpolate(small, size=(224, 224), mode="nearest-exact"), atol=1e-6)
 
 
+def _reference_elastic(image: np.ndarray, offsets: np.ndarray, noise_x, noise_y, alpha, sigma) -> np.ndarray:
+    """make_imagenet_c.py's elastic_transform on an (H, W, C) float image in [0, 1], line by line,
+    with its random draws passed in and scipy in place of OpenCV for the affine warp
+    (``cv2.warpAffine`` bilinear with BORDER_REFLECT_101 = ``affine_transform(order=1,
+    mode="mirror")`` at the inverse map; OpenCV's 1/32-px fixed point is left out)."""
+    shape = image.shape
+    shape_size = shape[:2]
+    center_square = np.float32(shape_size) // 2
+    square_size = min(shape_size) // 3
+    pts1 = np.float32([center_square + square_size,
+                       [center_square[0] + square_size, center_square[1] - square_size],
+                       center_square - square_size])  # fmt: skip
+    pts2 = pts1 + offsets.astype(np.float32)
+    m = np.linalg.solve(np.hstack([pts1, np.ones((3, 1))]).astype(np.float64), pts2.astype(np.float64)).T  # getAffineTransform
+    inv = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))  # warpAffine samples the source at M^-1
+    matrix = np.array([[inv[1, 1], inv[1, 0]], [inv[0, 1], inv[0, 0]]])  # in (row, col) order
+    offset = np.array([inv[1, 2], inv[0, 2]])
+    image = np.stack([scipy_ndimage.affine_transform(image[..., c], matrix, offset=offset, order=1, mode="mirror")
+                      for c in range(shape[2])], axis=-1)  # fmt: skip
+    dx = scipy_ndimage.gaussian_filter(noise_x, sigma, mode="reflect", truncate=3) * alpha
+    dy = scipy_ndimage.gaussian_filter(noise_y, sigma, mode="reflect", truncate=3) * alpha
+    dx, dy = dx[..., np.newaxis], dy[..., np.newaxis]
+    x, y, z = np.meshgrid(np.arange(shape[1]), np.arange(shape[0]), np.arange(shape[2]))
+    indices = np.reshape(y + dy, (-1, 1)), np.reshape(x + dx, (-1, 1)), np.reshape(z, (-1, 1))
+    return np.clip(scipy_ndimage.map_coordinates(image, indices, order=1, mode="reflect").reshape(shape), 0, 1)
+
+
+@pytest.mark.parametrize("severity", [1, 2, 3, 5])
+def test_elastic_warp_equals_make_imagenet_c_for_the_same_draws(severity):
+    from robustmix.corruptions.digital import elastic_warp
+
+    alpha, sigma, jitter = REFERENCE_IMAGENET["elastic_transform"][severity - 1]
+    side = 96  # the table at 224 px, scaled as the package scales it
+    scale = side / 224
+    alpha, sigma, jitter = alpha * scale, sigma * scale, jitter * scale
+    g = np.random.default_rng(severity)
+    x = natural(2, 3, side, seed=severity).double()
+    offsets = g.uniform(-jitter, jitter, size=(2, 3, 2)).astype(np.float32).astype(np.float64)  # as the reference draws them
+    noise = g.uniform(-1, 1, size=(2, 2, side, side))
+    got = elastic_warp(x, torch.from_numpy(offsets), torch.from_numpy(noise), alpha=alpha, sigma=sigma)
+    for i in range(2):
+        want = _reference_elastic(x[i].permute(1, 2, 0).numpy(), offsets[i], noise[i, 0], noise[i, 1], alpha, sigma)
+        np.testing.assert_allclose(got[i].clamp(0, 1).permute(1, 2, 0).numpy(), want, atol=1e-9)
+
+
+def test_elastic_warp_close_to_opencv_affine():
+    cv2 = pytest.importorskip("cv2", reason="OpenCV is a benchmark extra, not a test dependency")
+    from robustmix.corruptions.digital import elastic_warp
+
+    g = np.random.default_rng(7)
+    x = natural(1, 3, 64, seed=7).double()
+    offsets = g.uniform(-6, 6, size=(1, 3, 2))
+    image = x[0].permute(1, 2, 0).numpy().astype(np.float32)
+    c, q = 32, 64 // 3
+    pts1 = np.float32([[c + q, c + q], [c + q, c - q], [c - q, c - q]])
+    m = cv2.getAffineTransform(pts1, pts1 + offsets[0].astype(np.float32))
+    want = cv2.warpAffine(image, m, (64, 64), borderMode=cv2.BORDER_REFLECT_101)
+    got = elastic_warp(x, torch.from_numpy(offsets), torch.zeros(1, 2, 64, 64, dtype=torch.float64), alpha=0.0, sigma=0.0)
+    # OpenCV interpolates at 1/32 px in fixed point: a few 1e-3 on these smooth images
+    assert np.abs(got[0].permute(1, 2, 0).numpy() - want).max() < 1e-2
+
+
 def test_elastic_keeps_constant_images():
     x = torch.full((2, 3, 32, 32), 0.37)
     for severity in (1, 5):

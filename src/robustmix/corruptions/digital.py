@@ -59,6 +59,7 @@ __all__ = [
     "brightness",
     "contrast",
     "elastic_transform",
+    "elastic_warp",
     "jpeg_compression",
     "pixelate",
     "saturate",
@@ -172,15 +173,40 @@ def elastic_transform(images: Tensor, severity: int, generator: torch.Generator 
     """Random affine warp, then a smooth random displacement field (elastic deformation).
 
     The affine map moves three reference points by uniform jitter in ``[-j, j]``; the displacement
-    is uniform noise in [-1, 1] smoothed by a Gaussian of sigma ``s`` (truncate 3) times ``alpha``.
+    is uniform noise in [-1, 1] smoothed by a Gaussian of sigma ``s`` (truncate 3) times ``alpha``
+    (:func:`elastic_warp` with these draws).
 
     Shape:
         (N, C, H, W) -> (N, C, H, W)
     """
     (alpha, sigma, jitter), scale = TABLES["elastic_transform"].row(images, severity)
-    alpha, sigma, jitter = alpha * scale, sigma * scale, jitter * scale
     gen = resolve_generator(generator)
     x = to_work(images)
+    n, _, h, w = x.shape
+    jitter_px = random_uniform((n, 3, 2), gen, like=x, low=-jitter * scale, high=jitter * scale)
+    noise = random_uniform((n, 2, h, w), gen, like=x, low=-1.0, high=1.0)
+    out = elastic_warp(x, jitter_px, noise, alpha=alpha * scale, sigma=sigma * scale)
+    return finish(out.to(x.dtype), images)
+
+
+def elastic_warp(x: Tensor, jitter: Tensor, noise: Tensor, *, alpha: float, sigma: float) -> Tensor:
+    """The reference's elastic deformation for given random draws (``make_imagenet_c.py``).
+
+    Args:
+        x: images (N, C, H, W).
+        jitter: (N, 3, 2) pixel offsets (x, y) of the affine map's three reference points
+            ``(cx + q, cy + q)``, ``(cx + q, cy - q)``, ``(cx - q, cy - q)``, with
+            ``(cx, cy) = (W // 2, H // 2)`` and ``q = min(H, W) // 3``; the image is warped by the
+            affine map taking the points to their moved places (``cv2.warpAffine``, bilinear,
+            reflect-101 border).
+        noise: (N, 2, H, W) uniform draws in [-1, 1]: channel 0 the x, channel 1 the y
+            displacement before smoothing (Gaussian of ``sigma``, truncate 3, ``reflect`` border)
+            and scaling by ``alpha``; the warped image is then sampled at ``(y + dy, x + dx)``
+            (``scipy.ndimage.map_coordinates``, order 1, ``reflect`` border).
+
+    Returns:
+        (N, C, H, W) in float64 for float64 ``x``, else float32 (unclipped).
+    """
     n, _, h, w = x.shape
     grid_dtype = torch.float32 if x.dtype != torch.float64 else torch.float64
 
@@ -189,7 +215,8 @@ def elastic_transform(images: Tensor, severity: int, generator: torch.Generator 
     src = torch.tensor(
         [[cx + sq, cy + sq], [cx + sq, cy - sq], [cx - sq, cy - sq]], dtype=torch.float64, device=x.device
     )
-    moved = src + random_uniform((n, 3, 2), gen, like=x, low=-jitter, high=jitter).double()
+    # The reference's points are np.float32 arrays: the moved points are float32 sums.
+    moved = (src.float() + jitter.to(device=x.device, dtype=torch.float32)).double()
     ones = torch.ones(n, 3, 1, dtype=torch.float64, device=x.device)
     inverse = torch.linalg.solve(torch.cat((moved, ones), dim=-1), src.expand(n, 3, 2))  # (N, 3, 2)
     ys, xs = torch.meshgrid(
@@ -205,13 +232,11 @@ def elastic_transform(images: Tensor, severity: int, generator: torch.Generator 
     )
 
     # Elastic: smoothed uniform displacement, sampled with SciPy's half-sample "reflect" border.
-    noise = random_uniform((n, 2, h, w), gen, like=x, low=-1.0, high=1.0).to(grid_dtype)
-    disp = gaussian_filter(noise, sigma, truncate=3.0, mode="reflect") * alpha  # sigma 0: no smoothing
+    disp = gaussian_filter(noise.to(grid_dtype), sigma, truncate=3.0, mode="reflect") * alpha  # sigma 0: none
     px = xs.to(grid_dtype) + disp[:, 0]
     py = ys.to(grid_dtype) + disp[:, 1]
     grid = _pixel_grid(px, py, h, w, align_corners=False)
-    out = F.grid_sample(warped, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    return finish(out.to(x.dtype), images)
+    return F.grid_sample(warped, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 def box_resize_matrix(in_size: int, out_size: int, *, dtype: torch.dtype = torch.float64) -> Tensor:
