@@ -385,7 +385,7 @@ def test_snow_on_black_image(side: int, severity: int) -> None:
 
 
 def _opencv_chamfer5(src: np.ndarray) -> np.ndarray:
-    """OpenCV's two-pass ``distanceTransform_5x5`` (distransform.cpp) transcribed loop for loop,
+    """OpenCV 2.x's two-pass ``distanceTransform_5x5`` (distransform.cpp) transcribed loop for loop,
     in 16-bit fixed point: distance to the nearest zero of ``src``, in units of 2**-16 px."""
     hv, diag, knight = 65536, 91750, 143976
     far = 2**32 - 1 - knight

@@ -380,7 +380,7 @@ def _dilate3x3(mask: Tensor) -> Tensor:
 
 
 # OpenCV's 5x5 chamfer weights for DIST_L2 (a step along an axis, a diagonal, a knight's move),
-# in its 16-bit fixed point: cvRound(w * 2**16) of 1, 1.4f and 2.1969f.
+# 1, 1.4f and 2.1969f, in 16-bit fixed point: cvRound(w * 2**16), as OpenCV 2.x summed them.
 CHAMFER_SHIFT = 16
 CHAMFER_STEPS = (
     ((0, 1), 65536), ((1, 0), 65536),
@@ -392,16 +392,16 @@ CHAMFER_STEPS = (
 def _chamfer_distance(edges: Tensor, *, cap: float) -> Tensor:
     """``cv2.distanceTransform(~edges, DIST_L2, 5)`` truncated at ``cap``, in units of ``2**-16`` px.
 
-    OpenCV (3.x, 4.x) runs two raster scans of the 5x5 chamfer mask in 16-bit fixed point; the
-    result is the cheapest path from an edge pixel in steps of the mask. The mask's norm is the
+    OpenCV runs two raster scans of the 5x5 chamfer mask; the result is the cheapest path from an
+    edge pixel in steps of the mask (2.x summed them in 16-bit fixed point, 3.4 to 5.0 add the
+    float32 weights along the scan, within 1e-4 px of the exact sums). The mask's norm is the
     infimal convolution of its 8 step directions (two adjacent steps of the mask span a
     unimodular cone, so every offset splits into whole steps of two of them, and both partial
     sums stay between the end points, inside the image), so the same integers come from one
     1-D distance transform per direction, each a few shifted minima with doubling steps
     (1, 2, 4, ... steps; offsets beyond ``cap`` are not needed). Every value ever written is
     the cost of a real path, so updating in place (reading partly updated values) stays exact.
-    Integers below 2**24: exact in float32. (OpenCV 5 sums the same weights in float32, within
-    1e-4 px of these.)
+    Integers below 2**24: exact in float32.
     """
     limit = round(cap * (1 << CHAMFER_SHIFT))
     dist = torch.where(edges, 0.0, float(limit + 1))  # beyond the cap is as good as unreachable
