@@ -43,6 +43,7 @@ __all__ = [
     "check_images",
     "check_severity",
     "clipped_zoom",
+    "eight_bit_images",
     "filter2d",
     "finish",
     "gaussian_filter",
@@ -61,7 +62,9 @@ __all__ = [
     "resolve_generator",
     "rgb_to_gray",
     "rgb_to_hsv",
+    "round_to_8bit",
     "to_work",
+    "truncate_to_8bit",
     "with_rgb",
     "worker_pool",
 ]
@@ -327,9 +330,35 @@ def random_poisson(rates: Tensor, generator: torch.Generator) -> Tensor:
 
 
 EIGHT_BIT_LEVELS = 256
+EIGHT_BIT_TOLERANCE = 1e-3
+"""How far (in units of one level, 1/255) a value may sit from a level ``k / 255`` and still
+count as 8-bit: float32 ``k / 255`` and its rounding noise pass, anything resampled does not."""
 
 
-def eight_bit_levels(images: Tensor, *, tolerance: float = 1e-3) -> Tensor | None:
+def truncate_to_8bit(x: Tensor) -> Tensor:
+    """``np.uint8(clip(x, 0, 1) * 255) / 255`` in ``x``'s dtype: a float image stored as uint8
+    the way the reference code stores it (the cast truncates)."""
+    return torch.floor(x.clamp(0.0, 1.0) * 255) / 255
+
+
+def round_to_8bit(x: Tensor) -> Tensor:
+    """``clip(x, 0, 1)`` rounded to the nearest level ``k / 255`` (as PNG writers and codecs do)."""
+    return torch.round(x.clamp(0.0, 1.0) * 255) / 255
+
+
+def eight_bit_images(x: Tensor, *, tolerance: float = EIGHT_BIT_TOLERANCE) -> Tensor:
+    """(N,) bool: whether every value of image ``i`` is within ``tolerance / 255`` of a level ``k / 255``.
+
+    One scratch buffer and in-place passes (``round(255 x) - 255 x``, then its largest magnitude
+    per image): a fresh full-size buffer per step costs more in page faults than the arithmetic.
+    """
+    if x.numel() == 0:
+        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    scratch = x.mul(255).round_()
+    return scratch.sub_(x, alpha=255).abs_().flatten(1).amax(dim=1) <= tolerance
+
+
+def eight_bit_levels(images: Tensor, *, tolerance: float = EIGHT_BIT_TOLERANCE) -> Tensor | None:
     """``round(255 x)`` as int64 when every value lies within ``tolerance`` of a level ``k / 255``
     (an 8-bit image in float), else ``None``."""
     scaled = images.float() * (EIGHT_BIT_LEVELS - 1)

@@ -43,7 +43,9 @@ from ._common import (
     random_integers,
     random_uniform,
     resolve_generator,
+    round_to_8bit,
     to_work,
+    truncate_to_8bit,
 )
 
 __all__ = [
@@ -216,7 +218,7 @@ def glass_blur(images: Tensor, severity: int, generator: torch.Generator | None 
     x = to_work(images)
     n, c, h, w = x.shape
     # The reference stores the first blur as uint8 (truncating) before shuffling.
-    x = torch.floor(gaussian_filter(x, sigma).clamp(0, 1) * 255) / 255
+    x = truncate_to_8bit(gaussian_filter(x, sigma))
     if h > 2 * delta and w > 2 * delta:  # else no interior pixel: nothing moves
         # One draw per pixel and pass picks (dy, dx) uniformly from [-delta, delta)^2.
         pick = random_integers(0, 4 * delta * delta, (iterations, n, h - 2 * delta, w - 2 * delta), gen, like=x)
@@ -239,7 +241,7 @@ def motion_blur(images: Tensor, severity: int, generator: torch.Generator | None
     out = apply_motion_blur(x, radius=radius * scale, sigma=sigma * scale, angles=angles)
     # The reference's result is ImageMagick's 8-bit PNG (rounded to the nearest level), not a
     # float it truncates later: round here too, or a stored copy would sit half a level darker.
-    return finish(out.clamp_(0.0, 1.0).mul_(255).round_().div_(255), images)
+    return finish(round_to_8bit(out), images)
 
 
 def zoom_blur(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:

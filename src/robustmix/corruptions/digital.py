@@ -44,6 +44,7 @@ from torch import Tensor
 from ._common import (
     SeverityTable,
     banded_product,
+    eight_bit_images,
     finish,
     gaussian_filter,
     map_split,
@@ -273,7 +274,7 @@ def pixelate(images: Tensor, severity: int, generator: torch.Generator | None = 
     x = to_work(images)
     n, ch, h, w = x.shape
     sh, sw = max(1, int(h * c)), max(1, int(w * c))
-    eight_bit = _eight_bit_images(x)
+    eight_bit = eight_bit_images(x)
     if bool(eight_bit.all()):
         small = _pil_box_down_8bit(x, sh, sw).div_(255)
     elif not bool(eight_bit.any()):
@@ -284,18 +285,6 @@ def pixelate(images: Tensor, severity: int, generator: torch.Generator | None = 
         small[~eight_bit] = _pil_box_down_float(x[~eight_bit], sh, sw).view(-1, ch, sh, sw)
     # Up: PIL's BOX upsampling takes the one pixel under each output centre (nearest-exact).
     return _upsample_pixels(small.view(n, ch, sh, sw), h, w).to(images.dtype)
-
-
-def _eight_bit_images(x: Tensor, tolerance: float = 1e-3) -> Tensor:
-    """(N,) bool: whether every value of image ``i`` is within ``tolerance / 255`` of a level ``k / 255``.
-
-    One scratch buffer and in-place passes (``round(255 x) - 255 x``, then its largest magnitude
-    per image): a fresh full-size buffer per step costs more in page faults than the arithmetic.
-    """
-    if x.numel() == 0:
-        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    scratch = x.mul(255).round_()
-    return scratch.sub_(x, alpha=255).abs_().flatten(1).amax(dim=1) <= tolerance
 
 
 def _pil_box_down_float(x: Tensor, sh: int, sw: int) -> Tensor:

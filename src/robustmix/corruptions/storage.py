@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import reference_scale
+from ._common import reference_scale, round_to_8bit, to_work, truncate_to_8bit
 
 __all__ = ["RELEASE_JPEG_QUALITY", "STORAGE_MODES", "store"]
 
@@ -52,24 +52,23 @@ def store(images: Tensor, mode: str = "release") -> Tensor:
     check_storage_mode(mode)
     if mode == "float":
         return images
-    work = images.float() if images.dtype in (torch.float16, torch.bfloat16) else images
-    levels = work.clamp(0.0, 1.0).mul_(255)
+    work = to_work(images)
     if mode == "round":
-        return levels.round_().div_(255).to(images.dtype)
-    levels.floor_()
+        return round_to_8bit(work).to(images.dtype)
+    stored = truncate_to_8bit(work)
     side = min(int(images.shape[-2]), int(images.shape[-1]))
     if reference_scale(side)[0] == "imagenet":
-        levels = _jpeg_levels(levels, RELEASE_JPEG_QUALITY)
-    return levels.div_(255).to(images.dtype)
+        stored = _jpeg_round_trip(stored, RELEASE_JPEG_QUALITY)
+    return stored.to(images.dtype)
 
 
-def _jpeg_levels(levels: Tensor, quality: int) -> Tensor:
-    """JPEG round trip of 8-bit ``levels`` (float (N, C, H, W)) at ``quality``, as floats 0..255."""
+def _jpeg_round_trip(stored: Tensor, quality: int) -> Tensor:
+    """JPEG round trip at ``quality`` of an image of 8-bit levels ``k / 255`` (float (N, C, H, W))."""
     from .digital import _jpeg_roundtrip  # the codec path of jpeg_compression (libjpeg)
 
-    channels = levels.shape[1]
+    channels = stored.shape[1]
     if channels not in (1, 3):
         raise ValueError(f"images: JPEG storage needs 1 or 3 channels, got {channels}")
-    hwc = levels.to("cpu", torch.uint8).permute(0, 2, 3, 1).contiguous()
-    decoded = _jpeg_roundtrip(hwc.permute(0, 3, 1, 2), quality)  # (N, H, W, C) uint8
-    return decoded.permute(0, 3, 1, 2).to(levels.device, levels.dtype)
+    bytes_hwc = (stored * 255).round_().to("cpu", torch.uint8).permute(0, 2, 3, 1).contiguous()
+    decoded = _jpeg_roundtrip(bytes_hwc.permute(0, 3, 1, 2), quality)  # (N, H, W, C) uint8
+    return decoded.permute(0, 3, 1, 2).to(stored.device, stored.dtype).div_(255)

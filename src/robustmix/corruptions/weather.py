@@ -62,7 +62,9 @@ from ._common import (
     random_uniform,
     resolve_generator,
     rgb_to_gray,
+    round_to_8bit,
     to_work,
+    truncate_to_8bit,
     with_rgb,
 )
 from ._textures import frost_texture, motion_blur_magick, plasma_fractal
@@ -165,10 +167,10 @@ def snow(images: Tensor, severity: int, generator: torch.Generator | None = None
     layer = random_normal((n, rh, rw), generator, like=x, mean=loc, std=scale)
     layer = clipped_zoom(layer, zoom)
     layer = torch.where(layer < threshold, torch.zeros_like(layer), layer)
-    layer = torch.floor(layer.clamp(0.0, 1.0) * 255) / 255  # uint8 PNG handed to ImageMagick
+    layer = truncate_to_8bit(layer)  # uint8 PNG handed to ImageMagick
     angle = random_uniform((n,), generator, like=x, low=-135.0, high=-45.0)
     layer = motion_blur_magick(layer, radius=radius, sigma=sigma, angle_deg=angle)
-    layer = torch.round(layer.clamp(0.0, 1.0) * 255) / 255  # 8-bit result of ImageMagick
+    layer = round_to_8bit(layer)  # 8-bit result of ImageMagick
     layer = layer + layer.flip(-2, -1)  # + np.rot90(layer, k=2)
     layer = _resize(layer.unsqueeze(1), tuple(x.shape[-2:])).to(x.dtype)
     # weight * x + (1 - weight) * max(x, 1.5 * gray + 0.5) + layer in two full-size buffers, each
