@@ -604,6 +604,16 @@ def test_elastic_warp_equals_make_imagenet_c_for_the_same_draws(severity):
         np.testing.assert_allclose(got[i].clamp(0, 1).permute(1, 2, 0).numpy(), want, atol=1e-9)
 
 
+def test_elastic_warp_rejects_draws_of_the_wrong_shape():
+    from robustmix.corruptions.digital import elastic_warp
+
+    x = torch.rand(2, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"jitter: expected shape \(2, 3, 2\)"):
+        elastic_warp(x, torch.zeros(3, 2), torch.zeros(2, 2, 16, 16), alpha=1.0, sigma=1.0)
+    with pytest.raises(ValueError, match=r"noise: expected shape \(2, 2, 16, 16\)"):
+        elastic_warp(x, torch.zeros(2, 3, 2), torch.zeros(2, 16, 16), alpha=1.0, sigma=1.0)
+
+
 def test_elastic_warp_close_to_opencv_affine():
     cv2 = pytest.importorskip("cv2", reason="OpenCV is a benchmark extra, not a test dependency")
     from robustmix.corruptions.digital import elastic_warp

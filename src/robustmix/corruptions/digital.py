@@ -209,6 +209,10 @@ def elastic_warp(x: Tensor, jitter: Tensor, noise: Tensor, *, alpha: float, sigm
         (N, C, H, W) in float64 for float64 ``x``, else float32 (unclipped).
     """
     n, _, h, w = x.shape
+    if tuple(jitter.shape) != (n, 3, 2):
+        raise ValueError(f"jitter: expected shape ({n}, 3, 2), got {tuple(jitter.shape)}")
+    if tuple(noise.shape) != (n, 2, h, w):
+        raise ValueError(f"noise: expected shape ({n}, 2, {h}, {w}), got {tuple(noise.shape)}")
     grid_dtype = torch.float32 if x.dtype != torch.float64 else torch.float64
 
     # Affine: three points around the centre, each jittered; sample at M^-1 (as cv2.warpAffine).
