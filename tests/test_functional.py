@@ -289,6 +289,7 @@ def _with(**changes):
         (_with(targets=torch.zeros(4, 3)), ValueError, "soft targets have 3 classes but num_classes=4"),
         (_with(targets=torch.zeros(4, 2, 2)), ValueError, r"soft targets must have shape \(N, K\)"),
         (_with(targets=torch.full((4, 4), float("nan"))), ValueError, "targets contain NaN"),
+        (_with(targets=torch.tensor([[1.5, -0.5, 0.0, 0.0]] * 4)), ValueError, r"soft targets must lie in \[0, 1\]"),
         (_with(num_classes=None), ValueError, "num_classes is required"),
         (_with(lam_low=1.5), ValueError, r"lam_low must lie in \[0, 1\]"),
         (_with(lam_high=-0.1), ValueError, r"lam_high must lie in \[0, 1\]"),

@@ -79,6 +79,27 @@ def test_p_zero_returns_batch_unmixed_with_smoothed_targets():
     torch.testing.assert_close(soft, F.one_hot(Y, 5, label_smoothing=0.1))
 
 
+@pytest.mark.parametrize("cls", [RobustMix, MixUp, CutMix])
+def test_unmixed_batch_is_checked_for_nan_too(cls):
+    # With p = 0 the batch is never mixed; bad input must still fail, not depend on the draw.
+    bad = X.clone()
+    bad[1, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        cls(5, p=0.0, seed=0)(bad, Y)
+
+
+def test_numpy_scalars_are_accepted_as_floats():
+    # np.float64 subclasses float, np.float32 does not: both are real numbers and must work alike
+    # (values exact in float32, so the two mixers are the same).
+    a = RobustMix(5, alpha=np.float32(0.5), tau=np.float32(0.25), p=np.float32(1.0), seed=0)
+    b = RobustMix(5, alpha=0.5, tau=0.25, p=1.0, seed=0)
+    assert (a.alpha, a.tau, a.p) == (b.alpha, b.tau, b.p)
+    assert all(type(v) is float for v in (a.alpha, a.tau, a.p))
+    torch.testing.assert_close(a(X, Y), b(X, Y), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"tau must lie in \[0, 1\]"):
+        RobustMix(5, tau=np.float32(1.5))
+
+
 def test_p_is_the_mixing_probability():
     mixer = MixUp(5, p=0.3, seed=0)
     applied = sum(mixer.make_params(X).apply for _ in range(2000))

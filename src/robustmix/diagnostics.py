@@ -21,6 +21,7 @@ previous mode is restored), and draw randomness only from an explicit seed/gener
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -250,7 +251,7 @@ def fourier_heatmap(
     _check_images(images)
     labels = _check_labels(labels, images.shape[0])
     batch_size = _check_batch_size(batch_size)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0 or not math.isfinite(eps):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0 or not math.isfinite(eps):
         raise ValueError(f"eps must be a positive finite float, got {eps!r}")
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be a positive int, got {stride!r}")
@@ -322,7 +323,7 @@ def cue_conflict(
     _check_images(images)
     labels = _check_labels(labels, images.shape[0])
     batch_size = _check_batch_size(batch_size)
-    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not 0.0 < cutoff < 1.0:
+    if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Real) or not 0.0 < cutoff < 1.0:
         raise ValueError(f"cutoff must be a float in (0, 1), got {cutoff!r}")
     if generator is None:
         generator = torch.Generator().manual_seed(int(seed))

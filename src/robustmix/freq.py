@@ -16,6 +16,7 @@ with ``k_d = floor(cutoff * n_d + 0.5)`` (nearest integer, halves up).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -220,7 +221,7 @@ def check_unit_weight(value: float | Tensor, name: str, batch: int, device: torc
             if not bool(((v >= 0) & (v <= 1)).all()):
                 raise ValueError(f"{name} must lie in [0, 1], got values in [{v.min():.4g}, {v.max():.4g}]")
             return v
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float in [0, 1] or a 1-D tensor, got {type(value).__name__}")
     value = float(value)
     if not 0.0 <= value <= 1.0:  # also rejects NaN

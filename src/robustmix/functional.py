@@ -14,6 +14,7 @@ Robustmix (Ngnawé et al., arXiv 2304.02847) with ``x1 = images``, ``x2 = images
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -95,7 +96,11 @@ def one_hot(
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing <= 1.0:
+    if (
+        isinstance(label_smoothing, bool)
+        or not isinstance(label_smoothing, numbers.Real)
+        or not 0.0 <= label_smoothing <= 1.0
+    ):
         raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}")
     if not isinstance(targets, Tensor):
         raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
@@ -133,6 +138,9 @@ def _soft_targets(
             )
         if not bool(torch.isfinite(targets).all()):
             raise ValueError("targets contain NaN or inf values")
+        low, high = (float(v) for v in torch.aminmax(targets)) if targets.numel() else (0.0, 0.0)
+        if low < 0.0 or high > 1.0:
+            raise ValueError(f"soft targets must lie in [0, 1], got values in [{low:.4g}, {high:.4g}]")
         return targets.to(device) if device is not None else targets
     if num_classes is None:
         raise ValueError("num_classes is required when targets are integer class ids")
@@ -291,7 +299,7 @@ def _check_energy(energy: str | float) -> str | float:
         if energy not in ENERGY_MODES:
             raise ValueError(f"energy must be one of {ENERGY_MODES} or a float in [0, 1], got {energy!r}")
         return energy
-    if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0.0 <= float(energy) <= 1.0:
+    if isinstance(energy, bool) or not isinstance(energy, numbers.Real) or not 0.0 <= float(energy) <= 1.0:
         raise ValueError(f"energy must be one of {ENERGY_MODES} or a float in [0, 1], got {energy!r}")
     return float(energy)
 

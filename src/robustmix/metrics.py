@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -139,7 +140,7 @@ def _severity(key: Any, where: str) -> int:
 
 
 def _error(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{where}: expected an error rate (float in [0, 1]), got {value!r}")
     value = float(value)
     if not (0.0 <= value <= 1.0):

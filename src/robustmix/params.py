@@ -8,6 +8,7 @@ the same generator state always gives the same parameters, and no global RNG is 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +58,7 @@ def _numpy_rng(generator: torch.Generator) -> np.random.Generator:
 
 def check_probability(value: float, name: str, *, upper_open: bool = False) -> float:
     """``value`` as a float in [0, 1] (or [0, 1) with ``upper_open``); raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
     value = float(value)
     ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
@@ -67,7 +68,7 @@ def check_probability(value: float, name: str, *, upper_open: bool = False) -> f
 
 
 def _check_alpha(alpha: float) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
         raise TypeError(f"alpha must be a positive float, got {type(alpha).__name__}")
     if not (math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"alpha must be a positive finite float (Beta(alpha, alpha)), got {alpha}")

@@ -79,6 +79,7 @@ class _BatchMixer:
         soft = self._soft_targets(images, targets)
         params = self.make_params(images)
         if not params.apply:
+            F._check_finite_images(images)  # the mixing path checks them on the way; so must this one
             return images, soft
         return self._mix(images, soft, params)
 
@@ -108,8 +109,8 @@ class RobustMix(_BatchMixer):
     """Robustmix: Mixup with separate weights for the low and high DCT bands (arXiv 2304.02847).
 
     Per call: ``lam_low, lam_high ~ Beta(alpha, alpha)`` independently, ``cutoff ~ U[tau, 1]``,
-    a random partner permutation; with probability ``1 - p`` the batch is returned unmixed with
-    (smoothed) one-hot targets. Label smoothing is applied to both targets before mixing.
+    a random partner permutation; with probability ``1 - p`` the batch is returned unmixed (the
+    input tensor itself, not a copy) with (smoothed) one-hot targets. Label smoothing is applied to both targets before mixing.
 
     Args:
         num_classes: number of classes of the integer targets.
