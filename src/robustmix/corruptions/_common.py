@@ -49,6 +49,7 @@ __all__ = [
     "gaussian_filter",
     "gaussian_kernel1d",
     "hsv_to_rgb",
+    "imagemagick_8bit",
     "linear_resample_matrix",
     "map_split",
     "motion_blur_offsets",
@@ -344,6 +345,20 @@ def truncate_to_8bit(x: Tensor) -> Tensor:
 def round_to_8bit(x: Tensor) -> Tensor:
     """``clip(x, 0, 1)`` rounded to the nearest level ``k / 255`` (as PNG writers and codecs do)."""
     return torch.round(x.clamp(0.0, 1.0) * 255) / 255
+
+
+def imagemagick_8bit(x: Tensor) -> Tensor:
+    """The 8-bit PNG ImageMagick (Q16) writes for an image ``x`` in [0, 1] it computed, as ``k / 255``.
+
+    ImageMagick keeps the result as a 16-bit quantum ``q = round(65535 x)`` (257 per 8-bit
+    level) and its 8-bit PNG holds ``q // 257``: nearly ``floor(255 x)``, one level higher only
+    within 1/514 of a level below an integer, never rounded to the nearest level. Measured
+    through the reference's own path (PNG blob, Wand ``motion_blur``, ``make_blob``,
+    ``cv2.imdecode``) on ImageMagick 6.9.11-60 Q16: equal on 100 % of pixels (16 images at
+    random angles); rounding to the nearest level matched 51 %.
+    """
+    q = torch.floor(x.clamp(0.0, 1.0) * 65535 + 0.5)
+    return torch.floor(q / 257) / 255
 
 
 def eight_bit_images(x: Tensor, *, tolerance: float = EIGHT_BIT_TOLERANCE) -> Tensor:

@@ -26,7 +26,8 @@ Deviations from the reference, and why:
   shrinks the photos by 0.2 before cropping 32 px; the bank is shrunk the same way.
 * Snow: ImageMagick's motion blur (called through Wand) is rebuilt in torch with ImageMagick's
   own kernel (one-sided Gaussian taps, rounded integer offsets, edge pixels); the 8-bit
-  quantisation around it (PNG round trip) is kept.
+  quantisation around it (PNG round trip) is kept, ImageMagick's on the way out
+  (:func:`._common.imagemagick_8bit`).
 * Spatter (water, severities 1-3): OpenCV's Canny is rebuilt with Sobel magnitudes, non-maximum
   suppression and hysteresis by iterated dilation; ``distanceTransform`` (DIST_L2, 5x5 mask) is
   the same chamfer distance (steps 1, 1.4, 2.1969), summed exactly in 16-bit fixed point where
@@ -56,13 +57,13 @@ from ._common import (
     filter2d,
     finish,
     gaussian_filter,
+    imagemagick_8bit,
     pad2d,
     random_integers,
     random_normal,
     random_uniform,
     resolve_generator,
     rgb_to_gray,
-    round_to_8bit,
     to_work,
     truncate_to_8bit,
     with_rgb,
@@ -170,7 +171,7 @@ def snow(images: Tensor, severity: int, generator: torch.Generator | None = None
     layer = truncate_to_8bit(layer)  # uint8 PNG handed to ImageMagick
     angle = random_uniform((n,), generator, like=x, low=-135.0, high=-45.0)
     layer = motion_blur_magick(layer, radius=radius, sigma=sigma, angle_deg=angle)
-    layer = round_to_8bit(layer)  # 8-bit result of ImageMagick
+    layer = imagemagick_8bit(layer)  # 8-bit result of ImageMagick
     layer = layer + layer.flip(-2, -1)  # + np.rot90(layer, k=2)
     layer = _resize(layer.unsqueeze(1), tuple(x.shape[-2:])).to(x.dtype)
     # weight * x + (1 - weight) * max(x, 1.5 * gray + 0.5) + layer in two full-size buffers, each
