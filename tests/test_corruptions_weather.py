@@ -222,6 +222,12 @@ def test_severity_monotone(name: str, side: int) -> None:
         # severity 3, 0.031 at 4.
         assert dec[3] < dec[2]
         steps.pop(2)
+    elif name == "frost":
+        # ImageNet-C frost 3 -> 4 likewise only lowers the image weight (0.7 -> 0.65) at the same
+        # frost weight 0.7: which way it goes depends on how much of the window clips at 1 (over
+        # 4 seeds of 32 images at 64 px: +0.002, -0.005, -0.002, +0.002). A near tie, not a step.
+        assert abs(dec[3] - dec[2]) < 0.1 * dec[2]
+        steps.pop(2)
     assert all(b > a for a, b in steps), dec
     diff = [float((y - x).abs().mean()) for y in outs]
     if name != "frost":

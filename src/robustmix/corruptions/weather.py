@@ -252,8 +252,10 @@ def _frost_crops(n: int, which: str, rh: int, rw: int, generator: torch.Generato
         size = (math.ceil(bank.shape[-2] * scale), math.ceil(bank.shape[-1] * scale))
         bank = F.interpolate(bank, size=size, mode="bilinear", align_corners=False)
     which_photo = random_integers(0, bank.shape[0], (n,), generator, like=like)
-    top = random_integers(0, bank.shape[-2] - rh + 1, (n,), generator, like=like)
-    left = random_integers(0, bank.shape[-1] - rw + 1, (n,), generator, like=like)
+    # np.random.randint(0, photo side - crop side) as in the reference: its last window is never
+    # drawn (exclusive bound); one window when the photo is exactly the crop's size.
+    top = random_integers(0, max(bank.shape[-2] - rh, 1), (n,), generator, like=like)
+    left = random_integers(0, max(bank.shape[-1] - rw, 1), (n,), generator, like=like)
     rows = (top.view(n, 1) + torch.arange(rh, device=like.device)).view(n, 1, rh, 1)
     cols = (left.view(n, 1) + torch.arange(rw, device=like.device)).view(n, 1, 1, rw)
     channels = torch.arange(3, device=like.device).view(1, 3, 1, 1)
