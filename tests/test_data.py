@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import gzip
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -551,6 +552,10 @@ def test_load_cifar_c_errors(tmp_path: Path) -> None:
         ValueError, match=r"labels\.npy: shape \(15,\) does not match .* \(10,\) or \(2,\)"
     ):
         load_cifar_c(tmp_path, "snow", 1)
+    full = (tmp_path / "gaussian_noise.npy").read_bytes()
+    (tmp_path / "fog.npy").write_bytes(full[: len(full) // 2])  # a download cut short
+    with pytest.raises(ValueError, match=r"fog\.npy: not a readable \.npy array .*truncated"):
+        load_cifar_c(tmp_path, "fog", 1)
     (tmp_path / "labels.npy").unlink()
     with pytest.raises(FileNotFoundError, match=r"labels\.npy does not exist"):
         load_cifar_c(tmp_path, "gaussian_noise", 1)
@@ -573,3 +578,23 @@ def test_imagenet_c_folder(tmp_path: Path) -> None:
         imagenet_c_folder(tmp_path, "gaussian_noise", 1)
     with pytest.raises(ValueError, match=r"severity must be one of"):
         imagenet_c_folder(tmp_path, "gaussian_noise", 7)
+
+
+def test_imagenet_c_folder_names_bad_files_and_empty_folders(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "fog", classes=("n01", "n02"), per_class=2, splits=("2",))
+    from PIL import Image
+
+    victim = tmp_path / "fog" / "2" / "n02" / "0.JPEG"  # sorts first in n02: item 2
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(victim, quality=85)
+    victim.write_bytes(victim.read_bytes()[:2000])  # a JPEG cut short (PIL: "image file is truncated")
+    ds = imagenet_c_folder(tmp_path, "fog", 2)
+    assert ds[0][0].shape[0] == 3  # the good files still load
+    with pytest.raises(ValueError, match=rf"{re.escape(str(victim))}: not a readable image .*truncated"):
+        ds[2]
+    victim.write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(victim))}: not a readable image"):
+        imagenet_c_folder(tmp_path, "fog", 2)[2]
+    (tmp_path / "fog" / "4" / "n01").mkdir(parents=True)  # class folder without images
+    with pytest.raises(FileNotFoundError, match=r"ImageNet-C 'fog' severity 4: .*fog/4 holds no images"):
+        imagenet_c_folder(tmp_path, "fog", 4)

@@ -18,6 +18,8 @@ import torch
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
+from .folders import image_folder
+
 __all__ = ["SEVERITIES", "imagenet_c_folder", "list_cifar_c", "load_cifar_c"]
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -69,11 +71,7 @@ def load_cifar_c(
             f"{labels_path} does not exist; a CIFAR-10-C style folder needs labels.npy "
             "with shape (5*N,) or (N,)"
         )
-    try:
-        images = np.load(path, mmap_mode="r", allow_pickle=False)
-        labels = np.load(labels_path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise ValueError(f"{path} or {labels_path}: not a readable .npy array ({exc})") from exc
+    images, labels = _load_npy(path), _load_npy(labels_path)
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise ValueError(
             f"{path}: expected uint8 images of shape (5*N, H, W, C) or (5*N, H, W), got "
@@ -101,6 +99,16 @@ def load_cifar_c(
         out = out[..., None]
     out_labels = np.array(labels[rows] if labels.shape[0] == total else labels, dtype=np.int64)
     return out, out_labels
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """Memory-map a ``.npy`` array; a truncated or foreign file is reported by name."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(
+            f"{path}: not a readable .npy array ({exc}); the file may be truncated: re-extract it"
+        ) from exc
 
 
 def imagenet_c_folder(
@@ -143,4 +151,4 @@ def imagenet_c_folder(
         transform = v2.Compose(
             [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor()]
         )
-    return ImageFolder(str(sev_folder), transform=transform)
+    return image_folder(sev_folder, transform, what=f"ImageNet-C {corruption!r} severity {severity}")

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 from torchvision.transforms import v2
 
 from .augment import AUGMENTATIONS, build_transform, to_float01
 from .cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, load_cifar
+from .folders import image_folder
 from .idx import FASHION_MNIST_CLASSES, load_fashion_mnist
 from .synthetic import make_synthetic
 
@@ -242,7 +242,7 @@ def load_split_tensors(
     prep = v2.Compose(
         [v2.ToImage(), v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
     )
-    folder = ImageFolder(str(_imagefolder_split(root, split)), transform=prep)
+    folder = image_folder(_imagefolder_split(root, split), prep, what=f"imagefolder split {split!r}")
     count = len(folder) if limit is None else min(limit, len(folder))
     images = np.empty((count, size, size, 3), dtype=np.uint8)
     labels = np.empty(count, dtype=np.int64)
@@ -294,7 +294,7 @@ def build_dataset(
         transform = build_transform(
             key, split=split, augment=augment, image_size=size, native_size=None
         )
-        folder = ImageFolder(str(_imagefolder_split(root, split)), transform=transform)
+        folder = image_folder(_imagefolder_split(root, split), transform, what=f"imagefolder split {split!r}")
         if limit is not None and limit < len(folder):
             return torch.utils.data.Subset(folder, range(limit))
         return folder
