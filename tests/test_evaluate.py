@@ -311,6 +311,25 @@ def test_imagenet_c_source(tmp_path) -> None:
     assert results["corrupted_loss"]["fog"]["3"] == pytest.approx(loss, rel=1e-5)
 
 
+def test_imagenet_c_source_refuses_severities_with_other_classes(tmp_path) -> None:
+    # A severity folder missing a class would shift every later label (sorted folder index).
+    from PIL import Image
+
+    ckpt = _make_checkpoint(
+        tmp_path / "rgb.pt", dataset="synthetic_rgb", in_channels=3, image_size=32
+    )
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    for severity, classes in (("1", ("a", "b", "c")), ("2", ("a", "c"))):
+        for name in classes:
+            folder = tmp_path / "inc" / "fog" / severity / name
+            folder.mkdir(parents=True)
+            Image.fromarray(pixels).save(folder / "0.png")
+    with pytest.raises(ValueError, match=r"fog/2: its class folders differ from those of fog/1 "
+                                         r"\(missing \['b'\], extra \[\]\)"):
+        evaluate_checkpoint(ckpt, source=tmp_path / "inc", corruptions="fog", severities="1-2",
+                            progress=False)
+
+
 def test_checkpoint_bad_paths(checkpoint, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         evaluate_checkpoint(tmp_path / "nope.pt", corruptions="none", progress=False)

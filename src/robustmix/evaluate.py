@@ -350,6 +350,32 @@ def _check_limit(limit: int | None) -> None:
         raise ValueError(f"limit: expected a positive int or None, got {limit!r}")
 
 
+def _folder_classes(dataset: Any) -> list[str]:
+    """Class folder names of an ImageFolder, or of the one under a Subset."""
+    return list(getattr(dataset, "dataset", dataset).classes)
+
+
+def _check_same_classes(
+    classes: list[str], where: str, expected: tuple[list[str], str] | None
+) -> tuple[list[str], str]:
+    """Folder labels are the index of the class folder in sorted order, so a severity folder
+    that lacks (or adds) a class shifts every label after it without any error (the reference's
+    ImageFolder per folder does the same). Refuse that instead: every folder must hold the classes
+    of the clean set, or of the first corrupted folder read."""
+    if expected is None:
+        return list(classes), where
+    want, source = expected
+    if list(classes) != want:
+        missing = sorted(set(want) - set(classes))[:5]
+        extra = sorted(set(classes) - set(want))[:5]
+        raise ValueError(
+            f"source folder {where}: its class folders differ from those of {source} "
+            f"(missing {missing}, extra {extra}); labels are the sorted folder index, so every "
+            "corruption and severity needs the same class folders"
+        )
+    return expected
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     *,
@@ -451,10 +477,12 @@ def evaluate_checkpoint(
         )
         clean_loader, n_clean = _folder_loader(clean_ds, limit, batch_size)
         clean_args: tuple[Any, Any] = (clean_loader, None)
+        folder_classes: tuple[list[str], str] | None = (_folder_classes(clean_ds), "the clean set")
     else:
         images, labels = load_split_tensors(name, root=root_dir, split="test", limit=limit)
         n_clean = len(labels)
         clean_args = (images, labels)
+        folder_classes = None
 
     bar = _Progress(enabled=progress, total=n_clean * (1 + len(names) * len(severities)))
     corrupted: dict[str, dict[str, float]] = {}
@@ -484,6 +512,8 @@ def evaluate_checkpoint(
                     folder = imagenet_c_folder(
                         root, corruption, severity, _image_transform(image_size)
                     )
+                    where = f"{corruption}/{severity}"
+                    folder_classes = _check_same_classes(folder.classes, where, folder_classes)
                     loader, n = _folder_loader(folder, limit, batch_size)
                     bar.grow(n - n_clean)
                     result = evaluate_model(model, loader, on_batch=bar.update, **run)
