@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -30,6 +34,34 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
         atomic_write(path, explode)
     assert read_json(path) == {"old": True}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_sigkill_mid_write_keeps_old_file_and_next_write_sweeps_its_temp(tmp_path):
+    path = write_json(tmp_path / "ckpt.json", {"epoch": 1})
+    code = (
+        "import sys, time\n"
+        "from robustmix._io import atomic_write\n"
+        "def slow(f):\n"
+        "    f.write(b'{\"epoch\": 2'); f.flush(); time.sleep(60)\n"
+        "atomic_write(sys.argv[1], slow)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code, str(path)])
+    try:
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob(".ckpt.json.*.tmp")):
+            assert writer.poll() is None and time.monotonic() < deadline, "writer never started"
+            time.sleep(0.02)
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert read_json(path) == {"epoch": 1}  # the old file, whole
+    (orphan,) = tmp_path.glob(".ckpt.json.*.tmp")
+    assert orphan.name.startswith(f".ckpt.json.{writer.pid}.")
+    live = tmp_path / f".ckpt.json.{os.getppid()}.abc.tmp"  # a writer still running: kept
+    live.write_bytes(b"")
+    write_json(path, {"epoch": 2})
+    assert read_json(path) == {"epoch": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpt.json", live.name])
 
 
 def test_append_jsonl(tmp_path):

@@ -155,6 +155,43 @@ def test_killed_subprocess_resumes_to_same_weights(reference: dict[str, Any], tm
     assert [json.loads(s)["epoch"] for s in lines] == list(range(1, EPOCHS + 1))
 
 
+def test_random_augmentation_does_not_depend_on_worker_count(tmp_path: Path) -> None:
+    # Per-image transforms draw from torch's default generator, which DataLoader seeds per
+    # worker; the trainer seeds it per image instead, so workers may change on resume.
+    runs = {}
+    for workers in (0, 2):
+        cfg = _config(tmp_path / str(workers), epochs=2, augment="trivialaugment", workers=workers)
+        runs[workers] = train(cfg)["weights_sha256"]
+    resumed = tmp_path / "resumed"
+    cfg = _config(resumed, epochs=2, augment="trivialaugment", workers=2)
+    train(cfg, stop_after_epoch=1)
+    assert train(cfg.replace(resume=True, workers=0))["weights_sha256"] == runs[0]
+    assert runs[0] == runs[2]
+    # and the augmentation is really random: another seed's augmentation gives other weights
+    other = _config(tmp_path / "other", epochs=2, augment="none", workers=0)
+    assert train(other)["weights_sha256"] != runs[0]
+
+
+def test_seeded_items_draws_depend_on_epoch_seed_and_index_only() -> None:
+    from robustmix.train.run import SeededItems
+
+    class Draw(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            return torch.rand(3)
+
+    items = SeededItems(Draw(), epoch_seed=11)
+    before = torch.random.get_rng_state()
+    first = [items[i] for i in range(4)]
+    assert torch.equal(torch.random.get_rng_state(), before)  # main process: state restored
+    assert all(torch.equal(a, b) for a, b in zip(first, [items[i] for i in (0, 1, 2, 3)]))
+    assert not torch.equal(first[0], first[1])  # per index
+    items.epoch_seed = 12
+    assert not torch.equal(items[0], first[0])  # per epoch
+
+
 def test_different_seed_gives_different_weights(reference: dict[str, Any], tmp_path: Path) -> None:
     result = train(_config(tmp_path, seed=4))
     assert result["weights_sha256"] != reference["result"]["weights_sha256"]

@@ -202,10 +202,11 @@ def _check_range(
     low_open: bool = False,
     high_open: bool = False,
 ) -> None:
+    # An infinite bound means "any finite value": inf as lr or weight decay trains to NaN.
     ok_low = value > low if low_open else value >= low
     ok_high = value < high if high_open else value <= high
-    if not (ok_low and ok_high and not math.isnan(value)):
-        left, right = "(" if low_open else "[", ")" if high_open else "]"
+    if not (ok_low and ok_high and math.isfinite(value)):
+        left, right = "(" if low_open else "[", ")" if (high_open or math.isinf(high)) else "]"
         raise ValueError(f"{name} must lie in {left}{low}, {high}{right}, got {value}")
 
 

@@ -1,8 +1,9 @@
 """Wiring: build data, model, optimizer, schedule and mixer from a :class:`TrainConfig`, then loop.
 
 Reproducibility contract: every random stream of epoch ``e`` on rank ``r`` (data order,
-DataLoader worker seeds, per-image augmentation, dropout, mixing parameters) is re-derived at
-the start of the epoch from ``(seed, e, r)``. The model, optimizer, scheduler and scaler states
+DataLoader worker seeds, dropout, mixing parameters) is re-derived at the start of the epoch
+from ``(seed, e, r)``; per-image augmentation from ``(seed, e, image index)`` (:class:`SeededItems`),
+so it does not depend on which worker or rank reads the image. The model, optimizer, scheduler and scaler states
 are checkpointed after every epoch, so a run resumed from the checkpoint after epoch ``e``
 computes exactly what the uninterrupted run computes from there (bit-exact on CPU), also under
 DDP and with any number of workers; no RNG state has to be gathered from the ranks.
@@ -59,7 +60,7 @@ METRICS_JSONL_NAME = "metrics.jsonl"
 METRICS_NAME = "metrics.json"
 
 # Stream ids for derive_seed: one independent stream per consumer of randomness.
-_MODEL, _EPOCH, _LOADER, _MIXER, _SUBSET = range(5)
+_MODEL, _EPOCH, _LOADER, _MIXER, _SUBSET, _AUGMENT = range(6)
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -121,6 +122,47 @@ def _mixer_options(config: TrainConfig, generator: torch.Generator) -> dict[str,
     if config.tau is not None:  # None keeps the mixer's own default
         options["tau"] = config.tau
     return options
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """One SplitMix64 step: a cheap, well-mixed 64-bit hash (per-item seeds, millions per run)."""
+    z = (x + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+class SeededItems(Dataset):
+    """``dataset[i]`` with torch's default generator seeded from ``(epoch_seed, i)`` first.
+
+    Random per-image transforms (crop, flip, RandAugment, ...) draw from torch's default
+    generator, which DataLoader seeds per *worker*: which worker reads an image, and so its
+    augmentation, would depend on the worker count. Seeding per item makes an epoch's
+    augmentation a function of ``(seed, epoch, index)`` alone: the same for any number of
+    workers or ranks, so ``workers`` may change on resume. In the main process (no workers)
+    the generator's state is restored afterwards, so dropout's stream is not disturbed either.
+    Set :attr:`epoch_seed` before each epoch's iterator is made (workers copy the dataset then).
+    """
+
+    def __init__(self, dataset: Dataset, epoch_seed: int = 0) -> None:
+        self.dataset = dataset
+        self.epoch_seed = epoch_seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        generator = torch.default_generator
+        saved = generator.get_state() if torch.utils.data.get_worker_info() is None else None
+        generator.manual_seed(_splitmix64(self.epoch_seed ^ _splitmix64(int(index))) >> 1)
+        try:
+            return self.dataset[index]
+        finally:
+            if saved is not None:
+                generator.set_state(saved)
 
 
 def _subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
@@ -207,7 +249,7 @@ def build_loaders(config: TrainConfig, ctx: DistContext) -> Loaders:
     info = dataset_info(config.dataset, root=config.data_dir)
     train_set = build_dataset(config.dataset, root=config.data_dir, split="train", augment=config.augment)
     test_set = build_dataset(config.dataset, root=config.data_dir, split="test", augment="none")
-    train_set = _subset(train_set, config.limit_train, derive_seed(config.seed, _SUBSET, 0))
+    train_set = SeededItems(_subset(train_set, config.limit_train, derive_seed(config.seed, _SUBSET, 0)))
     test_set = _subset(test_set, config.limit_test, derive_seed(config.seed, _SUBSET, 1))
     sampler = DistributedSampler(
         train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
@@ -390,6 +432,7 @@ def _train(
         data.sampler.set_epoch(epoch)
         data.generator.manual_seed(derive_seed(config.seed, _LOADER, epoch, ctx.rank))
         parts.mixer_generator.manual_seed(derive_seed(config.seed, _MIXER, epoch, ctx.rank))
+        data.train.dataset.epoch_seed = derive_seed(config.seed, _AUGMENT, epoch)  # type: ignore[attr-defined]
         _seed_global_rngs(derive_seed(config.seed, _EPOCH, epoch, ctx.rank), ctx.device)
         lr = optimizer.param_groups[0]["lr"]
         tr = train_one_epoch(
