@@ -101,10 +101,34 @@ def test_filtered_accuracy_feeds_scipy_bands_with_grey_added():
     assert high_seen.min() < 0  # not clipped: clipping would re-inject low frequencies
 
 
-def test_filtered_accuracy_restores_training_mode():
-    model = MeanModel().train()
-    D.filtered_accuracy(model, two_level_images([0.2]), torch.tensor([0]), cutoffs=[0.5])
-    assert model.training
+def test_probes_restore_every_module_mode():
+    # A model in training with a frozen BatchNorm inside must come back exactly so.
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2 * 16, 2))
+    model.train()
+    model[1].eval()
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    for probe in (
+        lambda: D.filtered_accuracy(model, x, y, cutoffs=[0.5]),
+        lambda: D.fourier_heatmap(model, x, y, eps=1.0, seed=0),
+        lambda: D.cue_conflict(model, x, y, cutoff=0.5, seed=0),
+    ):
+        probe()
+        assert [m.training for m in model] == [True, False, True, True]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available on this machine (CPU-only CI)")
+def test_probes_take_labels_on_the_model_device():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).cuda()
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    on_cpu = (D.filtered_accuracy(model, x, y, cutoffs=[0.5]), D.cue_conflict(model, x, y, cutoff=0.5, seed=0),
+              D.fourier_heatmap(model, x, y, eps=1.0, seed=0))
+    on_gpu = (D.filtered_accuracy(model, x.cuda(), y.cuda(), cutoffs=[0.5]),
+              D.cue_conflict(model, x.cuda(), y.cuda(), cutoff=0.5, seed=0),
+              D.fourier_heatmap(model, x.cuda(), y.cuda(), eps=1.0, seed=0))
+    assert on_cpu[:2] == on_gpu[:2]
+    torch.testing.assert_close(on_cpu[2], on_gpu[2], equal_nan=True)
 
 
 @pytest.mark.parametrize(

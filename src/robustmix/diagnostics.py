@@ -64,7 +64,7 @@ def _check_labels(labels: Tensor, n: int) -> Tensor:
         raise TypeError(f"labels must be an integer torch.Tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
     if labels.shape != (n,):
         raise ValueError(f"labels must have shape ({n},) to match images, got {tuple(labels.shape)}")
-    return labels.long()
+    return labels.long().cpu()  # compared with predictions gathered on the CPU
 
 
 def _check_batch_size(batch_size: int) -> int:
@@ -93,14 +93,16 @@ def _model_device(model: nn.Module, device: torch.device | str | None) -> torch.
 
 @contextmanager
 def _evaluating(model: nn.Module) -> Iterator[None]:
-    # Diagnostics must not update BatchNorm statistics or see dropout; restore the caller's mode.
-    was_training = model.training
+    # Diagnostics must not update BatchNorm statistics or see dropout; restore the caller's mode
+    # module by module (a model in training with a frozen BatchNorm inside stays that way).
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         with torch.inference_mode():
             yield
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def _predict(model: nn.Module, images: Tensor, *, batch_size: int, device: torch.device) -> Tensor:
