@@ -268,6 +268,15 @@ Y = torch.tensor([0, 1, 2, 3])
 OK = {"lam_low": 0.5, "lam_high": 0.5, "cutoff": 0.5, "num_classes": 4}
 
 
+@pytest.fixture(params=["immediate", "deferred"])
+def checks_mode(request, monkeypatch):
+    """Run a test with value checks answered at once (the CPU's way) and queued until the end of
+    the call (an accelerator's, see functional._checked), where bad input must raise all the same."""
+    if request.param == "deferred":
+        monkeypatch.setattr(F, "_IMMEDIATE_DEVICES", frozenset())
+    return request.param
+
+
 def _with(**changes):
     kw = {"images": X, "targets": Y, **OK}
     kw.update(changes)
@@ -302,12 +311,13 @@ def _with(**changes):
         (_with(energy=1.5), ValueError, "energy must be one of"),
         (_with(index=torch.tensor([0, 1, 2])), ValueError, "index must be a permutation of length 4"),
         (_with(index=torch.tensor([0, 1, 1, 2])), ValueError, "index must be a permutation of 0..3"),
+        (_with(index=torch.tensor([0, 1, 2, 7])), ValueError, "index must be a permutation of 0..3"),
         (_with(index=torch.tensor([0.0, 1.0, 2.0, 3.0])), TypeError, "index must be an integer tensor"),
         (_with(dims=(-2, 5)), ValueError, "dims entry 5 is out of range"),
         (_with(dims=(0, 1)), ValueError, "batch dim"),
     ],
 )
-def test_robustmix_bad_input(kwargs, err, match):
+def test_robustmix_bad_input(kwargs, err, match, checks_mode):
     with pytest.raises(err, match=match):
         F.robustmix(**kwargs)
 
@@ -324,9 +334,39 @@ def test_robustmix_bad_input(kwargs, err, match):
         (lambda: F.one_hot(Y, 4, label_smoothing=2.0), ValueError, "label_smoothing must lie"),
     ],
 )
-def test_other_bad_input(call, err, match):
+def test_other_bad_input(call, err, match, checks_mode):
     with pytest.raises(err, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: F.mixup(X, torch.tensor([0, 1, 2, 9]), lam=0.5, num_classes=4),
+        lambda: F.cutmix(X, torch.tensor([-1, 1, 2, 3]), box=(0, 0, 2, 2), num_classes=4),
+        lambda: F.one_hot(torch.tensor([0, 4]), 4),
+    ],
+)
+def test_out_of_range_class_ids_raise_in_both_check_modes(call, checks_mode):
+    # Deferred, the scatter runs on clamped ids first; it must not fail with its own error.
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 3\] for num_classes=4"):
+        call()
+
+
+def test_deferred_checks_give_the_same_results(monkeypatch):
+    soft = torch.softmax(torch.randn(4, 4, generator=torch.Generator().manual_seed(1)), dim=1)
+    calls = [
+        lambda: F.robustmix(X, Y, lam_low=0.7, lam_high=0.2, cutoff=0.4, num_classes=4, index=torch.tensor([2, 0, 3, 1])),
+        lambda: F.robustmix(X, soft, lam_low=torch.rand(4), lam_high=0.2, cutoff=torch.rand(4), energy="sample"),
+        lambda: F.mixup(X, Y, lam=0.3, num_classes=4),
+        lambda: F.cutmix(X, soft, box=(1, 2, 3, 4)),
+    ]
+    torch.manual_seed(0)
+    now = [call() for call in calls]
+    monkeypatch.setattr(F, "_IMMEDIATE_DEVICES", frozenset())
+    torch.manual_seed(0)
+    for (a, ya), (b, yb) in zip(now, [call() for call in calls]):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
 
 
 def test_one_hot_smoothing_matches_cross_entropy_definition():

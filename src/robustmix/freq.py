@@ -23,6 +23,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from robustmix._device import to_device
+
 __all__ = [
     "band_sizes",
     "block_coefficients",
@@ -217,10 +219,11 @@ def check_unit_weight(value: float | Tensor, name: str, batch: int, device: torc
                 )
             if value.is_complex() or value.dtype == torch.bool:
                 raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
-            v = value.detach().to(device=device, dtype=torch.float64)
+            # Checked where it lives (the mixers draw on the CPU: no accelerator sync), then moved.
+            v = value.detach().to(dtype=torch.float64)
             if not bool(((v >= 0) & (v <= 1)).all()):
                 raise ValueError(f"{name} must lie in [0, 1], got values in [{v.min():.4g}, {v.max():.4g}]")
-            return v
+            return to_device(v, torch.device(device))
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float in [0, 1] or a 1-D tensor, got {type(value).__name__}")
     value = float(value)

@@ -13,14 +13,19 @@ Robustmix (Ngnawé et al., arXiv 2304.02847) with ``x1 = images``, ``x2 = images
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from robustmix import freq
+from robustmix._device import to_device
 from robustmix._memory import empty_output
 
 __all__ = ["cutmix", "energy_modes", "mixup", "one_hot", "robustmix"]
@@ -36,6 +41,62 @@ def energy_modes() -> tuple[str, ...]:
 
 # --------------------------------------------------------------------------------------------
 # Validation
+#
+# Checks of tensor values (NaN, ranges, permutations) need the answer on the host. On the CPU
+# that is free; on an accelerator each one is a host sync that stalls the launch queue, and a
+# call made six. Inside a ``_checked()``
+# block the accelerator's checks are queued as 0-d bool tensors and answered together by one
+# sync at the end of the block, before anything is returned; until then the computation runs on
+# clamped indices, so invalid input cannot trip a device-side assert before its error is raised.
+
+_IMMEDIATE_DEVICES = frozenset({"cpu"})  # where a check's answer is free (tests may empty it)
+_PENDING: ContextVar[list[tuple[Tensor, Callable[[], Exception]]] | None] = ContextVar(
+    "robustmix_pending_checks", default=None
+)
+
+
+@contextmanager
+def _checked() -> Iterator[None]:
+    """Resolve the accelerator checks queued inside the block with one host sync (nests)."""
+    if _PENDING.get() is not None:
+        yield
+        return
+    pending: list[tuple[Tensor, Callable[[], Exception]]] = []
+    token = _PENDING.set(pending)
+    try:
+        yield
+    finally:
+        _PENDING.reset(token)
+    if pending:
+        flags = torch.stack([ok.reshape(()).to(pending[0][0].device) for ok, _ in pending])
+        for ok, (_, error) in zip(flags.tolist(), pending):
+            if not ok:
+                raise error()
+
+
+def _resolves_checks(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` inside :func:`_checked`: its accelerator checks cost one sync in all."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _checked():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _deferring(device: torch.device) -> bool:
+    """Whether checks of tensors on ``device`` are queued (inside ``_checked()``, off the CPU)."""
+    return device.type not in _IMMEDIATE_DEVICES and _PENDING.get() is not None
+
+
+def _require(ok: Tensor, error: Callable[[], Exception]) -> None:
+    """Raise ``error()`` unless the 0-d bool tensor ``ok`` is true: now, or queued (see above)."""
+    pending = _PENDING.get()
+    if pending is not None and ok.device.type not in _IMMEDIATE_DEVICES:
+        pending.append((ok, error))
+    elif not bool(ok):
+        raise error()
 
 
 def _check_images(images: Tensor, min_dims: int) -> None:
@@ -55,17 +116,18 @@ def _check_images(images: Tensor, min_dims: int) -> None:
 def _check_finite_norms(sq_norms: Tensor) -> None:
     # The per-sample squared norms are computed anyway (energy weighting); a NaN or inf pixel
     # makes its sample's norm non-finite, so this checks the images at no extra pass.
-    if not bool(torch.isfinite(sq_norms).all()):
+    def error() -> Exception:
         bad = torch.nonzero(~torch.isfinite(sq_norms)).flatten()[:5].tolist()
-        raise ValueError(f"images contain NaN or inf values (samples {bad})")
+        return ValueError(f"images contain NaN or inf values (samples {bad})")
+
+    _require(torch.isfinite(sq_norms).all(), error)
 
 
 def _check_finite_images(images: Tensor) -> None:
     # A sum is non-finite iff some value is (fp32/fp64 accumulation cannot overflow on
     # finite image data), and it reads the batch once without a full-size boolean temporary.
     acc = torch.float64 if images.dtype == torch.float64 else torch.float32
-    if not bool(torch.isfinite(images.sum(dtype=acc))):
-        raise ValueError("images contain NaN or inf values")
+    _require(torch.isfinite(images.sum(dtype=acc)), lambda: ValueError("images contain NaN or inf values"))
 
 
 def _check_index(index: Tensor | None, n: int, device: torch.device) -> Tensor:
@@ -77,10 +139,17 @@ def _check_index(index: Tensor | None, n: int, device: torch.device) -> Tensor:
         raise TypeError(f"index must be an integer tensor, got dtype {index.dtype}")
     if index.shape != (n,):
         raise ValueError(f"index must be a permutation of length {n}, got shape {tuple(index.shape)}")
-    index = index.to(device=device, dtype=torch.long)
-    if not torch.equal(torch.sort(index).values, torch.arange(n, device=device)):
-        raise ValueError(f"index must be a permutation of 0..{n - 1}, got {index.tolist()[:10]}")
-    return index
+    index = index.long()
+
+    def error() -> Exception:
+        return ValueError(f"index must be a permutation of 0..{n - 1}, got {index.tolist()[:10]}")
+
+    # Checked where it lives (a CPU index, as the mixers draw it, costs no accelerator sync),
+    # then moved; an accelerator index is checked in the _checked() batch and clamped meanwhile.
+    _require((torch.sort(index).values == torch.arange(n, device=index.device)).all(), error)
+    if _deferring(index.device):
+        index = index.clamp(0, n - 1)
+    return to_device(index, device)
 
 
 def one_hot(
@@ -108,14 +177,21 @@ def one_hot(
         raise TypeError(f"targets must be integer class ids, got dtype {targets.dtype}")
     if targets.ndim != 1:
         raise ValueError(f"integer targets must have shape (N,), got {tuple(targets.shape)}")
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= num_classes):
-        raise ValueError(
-            f"targets must lie in [0, {num_classes - 1}] for num_classes={num_classes}, "
-            f"got values in [{int(targets.min())}, {int(targets.max())}]"
-        )
-    off = label_smoothing / num_classes
-    out = torch.full((targets.shape[0], num_classes), off, dtype=dtype, device=targets.device)
-    out.scatter_(1, targets.long().unsqueeze(1), 1.0 - label_smoothing + off)
+    ids = targets.long()
+    with _checked():
+        if ids.numel():
+            def error() -> Exception:
+                return ValueError(
+                    f"targets must lie in [0, {num_classes - 1}] for num_classes={num_classes}, "
+                    f"got values in [{int(ids.min())}, {int(ids.max())}]"
+                )
+
+            _require(((ids >= 0) & (ids < num_classes)).all(), error)
+            if _deferring(ids.device):  # scatter_ must not see an out-of-range id before the check
+                ids = ids.clamp(0, num_classes - 1)
+        off = label_smoothing / num_classes
+        out = torch.full((targets.shape[0], num_classes), off, dtype=dtype, device=targets.device)
+        out.scatter_(1, ids.unsqueeze(1), 1.0 - label_smoothing + off)
     return out
 
 
@@ -136,11 +212,14 @@ def _soft_targets(
             raise ValueError(
                 f"soft targets have {targets.shape[1]} classes but num_classes={num_classes}"
             )
-        if not bool(torch.isfinite(targets).all()):
-            raise ValueError("targets contain NaN or inf values")
-        low, high = (float(v) for v in torch.aminmax(targets)) if targets.numel() else (0.0, 0.0)
-        if low < 0.0 or high > 1.0:
-            raise ValueError(f"soft targets must lie in [0, 1], got values in [{low:.4g}, {high:.4g}]")
+        _require(torch.isfinite(targets).all(), lambda: ValueError("targets contain NaN or inf values"))
+
+        def out_of_range() -> Exception:
+            low, high = (float(v) for v in torch.aminmax(targets))
+            return ValueError(f"soft targets must lie in [0, 1], got values in [{low:.4g}, {high:.4g}]")
+
+        if targets.numel():
+            _require(((targets >= 0) & (targets <= 1)).all(), out_of_range)
         return targets.to(device) if device is not None else targets
     if num_classes is None:
         raise ValueError("num_classes is required when targets are integer class ids")
@@ -210,6 +289,7 @@ def _restore_format(out: Tensor, like: Tensor) -> Tensor:
 # Mixup and CutMix
 
 
+@_resolves_checks
 def mixup(
     images: Tensor,
     targets: Tensor,
@@ -251,6 +331,7 @@ def _as_column_weight(lam: float | Tensor, images: Tensor) -> float | Tensor:
     return _as_column(lam, images.ndim, images.dtype, images.device)
 
 
+@_resolves_checks
 def cutmix(
     images: Tensor,
     targets: Tensor,
@@ -310,7 +391,8 @@ def _sum_over(x: Tensor, keep_batch: bool) -> Tensor:
 
 def _safe_ratio(num: Tensor, den: Tensor) -> Tensor:
     # 0/0 counts as 1: an all-zero image has all of its (zero) energy in the low band.
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.ones_like(num))
+    positive = den > 0
+    return torch.where(positive, num / torch.where(positive, den, 1.0), 1.0)
 
 
 def _uniform_share(cutoff: float | Tensor, sizes: Sequence[int]) -> float | Tensor:
@@ -322,6 +404,7 @@ def _uniform_share(cutoff: float | Tensor, sizes: Sequence[int]) -> float | Tens
     return math.prod(k / n for k, n in zip(freq.band_sizes(cutoff, sizes), sizes))
 
 
+@_resolves_checks
 def robustmix(
     images: Tensor,
     targets: Tensor,
@@ -509,7 +592,8 @@ def _low_band_share(
         return _safe_ratio(num.double(), den.double())
     total = sq_norms.double().sum()
     if not isinstance(cutoff, Tensor):
-        return float(_safe_ratio(low_sq.double().sum(), total))
+        share = _safe_ratio(low_sq.double().sum(), total)
+        return share if share.device.type != "cpu" else float(share)  # no host sync on accelerators
     return _batch_share_per_cutoff(coef, cutoff, dims, [out.shape[d] for d in dims], total)
 
 

@@ -24,6 +24,7 @@ from torch.utils.data import default_collate, get_worker_info
 from robustmix import freq
 from robustmix import functional as F
 from robustmix import params as P
+from robustmix._device import to_device
 
 __all__ = ["CutMix", "MixCollate", "MixUp", "RobustMix", "build_mixer", "mixer_names"]
 
@@ -61,7 +62,7 @@ class _BatchMixer:
             )
         dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
         soft = F.one_hot(targets, self.num_classes, label_smoothing=self.label_smoothing, dtype=dtype)
-        return soft.to(images.device)
+        return to_device(soft, images.device)
 
     def _min_dims(self) -> int:
         """Batch dim plus the signal dims the op needs."""
@@ -76,12 +77,13 @@ class _BatchMixer:
     def __call__(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Mix a batch: ``(images, int or soft targets) -> (mixed images, soft targets)``."""
         F._check_images(images, self._min_dims())
-        soft = self._soft_targets(images, targets)
-        params = self.make_params(images)
-        if not params.apply:
-            F._check_finite_images(images)  # the mixing path checks them on the way; so must this one
-            return images, soft
-        return self._mix(images, soft, params)
+        with F._checked():  # the value checks of the whole call: one host sync on an accelerator
+            soft = self._soft_targets(images, targets)
+            params = self.make_params(images)
+            if not params.apply:
+                F._check_finite_images(images)  # the mixing path checks them on the way; so must this one
+                return images, soft
+            return self._mix(images, soft, params)
 
     # torch.Generator does not pickle; carry its state instead (DataLoader workers, spawn).
     def __getstate__(self) -> dict[str, Any]:
@@ -166,7 +168,7 @@ class RobustMix(_BatchMixer):
     def _mix(self, images: Tensor, soft: Tensor, params: P.RobustMixParams) -> tuple[Tensor, Tensor]:
         return F.robustmix(
             images, soft, lam_low=params.lam_low, lam_high=params.lam_high, cutoff=params.cutoff,
-            index=params.index.to(images.device), energy=self.energy, dims=self.dims, transform=self.transform,
+            index=params.index, energy=self.energy, dims=self.dims, transform=self.transform,
         )
 
     def _options(self) -> dict[str, Any]:
@@ -198,7 +200,7 @@ class MixUp(_BatchMixer):
         )
 
     def _mix(self, images: Tensor, soft: Tensor, params: P.MixUpParams) -> tuple[Tensor, Tensor]:
-        return F.mixup(images, soft, lam=params.lam, index=params.index.to(images.device))
+        return F.mixup(images, soft, lam=params.lam, index=params.index)
 
     def _options(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "per_sample": self.per_sample}
@@ -230,7 +232,7 @@ class CutMix(_BatchMixer):
         return 3
 
     def _mix(self, images: Tensor, soft: Tensor, params: P.CutMixParams) -> tuple[Tensor, Tensor]:
-        return F.cutmix(images, soft, box=params.box, index=params.index.to(images.device))
+        return F.cutmix(images, soft, box=params.box, index=params.index)
 
     def _options(self) -> dict[str, Any]:
         return {"alpha": self.alpha}
