@@ -506,3 +506,73 @@ def test_chunked_batch_equals_reference(monkeypatch, energy, per_sample):
         lam_low, lam_high, cutoff = 0.6, 0.1, 0.55
     assert len(F._batch_chunks(x)) == 3
     assert_matches_reference(x, y, lam_low, lam_high, cutoff, energy)
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA graphs (robustmix._graphs): the captured core computes what the eager op computes
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("energy", ["batch", "sample", "uniform", 0.3])
+@pytest.mark.parametrize("shape,cutoff", [((5, 3, 40, 36), 0.45), ((4, 1, 28, 28), 0.0), ((3, 2, 70, 9), 0.9)])
+def test_graph_core_equals_eager_op(dtype, energy, shape, cutoff):
+    # Called eagerly on the CPU: the same arithmetic the CUDA graph replays, with the band
+    # rounded up to the graph's block and the extra rows masked.
+    from robustmix import _graphs, freq
+
+    x = rand(shape, seed=31).to(dtype)
+    soft = torch.softmax(rand((shape[0], 5), seed=32), dim=1).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    index = torch.roll(torch.arange(shape[0]), 2)
+    want, want_soft = F.robustmix(x, soft, lam_low=0.8, lam_high=0.15, cutoff=cutoff, index=index, energy=energy)
+    dims = (2, 3)
+    ks = freq.band_sizes(cutoff, [shape[2], shape[3]])
+    block = tuple(_graphs.bucket(k, n) for k, n in zip(ks, (shape[2], shape[3])))
+    assert all(b >= k for b, k in zip(block, ks)) and (cutoff == 0.0 or block != tuple(ks) or shape[2] <= 32)
+    x_build = x.to(freq.matmul_dtype(dtype, x.device))
+    out, got_soft, finite = _graphs.graph_core(
+        x_build, soft, index, torch.tensor([0.8, 0.15], dtype=torch.float64), torch.tensor(ks),
+        block=block, dims=dims, energy=energy, out_dtype=dtype, share_of=F._low_band_share, mix_targets=F._mix_targets,
+        sq_norms_of=F._sq_norms,
+    )
+    assert bool(finite)
+    tol = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 1e-2}[dtype]
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, want, atol=tol, rtol=tol)
+    torch.testing.assert_close(got_soft, want_soft, atol=1e-6 if dtype != torch.float64 else 1e-12, rtol=0)
+
+
+def test_graph_buckets():
+    from robustmix import _graphs
+
+    assert [_graphs.bucket(k, 224) for k in (0, 1, 32, 33, 200, 224)] == [32, 32, 32, 64, 224, 224]
+    assert {_graphs.bucket(k, 28) for k in range(29)} == {28}  # one graph for every cutoff
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available on this machine (CPU-only CI)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_path_equals_eager_path(monkeypatch, dtype):
+    from robustmix import _graphs
+
+    _graphs.clear()
+    y = torch.arange(8, device="cuda") % 5
+    for seed, cutoff, energy, channels_last in ((1, 0.5, "batch", False), (2, 0.52, "batch", True),
+                                                (3, 0.2, "sample", False), (4, 0.9, 0.25, False)):
+        x = torch.rand(8, 3, 64, 48, generator=torch.Generator().manual_seed(seed)).to("cuda", dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        kw = {"lam_low": 0.7, "lam_high": 0.2 + seed / 100, "cutoff": cutoff, "num_classes": 5, "energy": energy,
+              "index": torch.randperm(8, generator=torch.Generator().manual_seed(seed))}
+        monkeypatch.setattr(_graphs, "ENABLED", True)
+        got, got_soft = F.robustmix(x, y, **kw)
+        assert _graphs._SHAPES, "no graph was captured"
+        monkeypatch.setattr(_graphs, "ENABLED", False)
+        want, want_soft = F.robustmix(x, y, **kw)
+        assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+        tol = {torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+        torch.testing.assert_close(got_soft, want_soft, atol=1e-6, rtol=0)
+    bad = x.clone()
+    bad[3, 0, 1, 1] = float("nan")
+    monkeypatch.setattr(_graphs, "ENABLED", True)
+    with pytest.raises(ValueError, match=r"images contain NaN or inf values \(samples \[3\]\)"):
+        F.robustmix(bad, y, lam_low=0.7, lam_high=0.2, cutoff=0.5, num_classes=5)

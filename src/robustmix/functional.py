@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from robustmix import freq
+from robustmix import _graphs, freq
 from robustmix._device import to_device
 from robustmix._memory import empty_output
 
@@ -465,6 +465,10 @@ def robustmix(
     index = _check_index(index, n, device)
     y1 = _soft_targets(targets, n, num_classes, images.dtype, images.device)
 
+    if _graphs.ENABLED and _graphable(images, lam_low, lam_high, cutoff, transform):
+        graphed = _robustmix_graphed(images, y1, index, lam_low, lam_high, cutoff, energy, dims_t)
+        if graphed is not None:
+            return graphed
     sizes = {d: images.shape[d] for d in dims_t}
     if transform == "fft":
         out, lam_c = _robustmix_fft(images, lam_low, lam_high, cutoff, index, energy, dims_t)
@@ -517,6 +521,52 @@ def robustmix(
     lam_c = _low_band_share(energy, coef, mask, sq_norms, low_sq, cutoff, index, lam_low, out, dims_t)
     lam = lam_c * lam_low + (1 - lam_c) * lam_high
     return _restore_format(out, images), _mix_targets(y1, index, lam)
+
+
+def _graphable(images: Tensor, lam_low: Scalar, lam_high: Scalar, cutoff: Scalar, transform: str) -> bool:
+    """Whether a call can replay a CUDA graph (:mod:`robustmix._graphs`): a CUDA batch without
+    autograd, batch-wide weights and cutoff, the DCT band, and no capture already under way."""
+    return (
+        images.device.type == "cuda"
+        and transform == "dct"
+        and not images.requires_grad
+        and not any(isinstance(v, Tensor) for v in (lam_low, lam_high, cutoff))
+        and not torch.cuda.is_current_stream_capturing()
+    )
+
+
+def _robustmix_graphed(
+    images: Tensor,
+    y1: Tensor,
+    index: Tensor,
+    lam_low: float,
+    lam_high: float,
+    cutoff: float,
+    energy: str | float,
+    dims: tuple[int, ...],
+) -> tuple[Tensor, Tensor] | None:
+    """:func:`robustmix` through a CUDA graph, or ``None`` where none can be captured."""
+    sizes = [images.shape[d] for d in dims]
+    ks = freq.band_sizes(cutoff, sizes)
+    block = tuple(_graphs.bucket(k, n) for k, n in zip(ks, sizes))
+    core = functools.partial(
+        _graphs.graph_core, block=block, dims=dims, energy=energy, out_dtype=images.dtype, share_of=_low_band_share,
+        mix_targets=_mix_targets, sq_norms_of=_sq_norms,
+    )
+    x_dtype = freq.matmul_dtype(images.dtype, images.device)
+    result = _graphs.replay(
+        images, y1, index, (lam_low, lam_high), ks, x_dtype=x_dtype, block=block, energy=energy, core=core
+    )
+    if result is None:
+        return None
+    out, soft, finite = result
+
+    def error() -> Exception:
+        bad = torch.nonzero(~torch.isfinite(images.flatten(1)).all(dim=1)).flatten()[:5].tolist()
+        return ValueError(f"images contain NaN or inf values (samples {bad})")
+
+    _require(finite, error)
+    return _restore_format(out, images), soft
 
 
 def _mix_per_sample_bands(
