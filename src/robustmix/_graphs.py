@@ -51,8 +51,7 @@ def graph_core(
     x1: Tensor,
     y1: Tensor,
     index: Tensor,
-    lams: Tensor,
-    ks: Tensor,
+    params: Tensor,
     *,
     block: tuple[int, ...],
     dims: tuple[int, ...],
@@ -64,14 +63,14 @@ def graph_core(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(mixed, soft targets, all-finite flag)`` for a batch-wide band, with no host sync.
 
-    ``x1``: the batch, contiguous in the op's build dtype (``freq.matmul_dtype``); ``lams``:
-    float64 ``(lam_low, lam_high)``; ``ks``: int64 kept rows per dim of ``dims``, at most
-    ``block``; ``out_dtype``: the images' dtype. The same operations and roundings as :func:`robustmix.functional.robustmix`:
+    ``x1``: the batch, contiguous in the op's build dtype (``freq.matmul_dtype``); ``params``:
+    float64 ``(lam_low, lam_high, k_1, ..., k_D)``, the weights and the kept rows per dim of
+    ``dims`` (at most ``block``); ``out_dtype``: the images' dtype. The same operations and roundings as :func:`robustmix.functional.robustmix`:
     a half batch's lerp runs in fp32 and rounds once, as torch's half lerp with a Python weight.
     """
     compute = freq._compute_dtype(x1.dtype)
     sizes = {d: x1.shape[d] for d in dims}
-    lam_low, lam_high = lams[0], lams[1]
+    lam_low, lam_high, ks = params[0], params[1], params[2:]
     x_c = x1 if x1.dtype == compute else x1.to(compute)
     coef = freq.block_coefficients(x_c, dims, block)
     for i, d in enumerate(dims):  # zero the rows beyond the drawn band
@@ -89,8 +88,9 @@ def graph_core(
     freq.coefficients_to_signal(delta_coef, sizes, add_to=out)
     out = out.to(out_dtype)  # the images' dtype, as the eager op measures "sample" energies on it
     if energy == "uniform":
-        lam_c = torch.prod(ks.double() / torch.tensor([sizes[d] for d in dims], dtype=torch.float64,
-                                                      device=ks.device))
+        lam_c = ks[0] / sizes[dims[0]]  # prod(k_d / n_d) in the eager op's order; no tensor from
+        for i, d in enumerate(dims[1:], start=1):  # host data inside a capture
+            lam_c = lam_c * (ks[i] / sizes[d])
     else:
         lam_c = share_of(energy, coef, None, sq_norms, low_sq, None, index, lam_low, out, dims)
     lam = lam_c * lam_low + (1 - lam_c) * lam_high
@@ -104,8 +104,7 @@ class _Statics:
     x: Tensor
     y: Tensor
     index: Tensor
-    lams: Tensor
-    ks: Tensor
+    params: Tensor
     pool: Any
     graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, tuple[Tensor, Tensor, Tensor]] | None] = field(
         default_factory=dict
@@ -139,8 +138,7 @@ def replay(
                 x=torch.empty(images.shape, dtype=x_dtype, device=device),
                 y=torch.empty_like(y1, memory_format=torch.contiguous_format),
                 index=torch.empty(images.shape[0], dtype=torch.long, device=device),
-                lams=torch.zeros(2, dtype=torch.float64, device=device),
-                ks=torch.zeros(len(ks), dtype=torch.long, device=device),
+                params=torch.zeros(2 + len(ks), dtype=torch.float64, device=device),
                 pool=torch.cuda.graph_pool_handle(),
             )
             _SHAPES[shape_key] = statics
@@ -150,8 +148,7 @@ def replay(
         statics.x.copy_(images)
         statics.y.copy_(y1)
         statics.index.copy_(index)
-        statics.lams.copy_(torch.tensor(lams, dtype=torch.float64).pin_memory(), non_blocking=True)
-        statics.ks.copy_(torch.tensor(ks, dtype=torch.long).pin_memory(), non_blocking=True)
+        statics.params.copy_(torch.tensor([*lams, *ks], dtype=torch.float64).pin_memory(), non_blocking=True)
         graph_key = (block, energy)
         if graph_key not in statics.graphs:
             statics.graphs[graph_key] = _capture(statics, core)
@@ -165,7 +162,7 @@ def replay(
 
 def _capture(statics: _Statics, core: Callable[..., Any]) -> tuple[Any, tuple[Tensor, Tensor, Tensor]] | None:
     device = statics.x.device
-    args = (statics.x, statics.y, statics.index, statics.lams, statics.ks)
+    args = (statics.x, statics.y, statics.index, statics.params)
     try:
         with torch.cuda.device(device):
             side = torch.cuda.Stream(device)
