@@ -39,7 +39,8 @@ ENABLED = os.environ.get("ROBUSTMIX_CUDA_GRAPHS", "1") != "0"
 BAND_STEP = 32
 MAX_SHAPES = 2
 """Batch shapes kept (least recently used dropped; a training loop has one, plus its last
-batch): each holds its static buffers and a memory pool of ~10x the batch in bytes."""
+batch): each holds its static buffers and one memory pool for its graphs, ~3.6x the batch in
+bytes (139 MB at B128x3x224^2 bfloat16, measured on an H200)."""
 
 
 def bucket(k: int, n: int) -> int:
