@@ -580,3 +580,26 @@ def test_cuda_graph_path_equals_eager_path(monkeypatch, dtype):
     monkeypatch.setattr(_graphs, "ENABLED", True)
     with pytest.raises(ValueError, match=r"images contain NaN or inf values \(samples \[3\]\)"):
         F.robustmix(bad, y, lam_low=0.7, lam_high=0.2, cutoff=0.5, num_classes=5)
+
+
+def test_op_ignores_an_enclosing_autocast():
+    # The op's energies are fp32 by contract; an enclosing autocast must not turn its products bf16.
+    x = rand((4, 3, 16, 16), seed=41)
+    want = F.robustmix(x, Y, lam_low=0.7, lam_high=0.2, cutoff=0.4, num_classes=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = F.robustmix(x, Y, lam_low=0.7, lam_high=0.2, cutoff=0.4, num_classes=4)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available on this machine (CPU-only CI)")
+def test_cuda_graph_path_under_inference_mode_then_outside():
+    from robustmix import _graphs
+
+    _graphs.clear()
+    x = torch.rand(4, 3, 40, 40, device="cuda")
+    y = torch.arange(4, device="cuda")
+    with torch.inference_mode():
+        first = F.robustmix(x, y, lam_low=0.7, lam_high=0.2, cutoff=0.5, num_classes=4)
+    second = F.robustmix(x, y, lam_low=0.7, lam_high=0.2, cutoff=0.5, num_classes=4)
+    assert not second[0].is_inference()
+    torch.testing.assert_close(first[0], second[0], rtol=0, atol=0)

@@ -132,7 +132,9 @@ def replay(
     ``None`` when it cannot be captured (the caller then runs eagerly). ``out`` is contiguous."""
     device = images.device
     shape_key = (device, tuple(images.shape), x_dtype, tuple(y1.shape), y1.dtype)
-    with _LOCK:
+    # Buffers made under an enclosing inference_mode would be inference tensors, which a later
+    # call outside it could not copy into; outputs are plain tensors either way.
+    with _LOCK, torch.inference_mode(False), torch.no_grad():
         statics = _SHAPES.get(shape_key)
         if statics is None:
             statics = _Statics(

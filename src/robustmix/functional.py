@@ -75,11 +75,13 @@ def _checked() -> Iterator[None]:
 
 
 def _resolves_checks(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``fn`` inside :func:`_checked`: its accelerator checks cost one sync in all."""
+    """Run ``fn`` inside :func:`_checked` (its accelerator checks cost one sync in all) and
+    outside autocast: the op sets its own precision (fp32 energies for half inputs), which an
+    enclosing ``torch.autocast`` would otherwise override in its matrix products."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with _checked():
+        with _checked(), torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
             return fn(*args, **kwargs)
 
     return wrapper
