@@ -467,7 +467,7 @@ def robustmix(
     index = _check_index(index, n, device)
     y1 = _soft_targets(targets, n, num_classes, images.dtype, images.device)
 
-    if _graphs.ENABLED and _graphable(images, lam_low, lam_high, cutoff, transform):
+    if _graphs.ENABLED and not y1.requires_grad and _graphable(images, lam_low, lam_high, cutoff, transform):
         graphed = _robustmix_graphed(images, y1, index, lam_low, lam_high, cutoff, energy, dims_t)
         if graphed is not None:
             return graphed
