@@ -529,16 +529,39 @@ def test_graph_core_equals_eager_op(dtype, energy, shape, cutoff):
     block = tuple(_graphs.bucket(k, n) for k, n in zip(ks, (shape[2], shape[3])))
     assert all(b >= k for b, k in zip(block, ks)) and (cutoff == 0.0 or block != tuple(ks) or shape[2] <= 32)
     x_build = x.to(freq.matmul_dtype(dtype, x.device))
-    out, got_soft, finite = _graphs.graph_core(
-        x_build, soft, index, torch.tensor([0.8, 0.15, *ks], dtype=torch.float64),
-        block=block, dims=dims, energy=energy, out_dtype=dtype, share_of=F._low_band_share, mix_targets=F._mix_targets,
-        sq_norms_of=F._sq_norms,
-    )
-    assert bool(finite)
-    tol = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 1e-2}[dtype]
-    assert out.dtype == dtype
-    torch.testing.assert_close(out, want, atol=tol, rtol=tol)
-    torch.testing.assert_close(got_soft, want_soft, atol=1e-6 if dtype != torch.float64 else 1e-12, rtol=0)
+    ids = torch.arange(shape[0]) % 5
+    want_ids = F.robustmix(x, ids, lam_low=0.8, lam_high=0.15, cutoff=cutoff, index=index, energy=energy,
+                           num_classes=5)
+    soft_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    for targets, classes, (want_out, want_y) in ((soft, None, (want, want_soft)), (ids, 5, want_ids)):
+        out, got_soft, checks = _graphs.graph_core(
+            x_build, targets, index, torch.tensor([0.8, 0.15, *ks], dtype=torch.float64),
+            block=block, dims=dims, energy=energy, out_dtype=dtype, soft_dtype=soft_dtype, num_classes=classes,
+            share_of=F._low_band_share, mix_targets=F._mix_targets, sq_norms_of=F._sq_norms,
+        )
+        assert checks.tolist() == [True] * (3 if classes is None else 2) + [True]
+        tol = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 1e-2}[dtype]
+        assert out.dtype == dtype
+        torch.testing.assert_close(out, want_out, atol=tol, rtol=tol)
+        torch.testing.assert_close(got_soft, want_y, atol=1e-6 if dtype != torch.float64 else 1e-12, rtol=0)
+
+
+def test_graph_core_checks_flag_bad_values_in_the_eager_order():
+    from robustmix import _graphs
+
+    x = rand((4, 1, 8, 8), seed=5)
+    x[2, 0, 1, 1] = float("nan")
+    kw = {"block": (8, 8), "dims": (2, 3), "energy": "batch", "out_dtype": torch.float32,
+          "soft_dtype": torch.float32, "share_of": F._low_band_share, "mix_targets": F._mix_targets,
+          "sq_norms_of": F._sq_norms}
+    params = torch.tensor([0.7, 0.2, 4, 4], dtype=torch.float64)
+    _, _, checks = _graphs.graph_core(x, torch.tensor([0, 1, 7, 2]), torch.tensor([0, 0, 1, 2]), params,
+                                      num_classes=5, **kw)
+    assert checks.tolist() == [False, False, False]  # index, ids in range, finite images
+    soft = torch.tensor([[0.5, 0.5]] * 3 + [[1.5, -0.5]])
+    _, _, checks = _graphs.graph_core(x.nan_to_num(), soft, torch.tensor([1, 2, 3, 0]), params,
+                                      num_classes=None, **kw)
+    assert checks.tolist() == [True, True, False, True]  # index, soft finite, soft in [0, 1], finite
 
 
 def test_graph_buckets():
@@ -603,3 +626,26 @@ def test_cuda_graph_path_under_inference_mode_then_outside():
     second = F.robustmix(x, y, lam_low=0.7, lam_high=0.2, cutoff=0.5, num_classes=4)
     assert not second[0].is_inference()
     torch.testing.assert_close(first[0], second[0], rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available on this machine (CPU-only CI)")
+def test_cuda_graph_path_raises_the_eager_errors(monkeypatch):
+    from robustmix import _graphs
+
+    monkeypatch.setattr(_graphs, "ENABLED", True)
+    x = torch.rand(4, 3, 40, 40, device="cuda")
+    y = torch.arange(4, device="cuda")
+    kw = {"lam_low": 0.7, "lam_high": 0.2, "cutoff": 0.5}
+    F.robustmix(x, y, num_classes=4, **kw)  # captured
+    cases = [
+        ({"targets": y, "num_classes": 4, "index": torch.tensor([0, 0, 1, 2])}, "index must be a permutation of 0..3"),
+        ({"targets": torch.tensor([0, 1, 2, 9], device="cuda"), "num_classes": 4}, r"targets must lie in \[0, 3\]"),
+        ({"targets": torch.full((4, 4), float("nan"), device="cuda")}, "targets contain NaN"),
+        ({"targets": torch.full((4, 4), 2.0, device="cuda")}, r"soft targets must lie in \[0, 1\]"),
+    ]
+    for extra, match in cases:
+        with pytest.raises(ValueError, match=match):
+            F.robustmix(x, **extra, **kw)
+    assert all(g is not None for s in _graphs._SHAPES.values() for g in s.graphs.values())
+    out, soft = F.robustmix(x, y, num_classes=4, **kw)  # still fine after the failures
+    assert torch.isfinite(out).all() and torch.allclose(soft.sum(1), torch.ones(4, device="cuda"))

@@ -50,7 +50,7 @@ def bucket(k: int, n: int) -> int:
 
 def graph_core(
     x1: Tensor,
-    y1: Tensor,
+    targets: Tensor,
     index: Tensor,
     params: Tensor,
     *,
@@ -58,11 +58,18 @@ def graph_core(
     dims: tuple[int, ...],
     energy: str | float,
     out_dtype: torch.dtype,
+    soft_dtype: torch.dtype,
+    num_classes: int | None,
     share_of: Callable[..., Any],
     mix_targets: Callable[[Tensor, Tensor, Any], Tensor],
     sq_norms_of: Callable[[Tensor, torch.dtype], Tensor],
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(mixed, soft targets, all-finite flag)`` for a batch-wide band, with no host sync.
+    """``(mixed, soft targets, checks)`` for a batch-wide band, with no host sync.
+
+    ``targets``: int64 class ids ``(N,)`` (one-hot rows of ``num_classes`` in ``soft_dtype`` are
+    built here) or soft targets ``(N, K)``; ``index`` the partner permutation, checked
+    and clamped here. ``checks`` is a bool vector: index a permutation, the targets' value checks
+    (ids in range; or soft finite, soft in [0, 1]), every image finite: the eager op's order.
 
     ``x1``: the batch, contiguous in the op's build dtype (``freq.matmul_dtype``); ``params``:
     float64 ``(lam_low, lam_high, k_1, ..., k_D)``, the weights and the kept rows per dim of
@@ -71,7 +78,17 @@ def graph_core(
     """
     compute = freq._compute_dtype(x1.dtype)
     sizes = {d: x1.shape[d] for d in dims}
+    n = x1.shape[0]
     lam_low, lam_high, ks = params[0], params[1], params[2:]
+    checks = [(torch.sort(index).values == torch.arange(n, device=index.device)).all()]
+    index = index.clamp(0, n - 1)
+    if targets.is_floating_point():
+        y1 = targets
+        checks += [torch.isfinite(y1).all(), ((y1 >= 0) & (y1 <= 1)).all()]
+    else:
+        checks.append(((targets >= 0) & (targets < num_classes)).all())
+        y1 = torch.zeros(n, num_classes, dtype=soft_dtype, device=targets.device)
+        y1.scatter_(1, targets.clamp(0, num_classes - 1).unsqueeze(1), 1.0)
     x_c = x1 if x1.dtype == compute else x1.to(compute)
     coef = freq.block_coefficients(x_c, dims, block)
     for i, d in enumerate(dims):  # zero the rows beyond the drawn band
@@ -80,7 +97,7 @@ def graph_core(
         coef = coef * (torch.arange(block[i], device=coef.device) < ks[i]).to(compute).view(shape)
     sq_norms = torch.linalg.vector_norm(x_c.flatten(1), dim=1).square()
     low_sq = sq_norms_of(coef, compute)
-    finite = torch.isfinite(sq_norms).all()
+    checks.append(torch.isfinite(sq_norms).all())
     delta_coef = ((coef - coef[index]) * (lam_low - lam_high).to(compute)).to(x1.dtype)
     if x1.dtype in (torch.float16, torch.bfloat16):
         out = torch.lerp(x1[index].float(), x1.float(), lam_high.float()).to(x1.dtype)
@@ -95,7 +112,7 @@ def graph_core(
     else:
         lam_c = share_of(energy, coef, None, sq_norms, low_sq, None, index, lam_low, out, dims)
     lam = lam_c * lam_low + (1 - lam_c) * lam_high
-    return out, mix_targets(y1, index, lam), finite
+    return out, mix_targets(y1, index, lam), torch.stack(checks)
 
 
 @dataclass
@@ -118,20 +135,20 @@ _LOCK = threading.Lock()
 
 def replay(
     images: Tensor,
-    y1: Tensor,
+    targets: Tensor,
     index: Tensor,
     lams: tuple[float, float],
     ks: tuple[int, ...],
     *,
     x_dtype: torch.dtype,
-    block: tuple[int, ...],
-    energy: str | float,
+    graph_key: tuple,
     core: Callable[..., tuple[Tensor, Tensor, Tensor]],
 ) -> tuple[Tensor, Tensor, Tensor] | None:
-    """Fresh ``(out, soft, finite)`` from the graph of ``core`` (captured on first use), or
-    ``None`` when it cannot be captured (the caller then runs eagerly). ``out`` is contiguous."""
+    """Fresh ``(out, soft, checks)`` from the graph of ``core`` for ``graph_key`` (captured on
+    first use), or ``None`` when it cannot be captured (the caller then runs eagerly). ``out`` is
+    contiguous. ``targets`` and ``index`` may live on the CPU (copied in through pinned memory)."""
     device = images.device
-    shape_key = (device, tuple(images.shape), x_dtype, tuple(y1.shape), y1.dtype)
+    shape_key = (device, tuple(images.shape), x_dtype, tuple(targets.shape), targets.dtype)
     # Buffers made under an enclosing inference_mode would be inference tensors, which a later
     # call outside it could not copy into; outputs are plain tensors either way.
     with _LOCK, torch.inference_mode(False), torch.no_grad():
@@ -139,7 +156,7 @@ def replay(
         if statics is None:
             statics = _Statics(
                 x=torch.empty(images.shape, dtype=x_dtype, device=device),
-                y=torch.empty_like(y1, memory_format=torch.contiguous_format),
+                y=torch.empty(targets.shape, dtype=targets.dtype, device=device),
                 index=torch.empty(images.shape[0], dtype=torch.long, device=device),
                 params=torch.zeros(2 + len(ks), dtype=torch.float64, device=device),
                 pool=torch.cuda.graph_pool_handle(),
@@ -149,18 +166,22 @@ def replay(
                 _SHAPES.popitem(last=False)
         _SHAPES.move_to_end(shape_key)
         statics.x.copy_(images)
-        statics.y.copy_(y1)
-        statics.index.copy_(index)
+        statics.y.copy_(_pinned(targets), non_blocking=True)
+        statics.index.copy_(_pinned(index), non_blocking=True)
         statics.params.copy_(torch.tensor([*lams, *ks], dtype=torch.float64).pin_memory(), non_blocking=True)
-        graph_key = (block, energy)
         if graph_key not in statics.graphs:
             statics.graphs[graph_key] = _capture(statics, core)
         captured = statics.graphs[graph_key]
         if captured is None:
             return None
-        graph, (out, soft, finite) = captured
+        graph, (out, soft, checks) = captured
         graph.replay()
-        return out.clone(), soft.clone(), finite.clone()
+        return out.clone(), soft.clone(), checks.clone()
+
+
+def _pinned(t: Tensor) -> Tensor:
+    # A CPU source goes through pinned memory, so that its copy is queued without a host sync.
+    return t.pin_memory() if t.device.type == "cpu" else t
 
 
 def _capture(statics: _Statics, core: Callable[..., Any]) -> tuple[Any, tuple[Tensor, Tensor, Tensor]] | None:

@@ -50,7 +50,7 @@ def energy_modes() -> tuple[str, ...]:
 # clamped indices, so invalid input cannot trip a device-side assert before its error is raised.
 
 _IMMEDIATE_DEVICES = frozenset({"cpu"})  # where a check's answer is free (tests may empty it)
-_PENDING: ContextVar[list[tuple[Tensor, Callable[[], Exception]]] | None] = ContextVar(
+_PENDING: ContextVar[list[tuple[Tensor, list[Callable[[], Exception]]]] | None] = ContextVar(
     "robustmix_pending_checks", default=None
 )
 
@@ -61,15 +61,16 @@ def _checked() -> Iterator[None]:
     if _PENDING.get() is not None:
         yield
         return
-    pending: list[tuple[Tensor, Callable[[], Exception]]] = []
+    pending: list[tuple[Tensor, list[Callable[[], Exception]]]] = []
     token = _PENDING.set(pending)
     try:
         yield
     finally:
         _PENDING.reset(token)
     if pending:
-        flags = torch.stack([ok.reshape(()).to(pending[0][0].device) for ok, _ in pending])
-        for ok, (_, error) in zip(flags.tolist(), pending):
+        device = pending[0][0].device
+        flags = pending[0][0] if len(pending) == 1 else torch.cat([f.to(device) for f, _ in pending])
+        for ok, error in zip(flags.tolist(), [e for _, errors in pending for e in errors]):
             if not ok:
                 raise error()
 
@@ -94,11 +95,18 @@ def _deferring(device: torch.device) -> bool:
 
 def _require(ok: Tensor, error: Callable[[], Exception]) -> None:
     """Raise ``error()`` unless the 0-d bool tensor ``ok`` is true: now, or queued (see above)."""
+    _require_each(ok.reshape(1), [error])
+
+
+def _require_each(flags: Tensor, errors: list[Callable[[], Exception]]) -> None:
+    """:func:`_require` for a 1-d bool tensor of checks, ``errors[i]`` raised for the first false."""
     pending = _PENDING.get()
-    if pending is not None and ok.device.type not in _IMMEDIATE_DEVICES:
-        pending.append((ok, error))
-    elif not bool(ok):
-        raise error()
+    if pending is not None and flags.device.type not in _IMMEDIATE_DEVICES:
+        pending.append((flags, errors))
+        return
+    for ok, error in zip(flags.tolist(), errors):
+        if not ok:
+            raise error()
 
 
 def _check_images(images: Tensor, min_dims: int) -> None:
@@ -132,19 +140,28 @@ def _check_finite_images(images: Tensor) -> None:
     _require(torch.isfinite(images.sum(dtype=acc)), lambda: ValueError("images contain NaN or inf values"))
 
 
-def _check_index(index: Tensor | None, n: int, device: torch.device) -> Tensor:
+def _index_structure(index: Tensor | None, n: int) -> Tensor | None:
+    """``index`` as int64 after the checks that need no values; ``None`` stays ``None``."""
     if index is None:
-        return torch.roll(torch.arange(n, device=device), 1)
+        return None
     if not isinstance(index, Tensor):
         raise TypeError(f"index must be a 1-D integer tensor, got {type(index).__name__}")
     if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
         raise TypeError(f"index must be an integer tensor, got dtype {index.dtype}")
     if index.shape != (n,):
         raise ValueError(f"index must be a permutation of length {n}, got shape {tuple(index.shape)}")
-    index = index.long()
+    return index.long()
 
-    def error() -> Exception:
-        return ValueError(f"index must be a permutation of 0..{n - 1}, got {index.tolist()[:10]}")
+
+def _index_error(index: Tensor, n: int) -> Callable[[], Exception]:
+    return lambda: ValueError(f"index must be a permutation of 0..{n - 1}, got {index.tolist()[:10]}")
+
+
+def _check_index(index: Tensor | None, n: int, device: torch.device) -> Tensor:
+    index = _index_structure(index, n)
+    if index is None:
+        return torch.roll(torch.arange(n, device=device), 1)
+    error = _index_error(index, n)
 
     # Checked where it lives (a CPU index, as the mixers draw it, costs no accelerator sync),
     # then moved; an accelerator index is checked in the _checked() batch and clamped meanwhile.
@@ -182,13 +199,7 @@ def one_hot(
     ids = targets.long()
     with _checked():
         if ids.numel():
-            def error() -> Exception:
-                return ValueError(
-                    f"targets must lie in [0, {num_classes - 1}] for num_classes={num_classes}, "
-                    f"got values in [{int(ids.min())}, {int(ids.max())}]"
-                )
-
-            _require(((ids >= 0) & (ids < num_classes)).all(), error)
+            _require(((ids >= 0) & (ids < num_classes)).all(), _ids_range_error(ids, num_classes))
             if _deferring(ids.device):  # scatter_ must not see an out-of-range id before the check
                 ids = ids.clamp(0, num_classes - 1)
         off = label_smoothing / num_classes
@@ -197,10 +208,8 @@ def one_hot(
     return out
 
 
-def _soft_targets(
-    targets: Tensor, n: int, num_classes: int | None, images_dtype: torch.dtype, device: torch.device | None = None
-) -> Tensor:
-    """(N, K) float targets on ``device`` (the images'), from class ids or given soft targets."""
+def _targets_kind(targets: Tensor, n: int, num_classes: int | None) -> str:
+    """``"soft"`` or ``"ids"``, after the checks of ``targets`` that need no values."""
     if not isinstance(targets, Tensor):
         raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
     if targets.shape[:1] != (n,):
@@ -214,18 +223,51 @@ def _soft_targets(
             raise ValueError(
                 f"soft targets have {targets.shape[1]} classes but num_classes={num_classes}"
             )
-        _require(torch.isfinite(targets).all(), lambda: ValueError("targets contain NaN or inf values"))
-
-        def out_of_range() -> Exception:
-            low, high = (float(v) for v in torch.aminmax(targets))
-            return ValueError(f"soft targets must lie in [0, 1], got values in [{low:.4g}, {high:.4g}]")
-
-        if targets.numel():
-            _require(((targets >= 0) & (targets <= 1)).all(), out_of_range)
-        return targets.to(device) if device is not None else targets
+        return "soft"
     if num_classes is None:
         raise ValueError("num_classes is required when targets are integer class ids")
-    dtype = torch.float64 if images_dtype == torch.float64 else torch.float32
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"targets must be integer class ids, got dtype {targets.dtype}")
+    if targets.ndim != 1:
+        raise ValueError(f"integer targets must have shape (N,), got {tuple(targets.shape)}")
+    return "ids"
+
+
+def _soft_nan_error() -> Exception:
+    return ValueError("targets contain NaN or inf values")
+
+
+def _soft_range_error(targets: Tensor) -> Callable[[], Exception]:
+    def error() -> Exception:
+        low, high = (float(v) for v in torch.aminmax(targets))
+        return ValueError(f"soft targets must lie in [0, 1], got values in [{low:.4g}, {high:.4g}]")
+
+    return error
+
+
+def _ids_range_error(ids: Tensor, num_classes: int) -> Callable[[], Exception]:
+    return lambda: ValueError(
+        f"targets must lie in [0, {num_classes - 1}] for num_classes={num_classes}, "
+        f"got values in [{int(ids.min())}, {int(ids.max())}]"
+    )
+
+
+def _one_hot_dtype(images_dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if images_dtype == torch.float64 else torch.float32
+
+
+def _soft_targets(
+    targets: Tensor, n: int, num_classes: int | None, images_dtype: torch.dtype, device: torch.device | None = None
+) -> Tensor:
+    """(N, K) float targets on ``device`` (the images'), from class ids or given soft targets."""
+    if _targets_kind(targets, n, num_classes) == "soft":
+        _require(torch.isfinite(targets).all(), _soft_nan_error)
+        if targets.numel():
+            _require(((targets >= 0) & (targets <= 1)).all(), _soft_range_error(targets))
+        return targets.to(device) if device is not None else targets
+    dtype = _one_hot_dtype(images_dtype)
     soft = one_hot(targets, num_classes, dtype=dtype)
     return soft.to(device) if device is not None else soft
 
@@ -464,13 +506,17 @@ def robustmix(
     cutoff = freq.check_unit_weight(cutoff, "cutoff", n, device)
     energy = _check_energy(energy)
     freq.check_transform(transform)
+    if (
+        _graphs.ENABLED
+        and _graphable(images, lam_low, lam_high, cutoff, transform)
+        and not (isinstance(targets, Tensor) and targets.requires_grad)
+    ):
+        graphed = _robustmix_graphed(images, targets, index, num_classes, lam_low, lam_high, cutoff, energy, dims_t)
+        if graphed is not None:
+            return graphed
     index = _check_index(index, n, device)
     y1 = _soft_targets(targets, n, num_classes, images.dtype, images.device)
 
-    if _graphs.ENABLED and not y1.requires_grad and _graphable(images, lam_low, lam_high, cutoff, transform):
-        graphed = _robustmix_graphed(images, y1, index, lam_low, lam_high, cutoff, energy, dims_t)
-        if graphed is not None:
-            return graphed
     sizes = {d: images.shape[d] for d in dims_t}
     if transform == "fft":
         out, lam_c = _robustmix_fft(images, lam_low, lam_high, cutoff, index, energy, dims_t)
@@ -539,35 +585,55 @@ def _graphable(images: Tensor, lam_low: Scalar, lam_high: Scalar, cutoff: Scalar
 
 def _robustmix_graphed(
     images: Tensor,
-    y1: Tensor,
-    index: Tensor,
+    targets: Tensor,
+    index: Tensor | None,
+    num_classes: int | None,
     lam_low: float,
     lam_high: float,
     cutoff: float,
     energy: str | float,
     dims: tuple[int, ...],
 ) -> tuple[Tensor, Tensor] | None:
-    """:func:`robustmix` through a CUDA graph, or ``None`` where none can be captured."""
+    """:func:`robustmix` through a CUDA graph, or ``None`` where none can be captured.
+
+    The checks that need no values run here as in the eager op; the value checks (permutation,
+    target ranges, finite images) run inside the graph and come back as one bool vector, queued
+    in the enclosing ``_checked()`` block with the eager op's errors, in its order.
+    """
+    n = images.shape[0]
+    kind = _targets_kind(targets, n, num_classes)
+    index = _index_structure(index, n)
+    if index is None:
+        index = torch.roll(torch.arange(n), 1)
+    if kind == "ids":
+        targets, classes = targets.long(), num_classes
+        errors = [_index_error(index, n), _ids_range_error(targets, int(num_classes))]
+    else:
+        classes = None
+        errors = [_index_error(index, n), _soft_nan_error, _soft_range_error(targets)]
     sizes = [images.shape[d] for d in dims]
     ks = freq.band_sizes(cutoff, sizes)
-    block = tuple(_graphs.bucket(k, n) for k, n in zip(ks, sizes))
+    block = tuple(_graphs.bucket(k, n_d) for k, n_d in zip(ks, sizes))
+    soft_dtype = _one_hot_dtype(images.dtype)
     core = functools.partial(
-        _graphs.graph_core, block=block, dims=dims, energy=energy, out_dtype=images.dtype, share_of=_low_band_share,
-        mix_targets=_mix_targets, sq_norms_of=_sq_norms,
+        _graphs.graph_core, block=block, dims=dims, energy=energy, out_dtype=images.dtype,
+        soft_dtype=soft_dtype, num_classes=classes, share_of=_low_band_share, mix_targets=_mix_targets,
+        sq_norms_of=_sq_norms,
     )
     x_dtype = freq.matmul_dtype(images.dtype, images.device)
     result = _graphs.replay(
-        images, y1, index, (lam_low, lam_high), ks, x_dtype=x_dtype, block=block, energy=energy, core=core
+        images, targets, index, (lam_low, lam_high), ks, x_dtype=x_dtype,
+        graph_key=(block, energy, classes, soft_dtype), core=core,
     )
     if result is None:
         return None
-    out, soft, finite = result
+    out, soft, checks = result
 
-    def error() -> Exception:
+    def not_finite() -> Exception:
         bad = torch.nonzero(~torch.isfinite(images.flatten(1)).all(dim=1)).flatten()[:5].tolist()
         return ValueError(f"images contain NaN or inf values (samples {bad})")
 
-    _require(finite, error)
+    _require_each(checks, [*errors, not_finite])
     return _restore_format(out, images), soft
 
 
