@@ -4,13 +4,15 @@ On a GPU the op's arithmetic is small (~0.5 ms of kernels at B128x3x224^2 on an 
 cost is the host's: ~40 kernel launches at tens of microseconds each, 9x timm's Mixup in all.
 Replaying a captured graph costs one launch. The core of the op is captured on static buffers
 per batch shape; a call copies its batch, targets, partner permutation, mixing weights and band
-sizes into them, replays, and clones the outputs (a replay overwrites the last one's).
+sizes into them, replays, and clones the outputs (a replay overwrites the last one's). The value
+checks (permutation, target ranges, finite images) and the one-hot rows run inside the graph;
+their flags come back as one vector, answered with the call's single host sync.
 
 Weights and band sizes are device values in the graph, so one graph serves every draw. Only
 the matrix shapes are fixed at capture: the kept block is rounded up to a multiple of
 :data:`BAND_STEP` rows and the rows beyond the drawn band are masked to zero, so a 224-px batch
-needs at most 7 graphs for all cutoffs (one below 33 px) and the extra rows cost < 15 % of a
-product. Zeroed rows add exact zeros, so values equal the eager path's up to the summation
+needs at most 7 graphs for all cutoffs (one below 33 px), at the cost of at most 31 extra rows
+per product. Zeroed rows add exact zeros, so values equal the eager path's up to the summation
 order cuBLAS picks for the other shape (float rounding; tested on CUDA).
 
 Graphs of one batch shape share their static inputs and one memory pool (replays never overlap:
