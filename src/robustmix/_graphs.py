@@ -152,8 +152,9 @@ def replay(
     device = images.device
     shape_key = (device, tuple(images.shape), x_dtype, tuple(targets.shape), targets.dtype)
     # Buffers made under an enclosing inference_mode would be inference tensors, which a later
-    # call outside it could not copy into; outputs are plain tensors either way.
-    with _LOCK, torch.inference_mode(False), torch.no_grad():
+    # call outside it could not copy into; outputs are plain tensors either way. The batch's GPU
+    # is made current: copies, replay and clones go to its current stream.
+    with _LOCK, torch.inference_mode(False), torch.no_grad(), torch.cuda.device(device):
         statics = _SHAPES.get(shape_key)
         if statics is None:
             statics = _Statics(
