@@ -268,13 +268,32 @@ Y = torch.tensor([0, 1, 2, 3])
 OK = {"lam_low": 0.5, "lam_high": 0.5, "cutoff": 0.5, "num_classes": 4}
 
 
-@pytest.fixture(params=["immediate", "deferred"])
+@pytest.fixture(params=["immediate", "deferred", "graph"])
 def checks_mode(request, monkeypatch):
-    """Run a test with value checks answered at once (the CPU's way) and queued until the end of
-    the call (an accelerator's, see functional._checked), where bad input must raise all the same."""
-    if request.param == "deferred":
+    """Run a test with value checks answered at once (the CPU's way), queued until the end of the
+    call (an accelerator's, see functional._checked), and through the CUDA-graph wiring with the
+    graph's core run directly on the CPU: bad input must raise the same errors in all three."""
+    if request.param in ("deferred", "graph"):
         monkeypatch.setattr(F, "_IMMEDIATE_DEVICES", frozenset())
+    if request.param == "graph":
+        _emulate_graphs(monkeypatch)
     return request.param
+
+
+def _emulate_graphs(monkeypatch):
+    """Send graphable calls through functional._robustmix_graphed, replaying by calling the core."""
+    from robustmix import _graphs
+
+    def replay(images, targets, index, lams, ks, *, x_dtype, graph_key, core):
+        params = torch.tensor([*lams, *ks], dtype=torch.float64)
+        return core(images.to(x_dtype).contiguous(), targets, index, params)
+
+    def graphable(images, lam_low, lam_high, cutoff, transform):  # the real test minus "on CUDA"
+        return transform == "dct" and not any(isinstance(v, torch.Tensor) for v in (lam_low, lam_high, cutoff))
+
+    monkeypatch.setattr(_graphs, "ENABLED", True)
+    monkeypatch.setattr(_graphs, "replay", replay)
+    monkeypatch.setattr(F, "_graphable", graphable)
 
 
 def _with(**changes):
@@ -351,6 +370,21 @@ def test_out_of_range_class_ids_raise_in_both_check_modes(call, checks_mode):
     # Deferred, the scatter runs on clamped ids first; it must not fail with its own error.
     with pytest.raises(ValueError, match=r"targets must lie in \[0, 3\] for num_classes=4"):
         call()
+
+
+def test_graph_wiring_gives_the_eager_results(monkeypatch):
+    x = rand((4, 3, 40, 36), seed=3)
+    soft = torch.softmax(rand((4, 4), seed=4), dim=1)
+    calls = [
+        lambda: F.robustmix(x, Y, lam_low=0.7, lam_high=0.2, cutoff=0.45, num_classes=4, index=torch.tensor([2, 0, 3, 1])),
+        lambda: F.robustmix(x, soft, lam_low=0.3, lam_high=0.9, cutoff=0.1, energy="sample"),
+        lambda: F.robustmix(x, Y, lam_low=0.5, lam_high=0.1, cutoff=0.8, num_classes=4, energy="uniform", dims=(-1,)),
+    ]
+    eager = [call() for call in calls]
+    _emulate_graphs(monkeypatch)
+    for (a, ya), (b, yb) in zip(eager, [call() for call in calls]):
+        torch.testing.assert_close(b, a, atol=2e-6, rtol=2e-6)
+        torch.testing.assert_close(yb, ya, atol=1e-6, rtol=0)
 
 
 def test_deferred_checks_give_the_same_results(monkeypatch):

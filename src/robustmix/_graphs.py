@@ -126,6 +126,9 @@ class _Statics:
     index: Tensor
     params: Tensor
     pool: Any
+    stream: torch.cuda.Stream  # capture stream on this batch's GPU (the default one is per process)
+    done: torch.cuda.Event  # recorded after each call's clones: the next call's copies wait on it
+    bases: list[Tensor] = field(default_factory=list)  # the cached DCT bases the graphs read
     graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, tuple[Tensor, Tensor, Tensor]] | None] = field(
         default_factory=dict
     )
@@ -150,7 +153,7 @@ def replay(
     first use), or ``None`` when it cannot be captured (the caller then runs eagerly). ``out`` is
     contiguous. ``targets`` and ``index`` may live on the CPU (copied in through pinned memory)."""
     device = images.device
-    shape_key = (device, tuple(images.shape), x_dtype, tuple(targets.shape), targets.dtype)
+    shape_key = (device, tuple(images.shape), x_dtype, tuple(targets.shape), targets.dtype, len(ks))
     # Buffers made under an enclosing inference_mode would be inference tensors, which a later
     # call outside it could not copy into; outputs are plain tensors either way. The batch's GPU
     # is made current: copies, replay and clones go to its current stream.
@@ -163,11 +166,17 @@ def replay(
                 index=torch.empty(images.shape[0], dtype=torch.long, device=device),
                 params=torch.zeros(2 + len(ks), dtype=torch.float64, device=device),
                 pool=torch.cuda.graph_pool_handle(),
+                stream=torch.cuda.Stream(device),
+                done=torch.cuda.Event(),
             )
             _SHAPES[shape_key] = statics
             while len(_SHAPES) > MAX_SHAPES:
                 _SHAPES.popitem(last=False)
         _SHAPES.move_to_end(shape_key)
+        # The lock orders the host's calls; the event orders the GPU's, when callers use other
+        # streams: this call's copies wait until the last call's clones have run.
+        stream = torch.cuda.current_stream(device)
+        stream.wait_event(statics.done)
         statics.x.copy_(images)
         statics.y.copy_(_pinned(targets), non_blocking=True)
         statics.index.copy_(_pinned(index), non_blocking=True)
@@ -179,7 +188,9 @@ def replay(
             return None
         graph, (out, soft, checks) = captured
         graph.replay()
-        return out.clone(), soft.clone(), checks.clone()
+        result = out.clone(), soft.clone(), checks.clone()
+        statics.done.record(stream)
+        return result
 
 
 def _pinned(t: Tensor) -> Tensor:
@@ -192,15 +203,22 @@ def _capture(statics: _Statics, core: Callable[..., Any]) -> tuple[Any, tuple[Te
     args = (statics.x, statics.y, statics.index, statics.params)
     try:
         with torch.cuda.device(device):
-            side = torch.cuda.Stream(device)
+            side = statics.stream
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):  # warm-up: cuBLAS handles, basis caches, lazy inits
                 for _ in range(2):
                     core(*args)
             torch.cuda.current_stream(device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=statics.pool):
+            # Thread-local errors: another thread's syncs during a capture must not fail there.
+            with torch.cuda.graph(graph, pool=statics.pool, stream=side, capture_error_mode="thread_local"):
                 outputs = core(*args)
+            torch.cuda.current_stream(device).wait_stream(side)
+            # The graph reads the cached DCT bases by address: keep them alive with the graph
+            # (the basis cache is an LRU that replays never touch).
+            for n in {statics.x.shape[d] for d in range(1, statics.x.ndim)}:
+                for dtype in {statics.x.dtype, freq._compute_dtype(statics.x.dtype)}:
+                    statics.bases.append(freq.dct_basis(n, device=device, dtype=dtype))
             return graph, outputs
     except Exception:  # a capture failure of any kind means: run this shape eagerly
         return None

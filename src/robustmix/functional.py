@@ -153,6 +153,16 @@ def _index_structure(index: Tensor | None, n: int) -> Tensor | None:
     return index.long()
 
 
+def _require_index_values(index: Tensor, n: int) -> None:
+    _require((torch.sort(index).values == torch.arange(n, device=index.device)).all(), _index_error(index, n))
+
+
+def _require_soft_values(targets: Tensor) -> None:
+    _require(torch.isfinite(targets).all(), _soft_nan_error)
+    if targets.numel():
+        _require(((targets >= 0) & (targets <= 1)).all(), _soft_range_error(targets))
+
+
 def _index_error(index: Tensor, n: int) -> Callable[[], Exception]:
     return lambda: ValueError(f"index must be a permutation of 0..{n - 1}, got {index.tolist()[:10]}")
 
@@ -161,11 +171,9 @@ def _check_index(index: Tensor | None, n: int, device: torch.device) -> Tensor:
     index = _index_structure(index, n)
     if index is None:
         return torch.roll(torch.arange(n, device=device), 1)
-    error = _index_error(index, n)
-
     # Checked where it lives (a CPU index, as the mixers draw it, costs no accelerator sync),
     # then moved; an accelerator index is checked in the _checked() batch and clamped meanwhile.
-    _require((torch.sort(index).values == torch.arange(n, device=index.device)).all(), error)
+    _require_index_values(index, n)
     if _deferring(index.device):
         index = index.clamp(0, n - 1)
     return to_device(index, device)
@@ -263,9 +271,7 @@ def _soft_targets(
 ) -> Tensor:
     """(N, K) float targets on ``device`` (the images'), from class ids or given soft targets."""
     if _targets_kind(targets, n, num_classes) == "soft":
-        _require(torch.isfinite(targets).all(), _soft_nan_error)
-        if targets.numel():
-            _require(((targets >= 0) & (targets <= 1)).all(), _soft_range_error(targets))
+        _require_soft_values(targets)
         return targets.to(device) if device is not None else targets
     dtype = _one_hot_dtype(images_dtype)
     soft = one_hot(targets, num_classes, dtype=dtype)
@@ -601,10 +607,15 @@ def _robustmix_graphed(
     in the enclosing ``_checked()`` block with the eager op's errors, in its order.
     """
     n = images.shape[0]
-    kind = _targets_kind(targets, n, num_classes)
+    # The eager op's order: index (structure, then values where they are free to read), targets.
     index = _index_structure(index, n)
     if index is None:
         index = torch.roll(torch.arange(n), 1)
+    elif index.device.type in _IMMEDIATE_DEVICES:
+        _require_index_values(index, n)
+    kind = _targets_kind(targets, n, num_classes)
+    if kind == "soft" and targets.device.type in _IMMEDIATE_DEVICES:
+        _require_soft_values(targets)
     if kind == "ids":
         targets, classes = targets.long(), num_classes
         errors = [_index_error(index, n), _ids_range_error(targets, int(num_classes))]
@@ -623,7 +634,7 @@ def _robustmix_graphed(
     x_dtype = freq.matmul_dtype(images.dtype, images.device)
     result = _graphs.replay(
         images, targets, index, (lam_low, lam_high), ks, x_dtype=x_dtype,
-        graph_key=(block, energy, classes, soft_dtype), core=core,
+        graph_key=(block, dims, energy, classes, soft_dtype), core=core,
     )
     if result is None:
         return None
