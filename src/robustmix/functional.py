@@ -43,10 +43,9 @@ def energy_modes() -> tuple[str, ...]:
 # Validation
 #
 # Checks of tensor values (NaN, ranges, permutations) need the answer on the host. On the CPU
-# that is free; on an accelerator each one is a host sync that stalls the launch queue, and a
-# call made six. Inside a ``_checked()``
-# block the accelerator's checks are queued as 0-d bool tensors and answered together by one
-# sync at the end of the block, before anything is returned; until then the computation runs on
+# that is free; on an accelerator each one is a host sync that stalls the launch queue (a call
+# made six). Inside a ``_checked()`` block the accelerator's checks are queued as bool tensors
+# and answered together by one sync at the end of the block, before anything is returned; until then the computation runs on
 # clamped indices, so invalid input cannot trip a device-side assert before its error is raised.
 
 _IMMEDIATE_DEVICES = frozenset({"cpu"})  # where a check's answer is free (tests may empty it)
@@ -123,14 +122,21 @@ def _check_images(images: Tensor, min_dims: int) -> None:
         raise ValueError(f"images must have a non-empty batch, got shape {tuple(images.shape)}")
 
 
+def _nonfinite_samples_error(per_sample: Tensor) -> Callable[[], Exception]:
+    """The NaN/inf error naming the first samples (rows of ``per_sample``) that hold one."""
+
+    def error() -> Exception:
+        finite = torch.isfinite(per_sample.reshape(per_sample.shape[0], -1)).all(dim=1)
+        bad = torch.nonzero(~finite).flatten()[:5].tolist()
+        return ValueError(f"images contain NaN or inf values (samples {bad})")
+
+    return error
+
+
 def _check_finite_norms(sq_norms: Tensor) -> None:
     # The per-sample squared norms are computed anyway (energy weighting); a NaN or inf pixel
     # makes its sample's norm non-finite, so this checks the images at no extra pass.
-    def error() -> Exception:
-        bad = torch.nonzero(~torch.isfinite(sq_norms)).flatten()[:5].tolist()
-        return ValueError(f"images contain NaN or inf values (samples {bad})")
-
-    _require(torch.isfinite(sq_norms).all(), error)
+    _require(torch.isfinite(sq_norms).all(), _nonfinite_samples_error(sq_norms))
 
 
 def _check_finite_images(images: Tensor) -> None:
@@ -200,10 +206,7 @@ def one_hot(
         raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}")
     if not isinstance(targets, Tensor):
         raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
-    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-        raise TypeError(f"targets must be integer class ids, got dtype {targets.dtype}")
-    if targets.ndim != 1:
-        raise ValueError(f"integer targets must have shape (N,), got {tuple(targets.shape)}")
+    _check_class_ids(targets, num_classes)
     ids = targets.long()
     with _checked():
         if ids.numel():
@@ -234,13 +237,18 @@ def _targets_kind(targets: Tensor, n: int, num_classes: int | None) -> str:
         return "soft"
     if num_classes is None:
         raise ValueError("num_classes is required when targets are integer class ids")
+    _check_class_ids(targets, num_classes)
+    return "ids"
+
+
+def _check_class_ids(targets: Tensor, num_classes: int) -> None:
+    """The checks of integer class ids that need no values (shared by one_hot and the op)."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if targets.is_complex() or targets.dtype == torch.bool:
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
         raise TypeError(f"targets must be integer class ids, got dtype {targets.dtype}")
     if targets.ndim != 1:
         raise ValueError(f"integer targets must have shape (N,), got {tuple(targets.shape)}")
-    return "ids"
 
 
 def _soft_nan_error() -> Exception:
@@ -640,11 +648,7 @@ def _robustmix_graphed(
         return None
     out, soft, checks = result
 
-    def not_finite() -> Exception:
-        bad = torch.nonzero(~torch.isfinite(images.flatten(1)).all(dim=1)).flatten()[:5].tolist()
-        return ValueError(f"images contain NaN or inf values (samples {bad})")
-
-    _require_each(checks, [*errors, not_finite])
+    _require_each(checks, [*errors, _nonfinite_samples_error(images)])
     return _restore_format(out, images), soft
 
 
