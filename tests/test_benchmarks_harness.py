@@ -37,6 +37,7 @@ corruptions = _load("bench_corruptions", "corruptions.py")
 table = _load("bench_table", "table.py")
 sys.modules.setdefault("corruptions", corruptions)  # agreement.py imports it as a script sibling
 agreement = _load("bench_agreement", "agreement.py")
+cuda_overhead = _load("bench_cuda_overhead", "cuda_overhead.py")
 
 
 class ScriptedClock:
@@ -459,3 +460,10 @@ def test_mixing_table_renders_the_buffer_pool_rows():
     assert "| 2x3x8x8 | RobustMix batch, pool on | 12.00 | 2.00 | 3 |" in text
     assert "buffer pool on and off" in text
     assert "buffer pool" not in "\n".join(table.render_mixing({**res, "buffer_pool": []}))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no GPU")
+def test_cuda_overhead_says_it_needs_cuda(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["cuda_overhead.py"])
+    with pytest.raises(SystemExit, match="needs a CUDA device; none is available here"):
+        cuda_overhead.main()

@@ -1,7 +1,8 @@
 """CUDA graphs for the Robustmix op: one graph launch instead of ~40 kernel launches.
 
 On a GPU the op's arithmetic is small (~0.5 ms of kernels at B128x3x224^2 on an H200) and its
-cost is the host's: ~40 kernel launches at tens of microseconds each, 9x timm's Mixup in all.
+cost is the host's: ~40 kernel launches at tens of microseconds each, 9x timm's Mixup in all
+(``benchmarks/cuda_overhead.py`` prints syncs, kernel time and graph memory).
 Replaying a captured graph costs one launch. The core of the op is captured on static buffers
 per batch shape; a call copies its batch, targets, partner permutation, mixing weights and band
 sizes into them, replays, and clones the outputs (a replay overwrites the last one's). The value

@@ -1,0 +1,101 @@
+"""Where the Robustmix op's time goes on a GPU: host syncs, CUDA-graph memory, eager vs graphs.
+
+Not a peer comparison (``mixing.py`` is): a diagnosis, printed, for the figures the docs quote
+about the CUDA path (syncs per call, the graphs' memory, the kernels' share of a call). Needs
+CUDA; writes nothing.
+
+    python benchmarks/cuda_overhead.py            # B128x3x224^2 bfloat16 and B256x1x28^2 float32
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import robustmix.functional as F
+from robustmix import RobustMix, _graphs
+
+CASES = (((128, 3, 224, 224), torch.bfloat16), ((256, 1, 28, 28), torch.float32))
+
+
+def median_ms(fn: Callable[[], Any], repeats: int = 30) -> float:
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[repeats // 2] * 1e3
+
+
+def host_syncs(fn: Callable[[], Any]) -> list[str]:
+    """Where ``fn`` synchronised with the GPU (torch's sync debug mode), as robustmix frames."""
+    seen: list[str] = []
+
+    def show(*_: Any, **__: Any) -> None:
+        frames = [f"{f.filename.split('/')[-1]}:{f.lineno}:{f.name}"
+                  for f in traceback.extract_stack()[:-1] if "robustmix" in f.filename]
+        seen.append(" <- ".join(reversed(frames[-4:])) or "(outside robustmix)")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        torch.cuda.set_sync_debug_mode(1)
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return seen
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("cuda_overhead.py needs a CUDA device; none is available here")
+    for shape, dtype in CASES:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=g).to("cuda", dtype)
+        y = torch.randint(0, 1000, (shape[0],), generator=g).to("cuda")
+        index = torch.randperm(shape[0], generator=g).to("cuda")
+        mixer = RobustMix(1000, seed=0)
+        calls = {
+            "op": lambda x=x, y=y, index=index: F.robustmix(
+                x, y, lam_low=0.7, lam_high=0.2, cutoff=0.5, index=index, num_classes=1000),
+            "RobustMix": lambda x=x, y=y, mixer=mixer: mixer(x, y),
+        }  # fmt: skip
+        label = f"{'x'.join(map(str, shape))} {str(dtype).removeprefix('torch.')}"
+        _graphs.clear()
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        calls["op"]()
+        torch.cuda.synchronize()
+        print(f"{label}: graph buffers and pool {(torch.cuda.memory_allocated() - before) / 2**20:.1f} MiB")
+        for graphs in (False, True):
+            _graphs.ENABLED = graphs
+            for name, fn in calls.items():
+                mode = "graphs" if graphs else "eager"
+                syncs = host_syncs(fn)
+                print(f"{label} {mode:6s} {name:9s} median {median_ms(fn):.3f} ms, {len(syncs)} host sync(s)")
+                for where in syncs:
+                    print(f"    sync at {where}")
+        _graphs.ENABLED = True
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                calls["op"]()
+            torch.cuda.synchronize()
+        kernels = sum(e.self_device_time_total for e in prof.key_averages()) / 5 / 1e3
+        print(f"{label}: the op's kernels take {kernels:.3f} ms of GPU time a call (torch.profiler)")
+
+
+if __name__ == "__main__":
+    main()
