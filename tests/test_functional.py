@@ -598,6 +598,34 @@ def test_graph_core_checks_flag_bad_values_in_the_eager_order():
     assert checks.tolist() == [True, True, False, True]  # index, soft finite, soft in [0, 1], finite
 
 
+@pytest.mark.parametrize("energy", [0.3, "uniform", "batch"])
+def test_half_soft_targets_rounded_once_the_same_on_graph_and_eager_paths(energy):
+    # A device-held weight (the graph's) and a Python float (eager, CPU) must mix half targets alike.
+    from robustmix import _graphs, freq
+
+    x = rand((6, 3, 16, 16), seed=43, dtype=torch.float32)
+    soft = torch.softmax(rand((6, 7), seed=44) * 4, 1).to(torch.bfloat16)
+    index = torch.tensor([3, 0, 5, 1, 2, 4])
+    _, want = F.robustmix(x, soft, lam_low=0.83, lam_high=0.11, cutoff=0.5, index=index, energy=energy)
+    ks = freq.band_sizes(0.5, [16, 16])
+    _, got, _ = _graphs.graph_core(
+        x, soft, index, torch.tensor([0.83, 0.11, *ks], dtype=torch.float64), block=(16, 16), dims=(2, 3),
+        energy=energy, out_dtype=torch.float32, soft_dtype=torch.float32, num_classes=None,
+        share_of=F._low_band_share, mix_targets=F._mix_targets, sq_norms_of=F._sq_norms,
+    )
+    assert want.dtype == got.dtype == torch.bfloat16
+    assert torch.equal(got, want)
+    # rounded once from the exact mix: within half a bf16 ulp of float64
+    lam_c = {0.3: 0.3, "uniform": 0.25}.get(energy)
+    if lam_c is None:
+        x64 = x.double()
+        lam_c = float(freq.lowpass(x64, 0.5).square().sum() / x64.square().sum())  # rel. error ~1e-7
+    lam = lam_c * 0.83 + (1 - lam_c) * 0.11
+    y1 = soft.double()
+    exact = lam * y1 + (1 - lam) * y1[index]
+    assert torch.equal(want, exact.to(torch.bfloat16))
+
+
 def test_graph_buckets():
     from robustmix import _graphs
 

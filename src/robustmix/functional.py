@@ -294,9 +294,18 @@ def _as_column(value: float | Tensor, ndim: int, dtype: torch.dtype, device: tor
 
 
 def _mix_targets(y1: Tensor, index: Tensor, lam: float | Tensor) -> Tensor:
-    y2 = y1[index]
-    lam = _as_column(lam, 2, y1.dtype, y1.device)
-    return y2 + lam * (y1 - y2)
+    """``lam * y1 + (1 - lam) * y2`` as ``y2 + lam * (y1 - y2)``, in ``y1``'s dtype.
+
+    Half soft targets are mixed in float32 and rounded once: torch rounds a tensor weight to a
+    half operand's dtype but keeps a Python float, so without this the same call gave other
+    targets when ``lam`` is a device value (CUDA graphs, energies left on the GPU) than a float.
+    """
+    half = y1.dtype in (torch.float16, torch.bfloat16)
+    y = y1.float() if half else y1
+    y2 = y[index]
+    lam = _as_column(lam, 2, y.dtype, y.device)
+    mixed = y2 + lam * (y - y2)
+    return mixed.to(y1.dtype) if half else mixed
 
 
 _CHUNK_BYTES = 4 << 20
