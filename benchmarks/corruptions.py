@@ -17,7 +17,7 @@ Note for 32 px: ``imagecorruptions`` applies the ImageNet-C parameters at every 
 uses the CIFAR-10-C table at <= 32 px, so the 32 px rows compare the two suites as a user gets
 them, not identical work.
 
-Run: ``python benchmarks/corruptions.py [--device cuda] [--quick]``.
+Run: ``python benchmarks/corruptions.py [--device cuda] [--quick] [--sizes 64:32]``.
 """
 
 from __future__ import annotations
@@ -138,6 +138,23 @@ def parse_only(parser: argparse.ArgumentParser, only: str | None) -> tuple[str, 
     if unknown:
         parser.error(f"--only: unknown corruption(s) {unknown}; known: {', '.join(ALL_CORRUPTIONS)}")
     return names
+
+
+def parse_sizes(parser: argparse.ArgumentParser, sizes: str | None) -> tuple[tuple[int, int], ...] | None:
+    """``--sizes SIZE:BATCH[,SIZE:BATCH...]`` as ((size, batch), ...); None when not given."""
+    if not sizes:
+        return None
+    cases = []
+    for item in sizes.split(","):
+        size, _, batch = item.strip().partition(":")
+        try:
+            case = (int(size), int(batch))
+        except ValueError:
+            parser.error(f"--sizes: expected SIZE:BATCH items such as 64:32, got {item.strip()!r}")
+        if min(case) < 1:
+            parser.error(f"--sizes: size and batch must be >= 1, got {item.strip()!r}")
+        cases.append(case)
+    return tuple(cases)
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, metavar="NAME[,NAME...]",
                         help="measure only these corruptions: a partial result, written to the temp dir "
                              "(like --quick) unless --out is given, and never rendered by table.py")
+    parser.add_argument("--sizes", default=None, metavar="SIZE:BATCH[,...]",
+                        help="other image sizes and our batch per size (e.g. 64:32 for Tiny-ImageNet-C's side): "
+                             "a partial result, like --only; without it 224:8,32:32 (CPU) or 224:64,32:256 (CUDA)")
     parser.add_argument("--runs", type=int, default=3,
                         help="whole-suite runs; each row is the run with the median speed-up (default 3)")
     args = parser.parse_args(argv)
@@ -321,10 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.runs = 1
     names = parse_only(parser, args.only)
+    sizes = parse_sizes(parser, args.sizes)
+    partial = args.quick or bool(args.only) or sizes is not None
     device = H.resolve_device(args.device)
     H.apply_threads(args.threads)
     probe_start = H.machine_probe() if device.type == "cpu" and not args.quick else None
-    cases = QUICK_CASES if args.quick else FULL_CASES[device.type]
+    cases = sizes or (QUICK_CASES if args.quick else FULL_CASES[device.type])
     repeats = 1 if args.quick else args.repeats
     try:
         reference, shims = load_imagecorruptions()
@@ -345,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append([row for size, batch in cases for row in bench_size(size, batch, device, repeats, reference, names)])
     rows = median_run_rows(runs)
     samplers = [] if device.type != "cpu" else bench_samplers(*cases[0], repeats)
-    large = [] if device.type != "cpu" else bench_large_batch(
+    large = [] if device.type != "cpu" or sizes else bench_large_batch(
         *LARGE_BATCH["quick" if args.quick else "full"], 1 if args.quick else 5, names)
     summary = summarize(rows)
     for size, entry in summary.items():
@@ -356,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     probe_end = H.machine_probe() if probe_start is not None else None
     result = {
         "benchmark": "corruptions",
-        "quick": args.quick or bool(args.only),
+        "quick": partial,
         "only": list(names) if args.only else None,
+        "sizes": [list(c) for c in sizes] if sizes else None,
         "meta": H.collect_metadata(device, extra={"probe_start": probe_start, "probe_end": probe_end, "peer_versions": versions, "cv2_threads": cv2_threads}),
         "config": {"severity": SEVERITY, "runs": args.runs, "row_per_case": "the run with the median speed-up",
                    "max_rounds": repeats, "min_rounds": MIN_ROUNDS, "warmup": 1,
@@ -373,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         "large_batch": large,
         "summary": summary,
     }
-    out = args.out or H.default_out_path("corruptions", device, quick=args.quick or bool(args.only))
+    out = args.out or H.default_out_path("corruptions", device, quick=partial)
     print(f"wrote {H.write_result(out, result)}")
     return 0
 

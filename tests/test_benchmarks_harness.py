@@ -355,6 +355,17 @@ def test_reference_shims_map_old_keywords():
     assert compat.float_ is np.float64 and compat.zeros is np.zeros
 
 
+def test_corruption_sizes_option_parses_and_rejects_bad_items():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    assert corruptions.parse_sizes(parser, None) is None
+    assert corruptions.parse_sizes(parser, "64:32, 128:16") == ((64, 32), (128, 16))
+    for bad in ("64", "64:x", "0:8", "64:0"):
+        with pytest.raises(SystemExit):
+            corruptions.parse_sizes(parser, bad)
+
+
 def test_smooth_images_are_deterministic_and_in_range():
     a, b = corruptions.smooth_images(2, 32), corruptions.smooth_images(2, 32)
     assert a.shape == (2, 3, 32, 32) and torch.equal(a, b)
