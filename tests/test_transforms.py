@@ -162,6 +162,74 @@ def test_mix_collate_in_dataloader_workers_is_reproducible():
         torch.testing.assert_close(soft.sum(1), torch.ones(8))
 
 
+def test_out_of_range_dims_raise_on_every_call_mixed_or_not():
+    mixer = RobustMix(4, dims=(5,), p=0.0, seed=0)  # never mixes: the check must not hang on the coin
+    for _ in range(3):
+        with pytest.raises(ValueError, match="dims entry 5 is out of range"):
+            mixer(X, Y % 4)
+    out, _ = RobustMix(4, dims=-1, seed=0)(X, Y % 4)  # an int is one dim, as in the functional op
+    want, _ = F.robustmix(X, Y % 4, num_classes=4, dims=(-1,), **_drawn(RobustMix(4, dims=-1, seed=0), X))
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+
+
+def _drawn(mixer, images):
+    params = mixer.make_params(images)
+    return {"lam_low": params.lam_low, "lam_high": params.lam_high, "cutoff": params.cutoff, "index": params.index}
+
+
+def test_integer_like_numpy_arguments_are_accepted():
+    mixer = RobustMix(np.int64(4), seed=np.uint64(3))
+    assert mixer.num_classes == 4 and type(mixer.num_classes) is int
+    same = RobustMix(4, seed=3)
+    torch.testing.assert_close(mixer(X, Y % 4), same(X, Y % 4), rtol=0, atol=0)
+    assert MixUp(4, per_sample=np.bool_(True)).per_sample is True
+
+
+def test_cutmix_of_empty_images_pastes_nothing():
+    x = torch.rand(3, 1, 0, 5)
+    out, soft = F.cutmix(x, torch.arange(3), box=(0, 0, 0, 0), num_classes=3)
+    assert out.shape == x.shape
+    torch.testing.assert_close(soft, torch.eye(3))
+
+
+def test_mix_collate_worker_stream_is_not_the_workers_global_stream():
+    # torch seeds a worker's global RNG with get_worker_info().seed; the mixer must draw otherwise.
+    from robustmix.transforms import _worker_mixer_seed
+
+    seed = 123456789
+    derived = _worker_mixer_seed(seed)
+    assert derived != seed and 0 <= derived < 2**64 and derived == _worker_mixer_seed(seed)
+    ours = torch.rand(16, generator=torch.Generator().manual_seed(derived))
+    global_stream = torch.rand(16, generator=torch.Generator().manual_seed(seed))
+    assert not torch.equal(ours, global_stream)
+
+
+class _GlobalRngDataset(torch.utils.data.Dataset):
+    """Augmentation on the worker's global RNG, as most datasets do."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return torch.rand(3, 4, 4), 0
+
+
+class _DrawingMixer:
+    """A mixer that returns its first draw next to the batch's first image."""
+
+    def __init__(self):
+        self.generator = torch.Generator().manual_seed(0)
+
+    def __call__(self, images, targets):
+        return torch.rand(images.shape[1:], generator=self.generator), images[0]
+
+
+def test_mix_collate_in_a_worker_does_not_replay_the_augmentation_draws():
+    loader = DataLoader(_GlobalRngDataset(), batch_size=2, num_workers=1, collate_fn=MixCollate(_DrawingMixer()))
+    for mixer_draw, augmentation in loader:  # with the worker's own seed the two were equal
+        assert mixer_draw.shape == augmentation.shape and not torch.equal(mixer_draw, augmentation)
+
+
 def test_build_mixer():
     assert build_mixer("none", 10) is None
     assert isinstance(build_mixer("robustmix", 10, tau=0.3, energy="sample", alpha=0.5), RobustMix)
@@ -171,6 +239,10 @@ def test_build_mixer():
     assert mixer_names() == ("none", "mixup", "cutmix", "robustmix")
     with pytest.raises(ValueError, match="mixer must be one of"):
         build_mixer("fmix", 10)
+    # an option no mixer takes is a typo, whichever mixer is named
+    for name in ("robustmix", "none"):
+        with pytest.raises(TypeError, match=r"unknown option\(s\) \['alpah', 'tua'\]"):
+            build_mixer(name, 10, alpah=0.2, tua=0.5)
 
 
 @pytest.mark.parametrize(
@@ -191,6 +263,16 @@ def test_build_mixer():
         (lambda: RobustMix(5)(X[:0], Y[:0]), ValueError, "non-empty batch"),
         (lambda: MixUp(5, alpha=-1.0), ValueError, "alpha must be a positive"),
         (lambda: CutMix(5)(torch.rand(6, 8), Y), ValueError, "at least 3 dims"),
+        (lambda: RobustMix(5, dims=None), TypeError, "dims must be an int or a sequence of ints"),
+        (lambda: RobustMix(5, dims=(1.5,)), TypeError, "dims must be an int or a sequence of ints"),
+        (lambda: RobustMix(5, dims="ab"), TypeError, "dims must be an int or a sequence of ints"),
+        (lambda: RobustMix(5, dims=()), ValueError, "dims must name at least one dim"),
+        (lambda: RobustMix(5, per_sample="no"), TypeError, "per_sample must be True or False"),
+        (lambda: MixUp(5, per_sample=1), TypeError, "per_sample must be True or False"),
+        (lambda: RobustMix(5, seed=-1), ValueError, r"seed must lie in \[0, 2\*\*64\)"),
+        (lambda: RobustMix(5, seed=2**64), ValueError, r"seed must lie in \[0, 2\*\*64\)"),
+        (lambda: MixCollate(5), TypeError, "mixer must be callable"),
+        (lambda: MixCollate(MixUp(5), collate="default"), TypeError, "collate must be callable"),
     ],
 )
 def test_bad_arguments(call, err, match):

@@ -47,19 +47,25 @@ Cutoff = float | Tensor
 # Validation helpers (shared with functional.py)
 
 
+def dims_spec(dims: Dims, *, name: str = "dims") -> tuple[int, ...]:
+    """``dims`` as a non-empty tuple of ints (an int, a sequence of ints), before any tensor is
+    known; raises naming ``name`` for anything else (floats, strings, bools, None)."""
+    items = (dims,) if isinstance(dims, numbers.Integral) and not isinstance(dims, bool) else dims
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in items
+    ):
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {dims!r}")
+    if len(items) == 0:
+        raise ValueError(f"{name} must name at least one dim, got {dims!r}")
+    return tuple(int(d) for d in items)
+
+
 def normalize_dims(dims: Dims, ndim: int, *, name: str = "dims", batched: bool = False) -> tuple[int, ...]:
     """Return ``dims`` as sorted non-negative ints, or raise naming what was wrong.
 
     With ``batched=True`` dim 0 is the batch and may not be a signal dim.
     """
-    if isinstance(dims, int):
-        dims = (dims,)
-    try:
-        dims = tuple(int(d) for d in dims)
-    except TypeError as exc:
-        raise TypeError(f"{name} must be a sequence of ints, got {dims!r}") from exc
-    if len(dims) == 0:
-        raise ValueError(f"{name} must name at least one dim, got {dims!r}")
+    dims = dims_spec(dims, name=name)
     lowest = 1 if batched else 0
     out = []
     for d in dims:

@@ -434,7 +434,8 @@ def cutmix(
     _check_finite_images(images)
     out = images.clone()
     out[..., top : top + h, left : left + w] = images[index][..., top : top + h, left : left + w]
-    lam = 1.0 - (h * w) / float(height_img * width_img)
+    area = height_img * width_img
+    lam = 1.0 - (h * w) / float(area) if area else 1.0  # an empty image has nothing pasted
     return _restore_format(out, images), _mix_targets(y1, index, lam)
 
 

@@ -45,9 +45,11 @@ def make_generator(seed: int | None = None, generator: torch.Generator | None = 
     if seed is None:
         g.seed()
     else:
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        g.manual_seed(seed)
+        if not 0 <= seed < 2**64:  # torch would wrap negatives onto other seeds' streams
+            raise ValueError(f"seed must lie in [0, 2**64), got {seed}")
+        g.manual_seed(int(seed))
     return g
 
 
@@ -171,7 +173,13 @@ def sample_cutmix_params(
     n: int, height: int, width: int, *, alpha: float, p: float, generator: torch.Generator
 ) -> CutMixParams:
     """A box as in the CutMix paper: lam ~ Beta(alpha, alpha), side ratios sqrt(1 - lam),
-    centre uniform over the image, clipped to the image (so the area may shrink)."""
+    centre uniform over the image, clipped to the image (so the area may shrink).
+
+    The box is the paper's code's (``rand_bbox`` of clovaai/CutMix-PyTorch): it reaches
+    ``cut // 2`` from the centre on both sides, so an unclipped side is ``cut`` rounded down to
+    an even number (timm's ``rand_bbox`` adds the odd pixel on the far side). The label weight
+    is the pasted area's, so labels match pixels either way.
+    """
     p = check_probability(p, "p")
     apply = _bernoulli(p, generator)
     lam = sample_beta(alpha, None, generator)

@@ -14,9 +14,11 @@ Example:
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import default_collate, get_worker_info
@@ -27,6 +29,12 @@ from robustmix import params as P
 from robustmix._device import to_device
 
 __all__ = ["CutMix", "MixCollate", "MixUp", "RobustMix", "build_mixer", "mixer_names"]
+
+
+def _check_flag(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 class _BatchMixer:
@@ -41,9 +49,9 @@ class _BatchMixer:
         seed: int | None,
         generator: torch.Generator | None,
     ) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        self.num_classes = num_classes
+        self.num_classes = int(num_classes)
         self.p = P.check_probability(p, "p")
         self.label_smoothing = P.check_probability(label_smoothing, "label_smoothing", upper_open=True)
         self.generator = P.make_generator(seed, generator)
@@ -119,7 +127,9 @@ class RobustMix(_BatchMixer):
         alpha: Beta concentration of both lambdas.
         tau: lower end of the cutoff range.
         p: probability of mixing a batch.
-        label_smoothing: epsilon of label smoothing.
+        label_smoothing: epsilon of label smoothing, ``y * (1 - eps) + eps / num_classes`` (timm's
+            convention); given soft targets are smoothed too, as ``torch.nn.functional.cross_entropy``
+            smooths probability targets.
         energy: label weighting, see :func:`robustmix.functional.robustmix`.
         per_sample: draw lambdas and cutoff per sample instead of per batch.
         dims: signal dims (``(-2, -1)`` images, ``(-1,)`` audio, ``(-3, -2, -1)`` volumes).
@@ -150,13 +160,14 @@ class RobustMix(_BatchMixer):
         self.tau = P.check_probability(tau, "tau")
         self.transform = freq.check_transform(transform)
         self.energy = F._check_energy(energy)
-        self.per_sample = bool(per_sample)
-        self.dims = tuple(dims)
+        self.per_sample = _check_flag(per_sample, "per_sample")
+        self.dims = freq.dims_spec(dims)
         self.lam_low = None if lam_low is None else P.check_probability(lam_low, "lam_low")
         self.lam_high = None if lam_high is None else P.check_probability(lam_high, "lam_high")
 
     def make_params(self, images: Tensor) -> P.RobustMixParams:
         """Draw the parameters of one call for this batch."""
+        freq.normalize_dims(self.dims, images.ndim, batched=True)  # on every call, mixed or not
         return P.sample_robustmix_params(
             images.shape[0], alpha=self.alpha, tau=self.tau, p=self.p, per_sample=self.per_sample,
             generator=self.generator, lam_low=self.lam_low, lam_high=self.lam_high,
@@ -192,7 +203,7 @@ class MixUp(_BatchMixer):
     ) -> None:
         super().__init__(num_classes, p=p, label_smoothing=label_smoothing, seed=seed, generator=generator)
         self.alpha = P._check_alpha(alpha)
-        self.per_sample = bool(per_sample)
+        self.per_sample = _check_flag(per_sample, "per_sample")
 
     def make_params(self, images: Tensor) -> P.MixUpParams:
         return P.sample_mixup_params(
@@ -243,10 +254,15 @@ class MixCollate:
 
     In a worker process the mixer's generator is reseeded once from the worker's seed
     (``torch.utils.data.get_worker_info().seed``, itself drawn from the loader's generator), so
-    workers do not repeat each other's parameters and a seeded loader stays reproducible.
+    workers do not repeat each other's parameters and a seeded loader stays reproducible. The
+    seed is hashed first (:class:`numpy.random.SeedSequence`): torch seeds the worker's global
+    RNG with that very number, and the mixer must not replay the dataset's augmentation draws.
     """
 
     def __init__(self, mixer: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], collate: Callable = default_collate):
+        for value, name in ((mixer, "mixer"), (collate, "collate")):
+            if not callable(value):
+                raise TypeError(f"{name} must be callable, got {type(value).__name__}")
         self.mixer = mixer
         self.collate = collate
         self._seeded_worker: int | None = None
@@ -254,13 +270,18 @@ class MixCollate:
     def __call__(self, batch: list) -> tuple[Tensor, Tensor]:
         info = get_worker_info()
         if info is not None and self._seeded_worker != info.id and hasattr(self.mixer, "generator"):
-            self.mixer.generator.manual_seed(info.seed)
+            self.mixer.generator.manual_seed(_worker_mixer_seed(info.seed))
             self._seeded_worker = info.id
         images, targets = self.collate(batch)[:2]
         return self.mixer(images, targets)
 
     def __repr__(self) -> str:
         return f"MixCollate({self.mixer!r})"
+
+
+def _worker_mixer_seed(worker_seed: int) -> int:
+    """A 64-bit seed for a worker's mixer, unrelated to ``worker_seed`` as a stream."""
+    return int(np.random.SeedSequence([worker_seed, 0x726D6978]).generate_state(1, np.uint64)[0])
 
 
 _MIXERS = {"mixup": MixUp, "cutmix": CutMix, "robustmix": RobustMix}
@@ -274,13 +295,22 @@ def mixer_names() -> tuple[str, ...]:
 def build_mixer(name: str, num_classes: int, **options: Any) -> _BatchMixer | None:
     """A mixer by name; ``"none"`` gives ``None``.
 
-    Options that the named mixer does not take (e.g. ``tau`` for ``"mixup"``) are ignored, so one
-    training config can carry the options of every mixer.
+    Options that the named mixer does not take but another does (e.g. ``tau`` for ``"mixup"``)
+    are ignored, so one training config can carry the options of every mixer; an option that no
+    mixer takes (a typo) is a ``TypeError``.
     """
+    if name != "none" and name not in _MIXERS:
+        raise ValueError(f"mixer must be one of {mixer_names()}, got {name!r}")
+    known = set().union(*(_options_of(cls) for cls in _MIXERS.values()))
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"build_mixer got unknown option(s) {unknown}; known: {sorted(known)}")
     if name == "none":
         return None
-    if name not in _MIXERS:
-        raise ValueError(f"mixer must be one of {mixer_names()}, got {name!r}")
     cls = _MIXERS[name]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "num_classes"}
+    accepted = _options_of(cls)
     return cls(num_classes, **{k: v for k, v in options.items() if k in accepted})
+
+
+def _options_of(cls: type) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "num_classes"}
