@@ -24,6 +24,7 @@ from robustmix.corruptions import (
     blur,
     corrupt,
     digital,
+    registry,
     resolve_corruptions,
 )
 from robustmix.corruptions import _common as common
@@ -213,7 +214,7 @@ def test_eight_bit_poisson_draws_match_the_poisson_pmf(level, through_corrupt):
     if through_corrupt:
         counts = (corrupt(x, "shot_noise", 3, generator=gen(11)) * c).round().long()
     else:
-        counts = common.random_poisson_levels(common.eight_bit_levels(x), c, gen(11)).long()
+        counts = common.random_poisson_levels((x * 255).round().long(), c, gen(11)).long()
     lam = level * c / 255
     hi = int(stats.poisson.ppf(1 - 1e-4, lam))
     observed = torch.bincount(counts.flatten().clamp(max=hi + 1), minlength=hi + 2).double().numpy()
@@ -238,37 +239,67 @@ def test_shot_noise_takes_the_alias_path_only_for_eight_bit_images(monkeypatch):
     between = eight_bit.clamp(max=254 / 255) + 0.3 / 255
     corrupt(between, "shot_noise", 2, generator=gen(5))  # between levels: torch.poisson
     assert len(calls) == 2
-    assert common.eight_bit_levels(between) is None
-    assert torch.equal(common.eight_bit_levels(eight_bit), (eight_bit * 255).round().long())
+    assert not common.eight_bit_images(between).any() and common.eight_bit_images(eight_bit).all()
+    # a mixed batch takes each image's own path, in runs, in order: the same as image by image
+    mixed = torch.cat([eight_bit[:1], between[:1], eight_bit[1:], between[1:]])
+    whole = corrupt(mixed, "shot_noise", 2, generator=gen(6))
+    g = gen(6)
+    assert torch.equal(whole, torch.cat([corrupt(mixed[i : i + 1], "shot_noise", 2, generator=g) for i in range(4)]))
+    assert len(calls) == 2 + 2 + 2
 
 
-def test_blocked_poisson_draw_is_reproducible_and_independent_of_the_pool(monkeypatch):
-    # > POISSON_BLOCK elements: drawn in independently seeded blocks over the worker pool. The
-    # split is by size only, so the same seed gives the same counts with or without the pool.
-    rates = torch.rand(5 * common.POISSON_BLOCK + 123, generator=gen(7)) * 20
+def test_blocked_poisson_draw_is_reproducible_and_independent_of_the_pool_and_the_batch(monkeypatch):
+    # Each image draws from its own seeded generator, its row in pieces of POISSON_BLOCK: the
+    # same seed gives the same counts with or without the pool, and in one call or two.
+    rates = torch.rand(3, 2 * common.POISSON_BLOCK + 123, generator=gen(7)) * 20
     pooled = common.random_poisson(rates, gen(8))
     assert torch.equal(pooled, common.random_poisson(rates, gen(8)))
+    g = gen(8)
+    assert torch.equal(pooled, torch.cat([common.random_poisson(rates[:1], g), common.random_poisson(rates[1:], g)]))
     monkeypatch.setattr(common, "worker_pool", lambda: None)
     assert torch.equal(pooled, common.random_poisson(rates, gen(8)))
     assert not torch.equal(pooled, common.random_poisson(rates, gen(9)))
 
 
-@pytest.mark.parametrize("p", [0.03, 0.3])
-def test_bernoulli_positions_are_independent_bernoulli_trials(p, monkeypatch):
-    # Every index hit with probability p, neighbours independently, and the number of successes
-    # binomial; with the gap budget cut to the mean, most draws take several rounds.
+@pytest.mark.parametrize(("size", "eight_bit"), [((32, 32), True), ((33, 31), False), ((64, 64), True)])
+def test_every_corruption_gives_an_image_the_same_draws_in_any_batch(size, eight_bit, monkeypatch):
+    # A dataset corrupted batch by batch (or in corrupt's CPU chunks) must not depend on the
+    # batch size: image i's draws follow image i - 1's in the generator's stream, a fixed number
+    # of them per image. Deterministic arithmetic on other batch shapes may still round apart
+    # (motion blur's FFT, then its 8-bit step: one level on ~1e-5 of pixels).
+    x = F.interpolate(torch.rand(6, 3, 8, 8, generator=gen(1)), size=size, mode="bicubic").clamp(0, 1)
+    if eight_bit:
+        x = (x * 255).round() / 255
+    for name in ALL_CORRUPTIONS:
+        whole = corrupt(x, name, 3, generator=gen(5))
+        g = gen(5)
+        parts = torch.cat([corrupt(x[a:b], name, 3, generator=g) for a, b in ((0, 1), (1, 4), (4, 6))])
+        monkeypatch.setattr(registry, "CPU_CHUNK_ELEMENTS", 2 * x[0].numel())  # chunks of 2 images
+        chunked = corrupt(x, name, 3, generator=gen(5))
+        monkeypatch.undo()
+        for other in (parts, chunked):
+            diff = (other - whole).abs()
+            assert float(diff.max()) <= 1.01 / 255 and float((diff > 0).float().mean()) < 1e-3, name
+
+
+@pytest.mark.parametrize(("p", "short_budget"), [(0.03, False), (0.3, False), (0.3, True)])
+def test_bernoulli_rows_are_independent_bernoulli_trials(p, short_budget, monkeypatch):
+    # Every index hit with probability p, neighbours independently, the number of successes per
+    # row binomial, a uniform per success; with the gap budget cut below the mean, most rows run
+    # out of gaps and continue from their own seeded generator.
     from scipy import stats
 
-    if p == 0.3:
+    if short_budget:
         monkeypatch.setattr(common, "_GAP_SIGMAS", -1.0)
         monkeypatch.setattr(common, "_GAP_SLACK", 0)
-    n, reps = 40, 20000
-    g = gen(11)
-    hits = torch.zeros(reps, n)
-    for r in range(reps):
-        pos = common.bernoulli_positions(n, p, g)
-        assert torch.equal(pos, pos.unique()) and (pos.numel() == 0 or (0 <= int(pos.min()) and int(pos.max()) < n))
-        hits[r, pos] = 1.0
+    n, reps = 40, 4000 if short_budget else 20000
+    flat, u = common.bernoulli_rows(reps, n, p, gen(11))
+    assert flat.unique().numel() == flat.numel() and 0 <= int(flat.min()) and int(flat.max()) < reps * n
+    assert u.shape == flat.shape and float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    assert stats.kstest(u.numpy(), "uniform").pvalue > 1e-3
+    hits = torch.zeros(reps * n)
+    hits[flat] = 1.0
+    hits = hits.view(reps, n)
     freq = hits.mean(0)
     sd = math.sqrt(p * (1 - p) / reps)
     assert float((freq - p).abs().max()) < 4.5 * sd
@@ -281,12 +312,28 @@ def test_bernoulli_positions_are_independent_bernoulli_trials(p, monkeypatch):
     assert stats.chi2.sf(chi2, int(keep.sum()) - 1) > 1e-3
 
 
-def test_bernoulli_positions_edge_cases():
-    assert common.bernoulli_positions(0, 0.5, gen(0)).numel() == 0
-    assert common.bernoulli_positions(10, 0.0, gen(0)).numel() == 0
-    assert torch.equal(common.bernoulli_positions(5, 1.0, gen(0)), torch.arange(5))
+@pytest.mark.parametrize("short_budget", [False, True])
+def test_bernoulli_rows_do_not_depend_on_the_other_rows(short_budget, monkeypatch):
+    if short_budget:
+        monkeypatch.setattr(common, "_GAP_SIGMAS", -1.0)
+        monkeypatch.setattr(common, "_GAP_SLACK", 0)
+    whole, u_whole = common.bernoulli_rows(5, 300, 0.2, gen(3))
+    g = gen(3)
+    first, u_first = common.bernoulli_rows(2, 300, 0.2, g)
+    rest, u_rest = common.bernoulli_rows(3, 300, 0.2, g)
+    got = torch.cat([first, rest + 2 * 300])
+    order, got_order = whole.argsort(), got.argsort()
+    assert torch.equal(whole[order], got[got_order])
+    assert torch.equal(u_whole[order], torch.cat([u_first, u_rest])[got_order])
+
+
+def test_bernoulli_rows_edge_cases():
+    assert common.bernoulli_rows(0, 5, 0.5, gen(0))[0].numel() == 0
+    assert common.bernoulli_rows(3, 10, 0.0, gen(0))[0].numel() == 0
+    flat, u = common.bernoulli_rows(2, 5, 1.0, gen(0))
+    assert torch.equal(flat, torch.arange(10)) and u.shape == (10,)
     with pytest.raises(ValueError, match="p must lie in"):
-        common.bernoulli_positions(5, 1.5, gen(0))
+        common.bernoulli_rows(2, 5, 1.5, gen(0))
 
 
 def test_map_split_keeps_order_and_runs_the_first_group_in_the_caller(monkeypatch):
@@ -313,9 +360,11 @@ def test_map_split_keeps_order_and_runs_the_first_group_in_the_caller(monkeypatc
     assert common.map_split(fn, [1, 2]) == [2, 4]
 
 
-def test_small_poisson_draw_is_torchs_own_stream():
+def test_poisson_draw_is_torchs_own_stream_per_image():
+    # One int64 seed per image from the caller's generator, then torch's sampler on the image.
     rates = torch.rand(4, 3, 16, 16, generator=gen(7)) * 20
-    want = torch.poisson(rates, generator=gen(8))
+    seeds = torch.randint(0, 2**63 - 1, (4,), generator=gen(8)).tolist()
+    want = torch.stack([torch.poisson(r, generator=torch.Generator().manual_seed(s)) for r, s in zip(rates, seeds)])
     assert torch.equal(common.random_poisson(rates, gen(8)), want)
 
 
@@ -326,8 +375,8 @@ def test_blocked_poisson_draw_matches_the_poisson_pmf(lam):
     from scipy import stats
 
     b = common.POISSON_BLOCK
-    counts = common.random_poisson(torch.full((4 * b,), lam), gen(10)).long()
-    blocks = counts.view(4, b)
+    blocks = common.random_poisson(torch.full((4, b), lam), gen(10)).long()  # one image each
+    counts = blocks.flatten()
     assert all(not torch.equal(blocks[0], blocks[i]) for i in range(1, 4))
     hi = int(stats.poisson.ppf(1 - 1e-4, lam))
     observed = torch.bincount(counts.clamp(max=hi + 1), minlength=hi + 2).double().numpy()
@@ -1063,7 +1112,7 @@ def test_cuda_matches_cpu_generator(name):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_images_with_a_cpu_generator_get_blocked_poisson_counts_on_cuda():
-    rates = torch.rand(3 * common.POISSON_BLOCK + 5, generator=gen(7)) * 20  # blocked on the CPU
+    rates = torch.rand(3, common.POISSON_BLOCK + 5, generator=gen(7)) * 20  # blocked on the CPU
     counts = common.random_poisson(rates.cuda(), gen(8))
     assert counts.device.type == "cuda" and torch.equal(counts.cpu(), common.random_poisson(rates, gen(8)))
 

@@ -7,7 +7,11 @@ random-number handling are the same everywhere (and written once):
   and CIFAR-10-C (32 px) and picks the row and the spatial scale for a batch (size rule in
   :func:`reference_scale`).
 * ``random_*`` draw on the generator's device and move the result to the images' device, so a CPU
-  generator drives CUDA images and the same seed gives the same numbers on every device.
+  generator drives CUDA images and the same seed gives the same numbers on every device. Draws
+  are image-major with a fixed count per image (:func:`per_image_draws`): with a CPU generator,
+  image ``i`` gets the same numbers whether the batch is corrupted in one call, in pieces or in
+  the CPU chunks of :func:`robustmix.corruptions.corrupt`, so a seed fixes a dataset's corrupted
+  copy whatever the batch size.
 * :func:`pad2d` supports the border modes of the reference code for any pad width (scipy
   ``nearest``/``reflect``/``mirror``, i.e. torch ``replicate``, half-sample symmetric and OpenCV's
   ``BORDER_REFLECT_101``), which ``F.pad`` cannot do (no symmetric mode, pad < size only).
@@ -39,7 +43,7 @@ __all__ = [
     "SeverityTable",
     "apply_motion_blur",
     "banded_product",
-    "bernoulli_positions",
+    "bernoulli_rows",
     "check_images",
     "check_severity",
     "clipped_zoom",
@@ -55,6 +59,7 @@ __all__ = [
     "motion_blur_offsets",
     "motion_blur_taps",
     "pad2d",
+    "per_image_draws",
     "random_integers",
     "random_normal",
     "random_poisson",
@@ -224,22 +229,67 @@ def map_split(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
     return out
 
 
+NORMAL_BLOCK = 16
+"""torch's CPU normal sampler turns uniforms into normals 16 at a time (Box-Muller on pairs 8
+apart within a block; a tail shorter than 16 redraws a whole block), so draws in rows of a
+multiple of 16 give each row the same normals however many rows one call holds."""
+
+
+def per_image_draws(
+    n: int,
+    shapes: Sequence[Sequence[int]],
+    generator: torch.Generator,
+    *,
+    like: Tensor,
+    kind: str = "uniform",
+    dtype: torch.dtype = torch.float32,
+) -> list[Tensor]:
+    """Draws for ``n`` images, one tensor ``(n, *shape)`` per entry of ``shapes``, from one call.
+
+    All of image ``i``'s numbers come from one row of a single ``(n, T)`` draw (``kind``
+    ``"uniform"`` in [0, 1) or ``"normal"``; normal rows padded to :data:`NORMAL_BLOCK`), so on a
+    CPU generator they are the stream's next ``T`` numbers after image ``i - 1``'s: the same
+    whatever the batch. (Two separate draws, say a layer then an angle per image, would hand the
+    second one's numbers to other images when the batch is split differently.)
+    """
+    if kind not in ("uniform", "normal"):
+        raise ValueError(f"kind must be 'uniform' or 'normal', got {kind!r}")
+    counts = [math.prod(shape) for shape in shapes]
+    total = sum(counts)
+    row = -(-total // NORMAL_BLOCK) * NORMAL_BLOCK if kind == "normal" else total
+    draw = torch.randn if kind == "normal" else torch.rand
+    flat = draw((n, row), generator=generator, device=generator.device, dtype=dtype)
+    out, start = [], 0
+    for shape, count in zip(shapes, counts):
+        out.append(flat[:, start : start + count].reshape(n, *shape).to(like.device))
+        start += count
+    return out
+
+
 def random_uniform(
     shape: Sequence[int], generator: torch.Generator, *, like: Tensor, low: float = 0.0, high: float = 1.0
 ) -> Tensor:
-    """Uniform float32 draws in [low, high) of ``shape`` on ``like``'s device."""
+    """Uniform float32 draws in [low, high) of ``shape`` (dim 0 the images) on ``like``'s device."""
     u = torch.rand(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
-    if (low, high) != (0.0, 1.0):  # in place: no second full-size buffer (same values as u * s + low)
-        u.mul_(high - low).add_(low)
-    return u.to(like.device)
+    return _scaled(u, low, high - low).to(like.device)
+
+
+def _scaled(u: Tensor, offset: float, scale: float) -> Tensor:
+    # in place: no second full-size buffer (the same values as u * scale + offset)
+    return u.mul_(scale).add_(offset) if (offset, scale) != (0.0, 1.0) else u
 
 
 def random_normal(
     shape: Sequence[int], generator: torch.Generator, *, like: Tensor, mean: float = 0.0, std: float = 1.0
 ) -> Tensor:
-    """Normal float32 draws of ``shape`` on ``like``'s device."""
-    z = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
-    return z.mul_(std).add_(mean).to(like.device)  # in place: same values as z * std + mean
+    """Normal float32 draws of ``shape`` (dim 0 the images, see :func:`per_image_draws`) on
+    ``like``'s device."""
+    shape = tuple(shape)
+    if not shape or math.prod(shape[1:]) % NORMAL_BLOCK == 0:  # rows already whole blocks
+        z = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+    else:
+        (z,) = per_image_draws(shape[0], [shape[1:]], generator, like=like, kind="normal")
+    return _scaled(z, mean, std).to(like.device)
 
 
 def random_integers(
@@ -253,81 +303,100 @@ def random_integers(
 _GAP_SIGMAS, _GAP_SLACK = 6.0, 16
 
 
-def bernoulli_positions(n: int, p: float, generator: torch.Generator) -> Tensor:
-    """Sorted flat indices of the successes among ``n`` independent Bernoulli(``p``) trials.
+def bernoulli_rows(n: int, length: int, p: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The successes among ``n`` rows of ``length`` independent Bernoulli(``p``) trials.
 
-    Exact and ~``1/p`` times fewer draws than one uniform per trial: the gaps between
-    successive successes are i.i.d. geometric, so ``torch.geometric_`` draws them and a running
-    sum places them (in float64, exact for any index below 2**53). Returns int64 on the
-    generator's device.
+    Returns their flat indices ``row * length + column`` (int64) and one uniform in [0, 1) per
+    success (float64, e.g. to pick salt or pepper), both on the generator's device.
+
+    Exact, and ~``1/p`` times fewer draws than one uniform per trial: the gaps between a row's
+    successes are i.i.d. geometric, so each row draws a fixed budget of gaps (mean + 6 sd of
+    what the row needs) and a running sum places them. The budget is the same for every row,
+    so a row's numbers do not depend on the other rows (:func:`per_image_draws`); a row whose
+    gaps fall short of its end (odds ~1e-9) continues from a generator seeded by a draw of its
+    own that is used for nothing else.
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must lie in [0, 1], got {p}")
-    if n == 0 or p == 0.0:
-        return torch.empty(0, dtype=torch.int64, device=generator.device)
+    device = generator.device
+    if n == 0 or length == 0 or p == 0.0:
+        return torch.empty(0, dtype=torch.int64, device=device), torch.empty(0, dtype=torch.float64, device=device)
+    on_device = torch.empty(0, device=device)
     if p == 1.0:
-        return torch.arange(n, device=generator.device)
-    parts, last = [], -1.0
-    while True:
-        left = n - 1 - last  # trials still to place
-        # enough gaps nearly always (mean + 6 sd); a shortfall just takes another round
-        m = max(1, int(left * p + _GAP_SIGMAS * math.sqrt(left * p * (1.0 - p)) + _GAP_SLACK))
-        pos = _geometric_gaps(m, p, generator).cumsum_(0).add_(last)
-        if float(pos[-1]) >= n:
-            parts.append(pos[pos < n])
-            break
-        parts.append(pos)
+        (u,) = per_image_draws(n, [(length,)], generator, like=on_device, dtype=torch.float64)
+        return torch.arange(n * length, device=device), u.reshape(-1)
+    m = max(1, int(length * p + _GAP_SIGMAS * math.sqrt(length * p * (1.0 - p)) + _GAP_SLACK))
+    gaps, extra, seeds = per_image_draws(n, [(m,), (m,), (1,)], generator, like=on_device, dtype=torch.float64)
+    pos = _geometric_gaps(gaps, p).cumsum_(1).sub_(1.0)  # a row's success columns, increasing
+    keep = pos < length
+    rows = torch.arange(n, device=device).view(n, 1).expand(n, m)
+    flat, uniforms = (rows * length + pos.long())[keep], extra[keep]
+    short = (pos[:, -1] < length - 1).nonzero().flatten().tolist()  # rows whose gaps ran out early
+    if short:
+        more = [_row_tail(float(pos[r, -1]), length, p, float(seeds[r, 0]), device) for r in short]
+        flat = torch.cat([flat, *(r * length + cols for r, (cols, _) in zip(short, more))])
+        uniforms = torch.cat([uniforms, *(u for _, u in more)])
+    return flat, uniforms
+
+
+def _row_tail(last: float, length: int, p: float, seed: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Successes of one row after column ``last`` (int64 columns, a uniform each), drawn from a
+    generator seeded by the row's own ``seed`` uniform."""
+    g = torch.Generator(device=device).manual_seed(int(seed * 2**53))
+    cols, uniforms = [], []
+    while last < length - 1:
+        m = max(1, int((length - 1 - last) * p) + _GAP_SLACK)
+        pos = _geometric_gaps(torch.rand(m, dtype=torch.float64, device=device, generator=g), p).cumsum_(0).add_(last)
+        u = torch.rand(m, dtype=torch.float64, device=device, generator=g)
+        keep = pos < length
+        cols.append(pos[keep].long())
+        uniforms.append(u[keep])
         last = float(pos[-1])
-    return torch.cat(parts).long()
+    return torch.cat(cols), torch.cat(uniforms)
 
 
-def _geometric_gaps(m: int, p: float, generator: torch.Generator) -> Tensor:
-    """``m`` Geometric(``p``) draws (trials up to the first success, >= 1) as float64.
+def _geometric_gaps(u: Tensor, p: float) -> Tensor:
+    """Geometric(``p``) draws (trials up to the first success, >= 1) from float64 uniforms ``u``.
 
     By inversion, ``1 + floor(log(v) / log(1 - p))`` for ``v = 1 - u`` uniform in (0, 1]: exact,
     since ``P(G = k) = P((1 - p)**k < v <= (1 - p)**(k - 1))``. torch's ``geometric_`` is the same
     formula run element by element (~2x slower on CPU, timed by hand at 110k draws); here the
-    logarithm and the rest are vectorised passes over one float64 uniform draw.
+    logarithm and the rest are vectorised passes. Overwrites ``u``.
     """
-    u = torch.rand(m, dtype=torch.float64, device=generator.device, generator=generator)
     return u.neg_().add_(1.0).log_().mul_(1.0 / math.log1p(-p)).floor_().add_(1.0)
 
 
-POISSON_BLOCK = 1 << 15
-"""Elements per independently seeded block of a large CPU Poisson draw (see :func:`random_poisson`).
-
-At most torch's parallel grain (32768): ``torch.poisson`` zero-fills its output first, and a fill
-above the grain is a parallel op, which in a pool thread would start a second OpenMP team."""
-
-
 def random_poisson(rates: Tensor, generator: torch.Generator) -> Tensor:
-    """Poisson draws with the given (float32) rates, returned on ``rates``' device.
+    """Poisson draws with the given (float32) rates ``(N, ...)``, returned on ``rates``' device.
 
-    torch's CPU Poisson sampler is serial (one core, ~45 ns a draw, like NumPy's), so on a CPU
-    generator a draw of more than :data:`POISSON_BLOCK` elements is cut into blocks of that
-    size, each drawn by its own generator seeded from ``generator`` (one int64 seed per block)
-    and spread over the cores (:func:`map_split`). The split depends on the size alone, never on
-    the core count, so a seed gives the same counts on every machine. The cheap samplers
-    (uniform, normal: ~2-3 ns a draw) stay in one stream: a pool thread only gets the second
-    core after the OpenMP worker of the caller's last parallel op stops spinning, which takes
-    about as long as their whole draw (timed by hand on 2 cores: no gain for them, ~1.5x for
-    Poisson).
+    On a CPU generator each image draws from its own generator, seeded by one int64 per image
+    from ``generator`` (so image ``i``'s counts do not depend on the batch it comes in), and the
+    images are spread over the cores (:func:`map_split`): torch's CPU Poisson sampler is serial
+    (one core, ~45 ns a draw, like NumPy's). The cheap samplers (uniform, normal: ~2-3 ns a
+    draw) stay in one stream: a pool thread only gets the second core after the OpenMP worker
+    of the caller's last parallel op stops spinning, which takes about as long as their whole
+    draw (timed by hand on 2 cores: no gain for them, ~1.5x for Poisson).
     """
-    flat = rates.float().to(generator.device).reshape(-1)
-    n = flat.numel()
-    if generator.device.type != "cpu" or n <= POISSON_BLOCK:
+    flat = rates.float().to(generator.device).reshape(rates.shape[0], -1)
+    if generator.device.type != "cpu" or rates.shape[0] == 0:
         return torch.poisson(flat, generator=generator).view(rates.shape).to(rates.device)
-    starts = range(0, n, POISSON_BLOCK)
-    seeds = torch.randint(0, 2**63 - 1, (len(starts),), generator=generator).tolist()
+    seeds = torch.randint(0, 2**63 - 1, (flat.shape[0],), generator=generator).tolist()
+    counts = torch.empty_like(flat)
 
-    def draw(b: int) -> Tensor:
-        block = flat[starts[b] : starts[b] + POISSON_BLOCK]
-        return torch.poisson(block, generator=torch.Generator().manual_seed(seeds[b]))
+    def draw(i: int) -> None:
+        # In pieces of POISSON_BLOCK: a pool thread must run no parallel torch op (it would
+        # start a second OpenMP team), and torch.poisson's zero-fill and the copy of a piece
+        # stay below torch's parallel grain.
+        g = torch.Generator().manual_seed(seeds[i])
+        for s in range(0, flat.shape[1], POISSON_BLOCK):
+            counts[i, s : s + POISSON_BLOCK].copy_(torch.poisson(flat[i, s : s + POISSON_BLOCK], generator=g))
 
-    # Joined by the caller's thread: a copy this large is a parallel op, which in a pool thread
-    # would start a second OpenMP team there.
-    counts = torch.cat(map_split(draw, range(len(starts))), out=torch.empty_like(flat))
+    map_split(draw, range(flat.shape[0]))
     return counts.view(rates.shape).to(rates.device)
+
+
+POISSON_BLOCK = 1 << 15
+"""Elements per ``torch.poisson`` call in :func:`random_poisson`: at most torch's parallel grain."""
 
 
 EIGHT_BIT_LEVELS = 256
@@ -371,16 +440,6 @@ def eight_bit_images(x: Tensor, *, tolerance: float = EIGHT_BIT_TOLERANCE) -> Te
         return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     scratch = x.mul(255).round_()
     return scratch.sub_(x, alpha=255).abs_().flatten(1).amax(dim=1) <= tolerance
-
-
-def eight_bit_levels(images: Tensor, *, tolerance: float = EIGHT_BIT_TOLERANCE) -> Tensor | None:
-    """``round(255 x)`` as int64 when every value lies within ``tolerance`` of a level ``k / 255``
-    (an 8-bit image in float), else ``None``."""
-    scaled = images.float() * (EIGHT_BIT_LEVELS - 1)
-    levels = scaled.round()
-    if not bool((scaled.sub_(levels).abs_().amax() <= tolerance) if scaled.numel() else True):
-        return None
-    return levels.clamp_(0, EIGHT_BIT_LEVELS - 1).long()
 
 
 def random_poisson_levels(levels: Tensor, scale: float, generator: torch.Generator) -> Tensor:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import apply_motion_blur, random_uniform
+from ._common import apply_motion_blur, per_image_draws, random_uniform
 
 __all__ = ["frost_texture", "line_smear", "motion_blur_magick", "plasma_fractal"]
 
@@ -47,10 +47,14 @@ def plasma_fractal(
     if not wibbledecay > 0:
         raise ValueError(f"wibbledecay must be > 0, got {wibbledecay}")
     heights = torch.zeros(n, mapsize, mapsize, dtype=torch.float32, device=like.device)
+    # Every uniform of a map in one draw per map (per_image_draws), handed out in the order the
+    # recursion uses them: per octave the squares' centres, then the two diamond sets.
+    sides = [1 << i for i in range(mapsize.bit_length() - 1)]  # cells per side, per octave
+    draws = iter(per_image_draws(n, [(side, side) for side in sides for _ in range(3)], generator, like=like))
     step, wibble = mapsize, 100.0
 
     def wibbled_mean(total: Tensor) -> Tensor:
-        noise = random_uniform(total.shape, generator, like=total, low=-wibble, high=wibble)
+        noise = next(draws).mul_(2 * wibble).sub_(wibble)  # uniform in [-wibble, wibble)
         # total / 4 + wibble * noise in place: total * 0.25 is exact, so the same floats
         return noise.mul_(wibble).add_(total, alpha=0.25)
 

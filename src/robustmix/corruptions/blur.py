@@ -222,7 +222,9 @@ def glass_blur(images: Tensor, severity: int, generator: torch.Generator | None 
     x = truncate_to_8bit(gaussian_filter(x, sigma))
     if h > 2 * delta and w > 2 * delta:  # else no interior pixel: nothing moves
         # One draw per pixel and pass picks (dy, dx) uniformly from [-delta, delta)^2.
-        pick = random_integers(0, 4 * delta * delta, (iterations, n, h - 2 * delta, w - 2 * delta), gen, like=x)
+        # Image-major (each image's passes in one run of the stream), then pass-major for use.
+        pick = random_integers(0, 4 * delta * delta, (n, iterations, h - 2 * delta, w - 2 * delta), gen, like=x)
+        pick = pick.transpose(0, 1)
         row, col = small_divmod(pick, 2 * delta)
         source = glass_sources(row.sub_(delta), col.sub_(delta), h, w)
         x = x.reshape(n, c, h * w).gather(2, source.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)

@@ -48,7 +48,7 @@ from ._common import (
     finish,
     gaussian_filter,
     map_split,
-    random_uniform,
+    per_image_draws,
     resolve_generator,
     to_work,
     with_rgb,
@@ -184,8 +184,10 @@ def elastic_transform(images: Tensor, severity: int, generator: torch.Generator 
     gen = resolve_generator(generator)
     x = to_work(images)
     n, _, h, w = x.shape
-    jitter_px = random_uniform((n, 3, 2), gen, like=x, low=-jitter * scale, high=jitter * scale)
-    noise = random_uniform((n, 2, h, w), gen, like=x, low=-1.0, high=1.0)
+    # Both draws of an image in one row (per_image_draws), scaled as random_uniform does.
+    jitter_px, noise = per_image_draws(n, [(3, 2), (2, h, w)], gen, like=x)
+    jitter_px = jitter_px.mul_(2 * jitter * scale).add_(-jitter * scale)
+    noise = noise.mul_(2.0).add_(-1.0)
     out = elastic_warp(x, jitter_px, noise, alpha=alpha * scale, sigma=sigma * scale)
     return finish(out.to(x.dtype), images)
 

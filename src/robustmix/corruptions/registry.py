@@ -166,7 +166,11 @@ def corrupt(
         severity: 1 (mild) to 5 (strong).
         generator: randomness for the random corruptions; the same seed gives the same output.
             ``None`` draws a fresh seed. On CPU a large batch goes through in cache-sized chunks
-            (:data:`CPU_CHUNK_ELEMENTS`) that draw from this generator in turn.
+            (:data:`CPU_CHUNK_ELEMENTS`) that draw from this generator in turn. Each image's
+            draws follow the previous image's in the generator's stream, a fixed number per
+            image, so with a CPU generator an image gets the same corruption whether its batch
+            is corrupted in one call, in chunks or in pieces (deterministic arithmetic may
+            still round differently for other batch shapes).
 
     Returns:
         A new tensor with the input's shape, dtype and device, values in [0, 1].

@@ -59,9 +59,8 @@ from ._common import (
     gaussian_filter,
     imagemagick_8bit,
     pad2d,
-    random_integers,
+    per_image_draws,
     random_normal,
-    random_uniform,
     resolve_generator,
     rgb_to_gray,
     to_work,
@@ -150,6 +149,10 @@ def _resize(layer: Tensor, size: tuple[int, int]) -> Tensor:
 # Snow
 
 
+SNOW_ANGLE_RANGE = (-135.0, -45.0)
+"""Degrees of the snowfall's motion blur, drawn uniformly per image as the reference does."""
+
+
 def snow(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
     """Snowfall: motion-blurred flakes over a whitened, grayish copy of the image.
 
@@ -165,11 +168,15 @@ def snow(images: Tensor, severity: int, generator: torch.Generator | None = None
     x = to_work(images)
     n = x.shape[0]
     _, rh, rw = _reference_shape(x)
-    layer = random_normal((n, rh, rw), generator, like=x, mean=loc, std=scale)
+    # One draw per image holds its layer and its angle (per_image_draws): the angle is uniform
+    # through the normal CDF of one more normal draw.
+    layer, angle_z = per_image_draws(n, [(rh, rw), (1,)], generator, like=x, kind="normal")
+    layer = layer.mul_(scale).add_(loc)
     layer = clipped_zoom(layer, zoom)
     layer = torch.where(layer < threshold, torch.zeros_like(layer), layer)
     layer = truncate_to_8bit(layer)  # uint8 PNG handed to ImageMagick
-    angle = random_uniform((n,), generator, like=x, low=-135.0, high=-45.0)
+    low, high = SNOW_ANGLE_RANGE
+    angle = (torch.special.ndtr(angle_z.flatten().double()) * (high - low) + low).float()
     layer = motion_blur_magick(layer, radius=radius, sigma=sigma, angle_deg=angle)
     layer = imagemagick_8bit(layer)  # 8-bit result of ImageMagick
     layer = layer + layer.flip(-2, -1)  # + np.rot90(layer, k=2)
@@ -251,11 +258,14 @@ def _frost_crops(n: int, which: str, rh: int, rw: int, generator: torch.Generato
         scale = max(rh / bank.shape[-2], rw / bank.shape[-1])
         size = (math.ceil(bank.shape[-2] * scale), math.ceil(bank.shape[-1] * scale))
         bank = F.interpolate(bank, size=size, mode="bilinear", align_corners=False)
-    which_photo = random_integers(0, bank.shape[0], (n,), generator, like=like)
     # np.random.randint(0, photo side - crop side) as in the reference: its last window is never
-    # drawn (exclusive bound); one window when the photo is exactly the crop's size.
-    top = random_integers(0, max(bank.shape[-2] - rh, 1), (n,), generator, like=like)
-    left = random_integers(0, max(bank.shape[-1] - rw, 1), (n,), generator, like=like)
+    # drawn (exclusive bound); one window when the photo is exactly the crop's size. The three
+    # integers of an image come from one float64 uniform each, floor(u * k) (uniform on 0..k-1
+    # up to k / 2**53), in one draw per image (per_image_draws).
+    (u,) = per_image_draws(n, [(3,)], generator, like=like, dtype=torch.float64)
+    bounds = torch.tensor([bank.shape[0], max(bank.shape[-2] - rh, 1), max(bank.shape[-1] - rw, 1)],
+                          dtype=torch.float64, device=like.device)
+    which_photo, top, left = u.mul_(bounds).floor_().long().unbind(1)
     rows = (top.view(n, 1) + torch.arange(rh, device=like.device)).view(n, 1, rh, 1)
     cols = (left.view(n, 1) + torch.arange(rw, device=like.device)).view(n, 1, 1, rw)
     channels = torch.arange(3, device=like.device).view(1, 3, 1, 1)
