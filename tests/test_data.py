@@ -598,3 +598,69 @@ def test_imagenet_c_folder_names_bad_files_and_empty_folders(tmp_path: Path) -> 
     (tmp_path / "fog" / "4" / "n01").mkdir(parents=True)  # class folder without images
     with pytest.raises(FileNotFoundError, match=r"ImageNet-C 'fog' severity 4: .*fog/4 holds no images"):
         imagenet_c_folder(tmp_path, "fog", 4)
+
+
+# ------------------------------------------------------------------------------------------
+# Bad files named in every error
+
+
+def test_read_idx_huge_header_dims_do_not_overflow(tmp_path: Path) -> None:
+    # 2**31 * 2**31 * 4 wraps to 0 in int64, which once made this 16-byte file "fit".
+    path = tmp_path / "huge-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 3]) + (2**31).to_bytes(4, "big") * 2 + (4).to_bytes(4, "big"))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: file truncated: 16 bytes"):
+        read_idx(path, ndim=3)
+
+
+def test_read_idx_folder_is_not_a_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path))} is a folder; expected an IDX file"):
+        read_idx(tmp_path)
+
+
+def test_load_fashion_mnist_refuses_empty_and_wrong_size_files(tmp_path: Path) -> None:
+    write_fashion_mnist(tmp_path, n_test=0)
+    images = tmp_path / "t10k-images-idx3-ubyte.gz"
+    with pytest.raises(ValueError, match=rf"{re.escape(str(images))}: holds images of shape \(0, 28, 28\); expected \(N, 28, 28\) with N >= 1"):
+        load_fashion_mnist(tmp_path, split="test")
+    write_idx(images, np.zeros((3, 32, 32), np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(3, np.uint8))
+    with pytest.raises(ValueError, match=r"holds images of shape \(3, 32, 32\); expected \(N, 28, 28\)"):
+        load_fashion_mnist(tmp_path, split="test")
+
+
+def test_load_fashion_mnist_paths_that_are_not_what_they_should_be(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(afile))} is a file, not a folder"):
+        load_fashion_mnist(afile)
+    write_fashion_mnist(tmp_path / "d")
+    labels = tmp_path / "d" / "t10k-labels-idx1-ubyte.gz"
+    labels.unlink()
+    labels.mkdir()
+    with pytest.raises(ValueError, match=rf"{re.escape(str(labels))} is a folder; expected an IDX file"):
+        load_fashion_mnist(tmp_path / "d", split="test")
+
+
+@pytest.mark.parametrize(
+    ("labels", "found"), [([0, "x"], "'x'"), ([0, 1.7], "1.7"), ([True, False], "True")]
+)
+def test_cifar_labels_must_be_integers(tmp_path: Path, labels: list, found: str) -> None:
+    write_cifar10(tmp_path)
+    test = tmp_path / "cifar-10-batches-py" / "test_batch"
+    test.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}, protocol=2))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(test))}: b'labels' must hold integer class labels, found {re.escape(found)}"):
+        load_cifar(tmp_path, split="test")
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (np.array([1.0, 2.0, 1.7] * 5), r"expected integer class labels, got dtype float64"),
+        (np.array([0, -1, 2] * 5), r"expected class labels >= 0, found -1"),
+    ],
+)
+def test_load_cifar_c_refuses_non_class_labels(tmp_path: Path, labels: np.ndarray, message: str) -> None:
+    _write_cifar_c(tmp_path, n=3)
+    np.save(tmp_path / "labels.npy", labels)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path / 'labels.npy'))}: {message}"):
+        load_cifar_c(tmp_path, "gaussian_noise", 1)

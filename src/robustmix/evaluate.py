@@ -376,6 +376,26 @@ def _check_same_classes(
     return expected
 
 
+def _check_cifar_c(
+    root: Path, corruption: str, images: np.ndarray, labels: np.ndarray, spec: dict[str, Any]
+) -> None:
+    """Refuse a CIFAR-10-C slice whose images or labels do not fit the model, naming the file."""
+    size, channels = int(spec["image_size"]), int(spec["in_channels"])
+    _, h, w, c = images.shape
+    if (h, w, c) != (size, size, channels):
+        raise ValueError(
+            f"source: {root / f'{corruption}.npy'}: the source's images do not match the model's "
+            f"input: they are {h}x{w} with {c} channel(s), the model takes {size}x{size} with "
+            f"{channels}"
+        )
+    num_classes = int(spec["num_classes"])
+    if labels.size and int(labels.max()) >= num_classes:
+        raise ValueError(
+            f"source: {root / 'labels.npy'}: label {int(labels.max())} is out of range for the "
+            f"model's {num_classes} classes; expected labels in 0..{num_classes - 1}"
+        )
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     *,
@@ -432,6 +452,11 @@ def evaluate_checkpoint(
     from robustmix.train.checkpoint import load_checkpoint_model
     from robustmix.train.distributed import resolve_device
 
+    if Path(checkpoint).is_dir():
+        raise ValueError(
+            f"checkpoint: {str(checkpoint)!r} is a folder; expected a checkpoint.pt file "
+            "written by `robustmix train`"
+        )
     severities = parse_severities(severities)
     check_storage_mode(store)
     _check_limit(limit)
@@ -468,7 +493,11 @@ def evaluate_checkpoint(
             f"dataset: checkpoint {str(checkpoint)!r} records no dataset; pass dataset="
         )
     root_dir = data_dir if data_dir is not None else config.get("data_dir")
-    image_size = int(meta["model_spec"]["image_size"])
+    spec = meta["model_spec"]
+    image_size = int(spec["image_size"])
+    if fmt == "cifar-c":  # every file matches the model before any evaluation runs
+        for corruption in names:
+            _check_cifar_c(root, corruption, *load_cifar_c(root, corruption, severities[0]), spec)
     run = {"batch_size": batch_size, "amp": amp, "channels_last": channels_last}
 
     if name == "imagefolder":
@@ -504,6 +533,7 @@ def evaluate_checkpoint(
                     )  # fmt: skip
                 elif fmt == "cifar-c":
                     c_images, c_labels = load_cifar_c(root, corruption, severity)
+                    _check_cifar_c(root, corruption, c_images, c_labels, spec)
                     if limit is not None:
                         c_images, c_labels = c_images[:limit], c_labels[:limit]
                     bar.grow(len(c_labels) - n_clean)

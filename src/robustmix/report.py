@@ -141,6 +141,7 @@ def summarize_experiment(results: dict[str, Any], *, baseline: str = "none") -> 
     """Every number of the report, from :func:`load_results` output. Pure: no I/O.
 
     Returns a dict with ``methods``, ``baseline`` (method name or None when absent),
+    ``requested_baseline`` (the ``baseline`` argument),
     ``corruptions`` (ImageNet-C ones evaluated), ``extra_corruptions``, ``severities`` and
     ``per_method[method]`` holding ``(mean, std)`` pairs: ``clean_error``, ``mce``,
     ``relative_mce``, ``mean_corruption_error``, ``extra_error``, ``per_corruption[c]``,
@@ -206,6 +207,7 @@ def summarize_experiment(results: dict[str, Any], *, baseline: str = "none") -> 
     return {
         "methods": list(runs),
         "baseline": baseline if base_table is not None else None,
+        "requested_baseline": baseline,
         "corruptions": bench,
         "extra_corruptions": extra,
         "severities": severities,
@@ -261,6 +263,13 @@ def _frac(n_seeds: int, pair: tuple[float, float]) -> str:
     return f"{mean:.3f}" if n_seeds < 2 else f"{mean:.3f} ± {std:.3f}"
 
 
+def _no_baseline_note(summary: dict[str, Any]) -> str:
+    wanted = summary.get("requested_baseline", "none")
+    if wanted not in summary["methods"]:
+        return f"No baseline (`{wanted}`) runs: mCE and relative mCE are not available."
+    return "No ImageNet-C corruption was evaluated: mCE and relative mCE are not available."
+
+
 def tables(summary: dict[str, Any], results: dict[str, Any]) -> list[Table]:
     """The report's tables, as strings (rendered identically to markdown and HTML)."""
     methods = summary["methods"]
@@ -287,7 +296,7 @@ def tables(summary: dict[str, Any], results: dict[str, Any]) -> list[Table]:
                 f"mCE and relative mCE are relative to the `{base}` runs averaged over their seeds, over "
                 f"{len(summary['corruptions'])} ImageNet-C corruptions; the extra corruptions are not in mCE."
                 if base
-                else "No baseline (`none`) runs: mCE and relative mCE are not available."
+                else _no_baseline_note(summary)
             ),
         )
     ]
@@ -453,20 +462,29 @@ def render_html(summary: dict[str, Any], results: dict[str, Any], figures: dict[
     return "\n".join(parts) + "\n"
 
 
-def write_report(results_dir: str | os.PathLike, *, baseline: str = "none", plots: bool = True) -> tuple[Path, Path]:
+def write_report(results_dir: str | os.PathLike, *, baseline: str | None = None, plots: bool = True) -> tuple[Path, Path]:
     """Write ``report.md``, ``figures/*.png`` and ``report.html`` into ``results_dir``.
 
     Args:
         results_dir: a folder in the layout of this module's docstring.
-        baseline: the method whose runs define CE/mCE denominators.
+        baseline: the method whose runs define CE/mCE denominators; it must have runs.
+            ``None``: the ``"none"`` method's runs, or no mCE when there are none.
         plots: draw the figures (needs matplotlib, the ``cli`` extra).
 
     Returns:
         ``(markdown path, html path)``.
+
+    Raises:
+        ValueError: ``baseline`` names a method without runs (the message lists those present).
     """
     root = Path(results_dir)
     results = load_results(root)
-    summary = summarize_experiment(results, baseline=baseline)
+    if baseline is not None and baseline not in results["runs"]:
+        raise ValueError(
+            f"baseline: no runs of method {baseline!r} in {str(root)!r}; methods present: "
+            f"{', '.join(results['runs'])}"
+        )
+    summary = summarize_experiment(results, baseline="none" if baseline is None else baseline)
     pngs: dict[str, bytes] = {}
     if plots:
         from robustmix import _plots

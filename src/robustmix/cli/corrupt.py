@@ -38,18 +38,36 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="'all', 'benchmark', 'extra', a group (noise, blur, weather, digital) or comma-separated names",
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0,
+        help="seed of the corruptions' randomness, an integer >= 0 (default 0)",
+    )  # fmt: skip
     parser.add_argument(
         "--store", default="release", choices=("release", "round"),
         help="'release' (default): as the released sets (8-bit truncation; JPEG quality 85 above "
         "32 px); 'round': nearest 8-bit level",
     )  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument(
+        "--batch-size", type=int, default=256, help="images corrupted at once (default 256)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="corrupt the first N test images only")
-    parser.add_argument("--device", default="cpu", help="'cpu', 'cuda', 'cuda:1'")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument(
+        "--device", default="cpu", help="'cpu' (default), 'auto', 'cuda' or 'cuda:N'"
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar"
+    )
     parser.set_defaults(func=run)
     return parser
+
+
+def _check_args(seed: int, store: str, batch_size: int) -> None:
+    if store not in ("release", "round"):
+        raise ValueError(f"store: expected 'release' or 'round' for uint8 files, got {store!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
 
 
 def _generator_for(seed: int, name: str, severity: int) -> Any:
@@ -79,13 +97,9 @@ def corrupt_uint8(
     from robustmix.corruptions import corrupt
     from robustmix.corruptions import store as store_images
 
-    if store not in ("release", "round"):
-        raise ValueError(f"store: expected 'release' or 'round' for uint8 files, got {store!r}")
-
+    _check_args(seed, store, batch_size)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     generator = _generator_for(seed, name, severity)
     out = np.empty_like(images)
     for start in range(0, len(images), batch_size):
@@ -111,13 +125,22 @@ def write_corrupted_set(
     device: str = "cpu",
     progress: bool = True,
 ) -> list[Path]:
-    """Write ``labels.npy`` and one ``<corruption>.npy`` per name (atomically); return the paths."""
+    """Write ``labels.npy`` and one ``<corruption>.npy`` per name (atomically); return the paths.
+
+    Every argument is checked before anything is written."""
     from robustmix._io import atomic_write
+    from robustmix.corruptions import ALL_CORRUPTIONS
 
     out_dir = Path(out_dir)
     n = len(images)
+    if n == 0:
+        raise ValueError("images: expected at least one image, got none")
     if len(labels) != n:
         raise ValueError(f"labels must have one entry per image ({n}), got {len(labels)}")
+    unknown = [c for c in corruptions if c not in ALL_CORRUPTIONS]
+    if unknown:
+        raise ValueError(f"corruptions: unknown names {unknown}; expected names from {list(ALL_CORRUPTIONS)}")
+    _check_args(seed, store, batch_size)
     total = n * 5 * len(corruptions)
     bar = None
     if progress:
@@ -151,18 +174,26 @@ def write_corrupted_set(
 
 
 def run(args: argparse.Namespace) -> int:
+    from robustmix.cli import check_output_dir, check_seed
     from robustmix.corruptions import resolve_corruptions
     from robustmix.data import load_split_tensors
+    from robustmix.train.distributed import resolve_device
 
+    # Every argument is checked before the data is read and anything is written.
     names = resolve_corruptions(args.corruptions)
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_seed(args.seed)
+    device = str(resolve_device(args.device))
+    check_output_dir(args.out, "--out")
     images, labels = load_split_tensors(args.dataset, root=args.data_dir, split="test", limit=args.limit)
     if images.ndim == 3:  # grayscale stored without a channel axis
         images = images[..., None]
     paths = write_corrupted_set(
         images, labels, args.out, names,
-        seed=args.seed, store=args.store, batch_size=args.batch_size, device=args.device,
+        seed=args.seed, store=args.store, batch_size=args.batch_size, device=device,
         progress=args.progress,
     )  # fmt: skip
     print(f"wrote {len(paths) - 1} corruptions x 5 severities x {len(images)} images to {args.out}")

@@ -42,19 +42,30 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--baseline", default=None,
         help="'alexnet' (ImageNet-C paper's errors) or a results JSON of another run, for CE/mCE",
     )  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument(
+        "--batch-size", type=int, default=256, help="images per forward pass (default 256)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N test images")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the on-the-fly corruptions")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the on-the-fly corruptions, >= 0 (default 0)"
+    )
     parser.add_argument(
         "--store", default="release", choices=("release", "round", "float"),
         help="how on-the-fly corrupted images are stored before the model sees them: 'release' "
         "(default) as the benchmark files (8-bit truncation; JPEG quality 85 above 32 px), "
         "'round' 8-bit rounding, 'float' unchanged",
     )  # fmt: skip
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1'")
-    parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--device", default="auto", help="'auto' (default), 'cpu', 'cuda', 'cuda:1'")
+    parser.add_argument(
+        "--amp", default="none", choices=("none", "bf16", "fp16"),
+        help="autocast of the forward pass: 'none' (default), 'bf16' (CPU or CUDA), 'fp16' (CUDA)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--channels-last", action="store_true", help="channels-last memory format (faster on GPUs)"
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar"
+    )
     parser.add_argument(
         "--out", default=None,
         help="results JSON path (default: evaluation.json next to the checkpoint)",
@@ -70,10 +81,17 @@ def _load_baseline(value: str | None) -> str | dict[str, Any] | None:
 
     path = Path(value)
     if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
         raise FileNotFoundError(
-            f"--baseline: expected 'alexnet' or a results JSON file, {str(path)!r} does not exist"
+            f"--baseline: expected 'alexnet' or a results JSON file, {str(path)!r} {what}"
         )
-    results = read_json(path)
+    try:
+        results = read_json(path)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise ValueError(
+            f"--baseline: {str(path)!r} is not valid JSON ({exc}); expected 'alexnet' or a "
+            "results JSON written by `robustmix evaluate`"
+        ) from exc
     if not isinstance(results, dict) or "corrupted" not in results or "clean" not in results:
         raise ValueError(
             f"--baseline: {str(path)!r} is not a `robustmix evaluate` results file "
@@ -85,8 +103,12 @@ def _load_baseline(value: str | None) -> str | dict[str, Any] | None:
 
 def run(args: argparse.Namespace) -> int:
     from robustmix._io import write_json
+    from robustmix.cli import check_output_file, check_seed
     from robustmix.evaluate import evaluate_checkpoint
 
+    check_seed(args.seed)
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("evaluation.json")
+    check_output_file(out, "--out" if args.out else "--checkpoint")
     baseline = _load_baseline(args.baseline)
     results = evaluate_checkpoint(
         args.checkpoint,
@@ -105,7 +127,6 @@ def run(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         progress=args.progress,
     )
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("evaluation.json")
     write_json(out, results)
     print(format_table(results))
     print(f"\nresults written to {out}", file=sys.stderr)

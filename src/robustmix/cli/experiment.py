@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser(
         "experiment",
         help="the compared experiment (methods x seeds) with corruption evaluation, diagnostics and report",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n")[0].replace("``", ""),
     )
     parser.add_argument("--preset", default="quick", help="quick (about 10 min on 2 CPU cores) or full")
     parser.add_argument("--out", default=None, help="results folder (default: results/<preset>)")
@@ -41,7 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def handler(args: argparse.Namespace) -> int:
     """Resolve the preset, run the experiment and print where the report is."""
+    from robustmix.cli import check_output_dir, check_seed
     from robustmix.experiment import PRESETS, parse_methods, run_experiment
+    from robustmix.train.distributed import resolve_device
 
     if args.preset not in PRESETS:
         raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {args.preset!r}")
@@ -58,6 +60,9 @@ def handler(args: argparse.Namespace) -> int:
         changes["methods"] = parse_methods(args.methods)
     preset = PRESETS[args.preset].replace(**changes)
     out = args.out or f"results/{preset.name}"
+    check_seed(preset.corruption_seed, "corruption_seed")
+    resolve_device(args.device)
+    check_output_dir(out, "--out")
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     command = "robustmix " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
     run_experiment(

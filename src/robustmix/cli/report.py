@@ -15,7 +15,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=__doc__,
     )
     parser.add_argument("results_dir", metavar="RESULTS_DIR", help="folder written by `robustmix experiment`")
-    parser.add_argument("--baseline", default="none", help="method whose runs are the mCE baseline")
+    parser.add_argument(
+        "--baseline", default=None,
+        help="method whose runs are the mCE baseline (default: 'none' when it has runs)",
+    )  # fmt: skip
     parser.add_argument("--no-plots", dest="plots", action="store_false", help="tables only (no matplotlib)")
     parser.set_defaults(func=handler)
     return parser

@@ -17,21 +17,49 @@ import typing
 __all__ = ["add_parser", "handler"]
 
 _HELP = {
-    "dataset": "fashion_mnist (default), cifar10, cifar100, imagefolder, synthetic",
+    "dataset": "dataset name",
     "data_dir": "dataset folder (default: the dataset's standard location)",
-    "model": "compact_cnn (default), resnet18_cifar, torchvision names, timm:<name>",
-    "mixer": "none, mixup, cutmix or robustmix",
+    "model": "compact_cnn, resnet18_cifar, torchvision names, timm:<name>",
+    "epochs": "passes over the training set",
+    "batch_size": "images per step per process",
+    "lr": "peak learning rate",
+    "schedule": "learning-rate schedule",
+    "warmup_epochs": "linear warm-up length in epochs (fractions allowed)",
+    "momentum": "SGD momentum",
+    "alpha": "Beta(alpha, alpha) concentration of the mixing weights",
+    "mixer": "mixing method",
     "mix_prob": "probability that a batch is mixed (p)",
     "tau": "Robustmix: lower end of the cutoff range in [0, 1]",
-    "energy": "Robustmix label weighting: batch, sample, uniform or a float in [0, 1]",
-    "amp": "none, bf16 (CPU or CUDA) or fp16 (CUDA)",
+    "energy": "Robustmix label weighting: a float in [0, 1] or one of",
+    "per_sample": "one mixing weight per sample instead of per batch",
+    "band": "Robustmix band transform",
+    "lam_low": "fixed Robustmix low-band weight instead of Beta draws (ablation)",
+    "lam_high": "fixed Robustmix high-band weight instead of Beta draws (ablation)",
+    "augment": "per-image augmentation",
+    "amp": "autocast (bf16: CPU or CUDA, fp16: CUDA)",
+    "channels_last": "channels-last memory format",
+    "compile": "wrap the network with torch.compile",
+    "workers": "DataLoader worker processes",
+    "seed": "seed of everything random, >= 0",
     "limit_train": "train on a seeded random subset of this many images",
     "limit_test": "evaluate on a seeded random subset of this many images",
     "resume": "continue from OUTPUT_DIR/checkpoint.pt",
     "progress": "progress bars (on a terminal only)",
-    "device": "auto (default), cpu, cuda, cuda:N",
+    "device": "auto, cpu, cuda, cuda:N",
     "output_dir": "where config.json, checkpoint.pt and metrics go",
 }
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Allowed values of the choice fields, from the constants the config and data check against."""
+    from robustmix.data import AUGMENTATIONS, DATASETS
+    from robustmix.train import config
+
+    return {
+        "dataset": DATASETS, "schedule": config.SCHEDULES, "optimizer": config.OPTIMIZERS,
+        "mixer": config.MIXERS, "energy": config.ENERGY_MODES, "band": config.BANDS,
+        "augment": AUGMENTATIONS, "amp": config.AMP_MODES,
+    }  # fmt: skip
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,8 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser(
         "train",
         help="train a classifier with Robustmix, Mixup, CutMix or no mixing",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.split("\n\n")[0].replace("``", ""),
     )
     parser.add_argument("--config", metavar="FILE", help="TOML or JSON (or YAML with pyyaml) config")
     parser.add_argument(
@@ -54,11 +81,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     defaults = TrainConfig()
     hints = typing.get_type_hints(TrainConfig)
+    choices = _choices()
     group = parser.add_argument_group("config fields (override the file and --set)")
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
-        help_text = f"{_HELP.get(field.name, field.name.replace('_', ' '))} [config: {default!r}]"
+        help_text = _HELP.get(field.name, field.name.replace("_", " "))
+        if field.name in choices:
+            help_text += ": " + ", ".join(choices[field.name])
+        help_text += f" [config: {default!r}]"
         if hints[field.name] is bool:
             group.add_argument(
                 flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
@@ -74,6 +105,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def handler(args: argparse.Namespace) -> int:
     """Resolve the config, train, and print where the checkpoint and metrics are."""
+    from robustmix.cli import check_output_dir
     from robustmix.train.config import TrainConfig, load_config, parse_overrides
     from robustmix.train.run import train
 
@@ -82,7 +114,12 @@ def handler(args: argparse.Namespace) -> int:
         value = getattr(args, field.name, None)
         if value is not None:
             overrides[field.name] = value
-    config = load_config(args.config, overrides)
+    try:
+        config = load_config(args.config, overrides)
+    except TypeError as exc:  # a wrongly typed value in the config file
+        where = f"config file {args.config!r}: " if args.config else ""
+        raise ValueError(f"{where}{exc}") from exc
+    check_output_dir(config.output_dir, "--output-dir")
     is_main = int(os.environ.get("RANK", "0")) == 0
 
     def log(line: str) -> None:

@@ -101,6 +101,19 @@ def _resolve_folder(root: str | os.PathLike | None, name: str) -> Path:
     )
 
 
+def _int_labels(values: Any, path: Path, label_key: bytes) -> np.ndarray:
+    """``values`` as int64; anything but integers (strings, 1.7, True) is refused, not truncated."""
+    try:
+        labels = np.asarray(values)
+    except ValueError as exc:  # ragged nested lists
+        raise ValueError(f"{path}: {label_key!r} must be a flat list of integers ({exc})") from exc
+    if labels.size and labels.dtype.kind not in "iu":
+        items = values if isinstance(values, list) else labels.ravel().tolist()
+        bad = next((v for v in items if isinstance(v, bool) or not isinstance(v, int)), items[0])
+        raise ValueError(f"{path}: {label_key!r} must hold integer class labels, found {bad!r}")
+    return labels.astype(np.int64)
+
+
 def _read_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR batch file {path} does not exist (incomplete extraction?)")
@@ -110,7 +123,7 @@ def _read_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndar
             f"{path}: expected keys b'data' and {label_key!r}, found {sorted(batch)!r}"
         )
     data = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[label_key], dtype=np.int64)
+    labels = _int_labels(batch[label_key], path, label_key)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise ValueError(
             f"{path}: b'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}"

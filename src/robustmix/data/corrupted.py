@@ -93,6 +93,12 @@ def load_cifar_c(
             f"{labels_path}: shape {labels.shape} does not match {path} with {total} images; "
             f"expected ({total},) or ({n},)"
         )
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{labels_path}: expected integer class labels, got dtype {labels.dtype}")
+    if labels.size and int(labels.min()) < 0:
+        raise ValueError(
+            f"{labels_path}: expected class labels >= 0, found {int(labels.min())}"
+        )
     rows = slice((severity - 1) * n, severity * n)
     out = np.array(images[rows])
     if out.ndim == 3:

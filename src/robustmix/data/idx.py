@@ -8,6 +8,7 @@ download or a wrong file gives an error that names the file instead of a silent 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -73,6 +74,8 @@ def read_idx(path: str | os.PathLike, *, ndim: int | None = None) -> np.ndarray:
         >>> labels = read_idx("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz", ndim=1)
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"IDX file {path} is a folder; expected an IDX file. {_HOW_TO_GET}")
     if not path.is_file():
         raise FileNotFoundError(f"IDX file {path} does not exist. {_HOW_TO_GET}")
     data = _read_bytes(path)
@@ -99,7 +102,7 @@ def read_idx(path: str | os.PathLike, *, ndim: int | None = None) -> np.ndarray:
             f"{path}: truncated header: {len(data)} bytes, expected {header} for {found_ndim} dims"
         )
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=found_ndim, offset=4))
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    expected = header + math.prod(dims)  # Python ints: huge header dims cannot overflow
     if len(data) != expected:
         kind = "truncated" if len(data) < expected else "has trailing bytes"
         raise ValueError(
@@ -114,6 +117,9 @@ def _find(root: Path, stem: str) -> Path:
     for name in (stem + ".gz", stem):
         if (root / name).is_file():
             return root / name
+    for name in (stem + ".gz", stem):
+        if (root / name).is_dir():
+            raise ValueError(f"{root / name} is a folder; expected an IDX file. {_HOW_TO_GET}")
     raise FileNotFoundError(
         f"Fashion-MNIST file {stem}.gz (or {stem}) not found in {root}. {_HOW_TO_GET}"
     )
@@ -134,11 +140,18 @@ def load_fashion_mnist(
     if split not in FASHION_MNIST_FILES:
         raise ValueError(f"split must be one of {sorted(FASHION_MNIST_FILES)}, got {split!r}")
     root = FASHION_MNIST_ROOT if root is None else Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"Fashion-MNIST --data-dir {root} is a file, not a folder. {_HOW_TO_GET}")
     if not root.is_dir():
         raise FileNotFoundError(f"Fashion-MNIST folder {root} does not exist. {_HOW_TO_GET}")
     image_stem, label_stem = FASHION_MNIST_FILES[split]
     image_path, label_path = _find(root, image_stem), _find(root, label_stem)
     images = read_idx(image_path, ndim=3)
+    if images.shape[0] < 1 or images.shape[1:] != (28, 28):
+        raise ValueError(
+            f"{image_path}: holds images of shape {images.shape}; expected (N, 28, 28) with "
+            f"N >= 1 for Fashion-MNIST. {_HOW_TO_GET}"
+        )
     labels = read_idx(label_path, ndim=1)
     if images.shape[0] != labels.shape[0]:
         raise ValueError(

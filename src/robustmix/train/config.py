@@ -20,6 +20,8 @@ from typing import Any
 
 __all__ = [
     "AMP_MODES",
+    "BANDS",
+    "ENERGY_MODES",
     "MIXERS",
     "OPTIMIZERS",
     "SCHEDULES",
@@ -34,6 +36,8 @@ SCHEDULES = ("cosine", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 MIXERS = ("none", "mixup", "cutmix", "robustmix")
 AMP_MODES = ("none", "bf16", "fp16")
+BANDS = ("dct", "fft")
+ENERGY_MODES = ("batch", "sample", "uniform")  # or a float in [0, 1]
 
 # Fields that may differ between an interrupted run and its resumption: they change where or
 # how fast the run executes, never what it computes.
@@ -142,13 +146,13 @@ class TrainConfig:
         _check_range("mix_prob", self.mix_prob, 0.0, 1.0)
         _check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
         _check_range("warmup_epochs", self.warmup_epochs, 0.0, float(self.epochs))
-        _check_choice("band", self.band, ("dct", "fft"))
+        _check_choice("band", self.band, BANDS)
         for name in ("tau", "lam_low", "lam_high"):
             if getattr(self, name) is not None:
                 _check_range(name, getattr(self, name), 0.0, 1.0)
         if isinstance(self.energy, float):
             _check_range("energy", self.energy, 0.0, 1.0)
-        elif self.energy not in ("batch", "sample", "uniform"):
+        elif self.energy not in ENERGY_MODES:
             raise ValueError(
                 f"energy must be 'batch', 'sample', 'uniform' or a float in [0, 1], got {self.energy!r}"
             )
