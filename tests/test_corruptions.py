@@ -1140,6 +1140,22 @@ def test_cli_writes_cifar_c_layout(tmp_path):
     assert np.array_equal(np.load(again / "gaussian_noise.npy"), np.load(tmp_path / "gaussian_noise.npy"))
 
 
+def test_cli_set_holds_the_images_on_the_fly_evaluation_uses(tmp_path):
+    # Same seeding and storage as `robustmix evaluate` on the fly, and any batch size: the
+    # written bytes are the images the model would see there (whole batch, one call).
+    from robustmix.cli.corrupt import corrupt_uint8
+    from robustmix.corruptions import store
+    from robustmix.evaluate import pair_seed
+
+    images = (natural(5, 3, 32).permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    for name in ("fog", "impulse_noise", "elastic_transform", "gaussian_noise"):
+        got = corrupt_uint8(images, name, 4, seed=3, batch_size=2)
+        seen = store(corrupt(x, name, 4, generator=torch.Generator().manual_seed(pair_seed(3, name, 4))), "release")
+        want = (seen * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        assert np.array_equal(got, want), name
+
+
 def test_store_modes_at_cifar_size():
     from robustmix.corruptions import store
 

@@ -6,7 +6,8 @@ ImageNet-C folder tree (``<corruption>/<severity>/<class>/<image>``).
 
 On the fly, each (corruption, severity) pair draws from its own ``torch.Generator`` seeded from
 ``(seed, corruption, severity)``, so a pair's images do not depend on which other pairs run or in
-which order; they do depend on ``batch_size`` (the generator is consumed batch by batch). Before
+which order, nor on ``batch_size`` (each image takes its draws after the previous image's, a
+fixed number per image, see :func:`robustmix.corruptions.corrupt`). Before
 the model sees them, the corrupted images are stored as the released benchmark files are
 (:func:`robustmix.corruptions.store`, ``store="release"``: 8-bit truncation, and JPEG at quality 85
 for ImageNet-C-sized images), so on-the-fly errors compare with published ones and with the

@@ -71,12 +71,13 @@ def _check_args(seed: int, store: str, batch_size: int) -> None:
 
 
 def _generator_for(seed: int, name: str, severity: int) -> Any:
+    # The seeding of on-the-fly evaluation: a set written here holds the very images that
+    # `robustmix evaluate --seed` (no --source) feeds the model.
     import torch
 
-    from robustmix.corruptions import ALL_CORRUPTIONS
+    from robustmix.evaluate import pair_seed
 
-    state = np.random.SeedSequence([seed, ALL_CORRUPTIONS.index(name), severity]).generate_state(1)
-    return torch.Generator(device="cpu").manual_seed(int(state[0]))
+    return torch.Generator(device="cpu").manual_seed(pair_seed(seed, name, severity))
 
 
 def corrupt_uint8(
