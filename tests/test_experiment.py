@@ -44,6 +44,9 @@ def test_results_layout_and_contents(finished):
     exp = json.loads((out / "experiment.json").read_text())
     assert exp["status"] == "finished" and exp["methods"] == ["none", "robustmix_tau0.5"] and exp["seeds"] == [0]
     assert exp["environment"]["torch"] and exp["wall_time_s"] > 0
+    (inv,) = exp["invocations"]
+    assert inv["status"] == "finished" and inv["environment"] == exp["environment"]
+    assert inv["elapsed_s"] == exp["wall_time_s"]
     for method in ("none", "robustmix_tau0.5"):
         run = out / "runs" / method / "seed0"
         for name in ("config.json", "checkpoint.pt", "metrics.json", "eval.json", "diagnostics.json", "run.json"):
@@ -59,6 +62,13 @@ def test_results_layout_and_contents(finished):
         assert len(diag["filtered_accuracy"]["lowpass_accuracy"]) == 4
         assert len(diag["fourier_heatmap"]["map"]) == 28 and diag["fourier_heatmap"]["n_images"] == 3
         assert 0 <= diag["cue_conflict"]["low_band_fraction"] <= 1
+        record = json.loads((run / "run.json").read_text())
+        assert record["stages"] == json.loads((run / "stages.json").read_text())["stages"]
+        for stage in ("train", "eval", "diagnostics"):
+            st = record["stages"][stage]
+            assert st["seconds"] > 0 and st["partial"] is False
+            assert st["invocation"] == 1 and st["commit"] == exp["environment"]["commit"]
+            assert record["timings"][f"{stage}_s"] == st["seconds"]
     robust_cfg = json.loads((out / "runs" / "robustmix_tau0.5" / "seed0" / "config.json").read_text())
     assert robust_cfg["mixer"] == "robustmix" and robust_cfg["tau"] == 0.5
     ds = json.loads((out / "dataset.json").read_text())
@@ -87,6 +97,9 @@ def test_second_invocation_skips_finished_runs(finished, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert printed.count("finished earlier: skipped") == 2
     assert (out / "runs" / "none" / "seed0" / "run.json").read_text() == before
+    exp = json.loads((out / "experiment.json").read_text())
+    assert [i["status"] for i in exp["invocations"]] == ["finished", "finished"]
+    assert exp["wall_time_s"] == pytest.approx(sum(i["elapsed_s"] for i in exp["invocations"]))
     # other settings into the same folder are refused, not mixed in
     assert cli_main([*argv, "--epochs", "3"]) == 2
     assert "holds an experiment with other settings (epochs)" in capsys.readouterr().err
@@ -107,6 +120,9 @@ def test_killed_run_resumes_from_checkpoint(tmp_path):
     assert len([ln for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]) == 2
     assert metrics
     assert set(record["timings"]) == {"train_s", "eval_s", "diagnostics_s"}
+    # the killed epoch's time is not in train_s: marked partial (the report shows "≥")
+    assert record["stages"]["train"]["partial"] is True and record["timings"]["train_s"] > 0
+    assert record["stages"]["train"]["invocation"] is None and record["stages"]["eval"]["partial"] is False
     assert E.run_one(preset, "none", 0, run_dir, device="cpu", log=lines.append)["skipped"] is True
 
 
@@ -142,3 +158,69 @@ def test_presets_are_data_and_overridable():
         quick.replace(epochs="many")
     with pytest.raises(TypeError, match="preset must be a Preset"):
         E.run_experiment({"name": "quick"}, "/tmp/never")
+
+
+class _Killed(BaseException):
+    """Stands in for a SIGKILL: nothing after it runs."""
+
+
+def test_interrupted_invocation_keeps_its_time_stages_and_commit(tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    preset = E.PRESETS["quick"].replace(**{**OVERRIDES, "methods": "none,mixup", "heatmap_limit": "1"})
+    real_diagnose = E._diagnose
+    calls = []
+
+    def diagnose_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # killed during the second run's diagnostics
+            raise _Killed
+        return real_diagnose(*args, **kwargs)
+
+    env = E.environment_info()
+    monkeypatch.setattr(E, "environment_info", lambda: {**env, "commit": "commit-a"})
+    monkeypatch.setattr(E, "_diagnose", diagnose_then_die)
+    with pytest.raises(_Killed):
+        E.run_experiment(preset, out, device="cpu", report=False, log=lambda line: None)
+    exp = json.loads((out / "experiment.json").read_text())
+    (first,) = exp["invocations"]
+    assert exp["status"] == first["status"] == "running"
+    assert first["elapsed_s"] > 0 and exp["wall_time_s"] == first["elapsed_s"]  # saved after the first run
+    mixup = out / "runs" / "mixup" / "seed0"
+    kept = json.loads((mixup / "stages.json").read_text())["stages"]
+    assert set(kept) == {"train", "eval"} and kept["train"]["seconds"] > 0 and kept["eval"]["seconds"] > 0
+
+    monkeypatch.setattr(E, "environment_info", lambda: {**env, "commit": "commit-b"})
+    monkeypatch.setattr(E, "_diagnose", real_diagnose)
+    E.run_experiment(preset, out, device="cpu", log=lambda line: None)
+    exp = json.loads((out / "experiment.json").read_text())
+    assert [i["status"] for i in exp["invocations"]] == ["interrupted", "finished"]
+    assert [i["environment"]["commit"] for i in exp["invocations"]] == ["commit-a", "commit-b"]
+    assert exp["invocations"][0]["elapsed_s"] == first["elapsed_s"]
+    assert exp["wall_time_s"] == pytest.approx(first["elapsed_s"] + exp["invocations"][1]["elapsed_s"])
+    none_run = json.loads((out / "runs" / "none" / "seed0" / "run.json").read_text())
+    assert {(st["invocation"], st["commit"]) for st in none_run["stages"].values()} == {(1, "commit-a")}
+    run = json.loads((mixup / "run.json").read_text())
+    # stages done before the kill keep their recorded time, invocation and commit
+    assert run["stages"]["train"] == kept["train"] and run["stages"]["eval"] == kept["eval"]
+    assert run["timings"]["train_s"] == kept["train"]["seconds"] and run["timings"]["eval_s"] == kept["eval"]["seconds"]
+    assert run["stages"]["diagnostics"]["invocation"] == 2 and run["stages"]["diagnostics"]["commit"] == "commit-b"
+    text = (out / "report.md").read_text()
+    assert "Total wall time: at least" in text and "summed over 2 invocations; invocation 1 stopped early" in text
+    assert "Results come from 2 commits (commit-a, commit-b)" in text
+
+
+def test_older_experiment_json_becomes_one_invocation():
+    old = {"environment": {"commit": "c0"}, "command": "robustmix experiment", "wall_time_s": 3.0, "status": "running"}
+    assert E._previous_invocations(old) == [
+        {"command": "robustmix experiment", "environment": {"commit": "c0"}, "elapsed_s": 3.0, "status": "interrupted", "legacy": True}
+    ]
+    assert E._previous_invocations(None) == []
+    assert E._previous_invocations({"invocations": [{"status": "finished"}, {"status": "running"}]}) == [
+        {"status": "finished"}, {"status": "interrupted"}
+    ]
+
+
+def test_corrupt_experiment_json_is_named(tmp_path):
+    (tmp_path / "experiment.json").write_text('{"preset": {"name": ')
+    with pytest.raises(ValueError, match=r"experiment\.json' is not valid JSON: Expecting value"):
+        E.run_experiment(E.PRESETS["quick"], tmp_path, device="cpu", report=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -69,3 +70,14 @@ def test_append_jsonl(tmp_path):
     append_jsonl(path, {"epoch": 1})
     append_jsonl(path, {"epoch": 2})
     assert [json.loads(line) for line in path.read_text().splitlines()] == [{"epoch": 1}, {"epoch": 2}]
+
+
+def test_read_json_names_the_corrupt_file(tmp_path):
+    path = tmp_path / "eval.json"
+    path.write_text('{"clean": {"error": 0.1, "loss')
+    with pytest.raises(ValueError, match=r"eval\.json' is not valid JSON: Unterminated string starting at: line 1") as info:
+        read_json(path)
+    assert str(path) in str(info.value)
+    path.write_bytes(b'{"a": "\xff"}')  # not UTF-8
+    with pytest.raises(ValueError, match=rf"^{re.escape(repr(str(path)))} is not valid JSON: 'utf-8' codec can't decode"):
+        read_json(path)

@@ -303,3 +303,169 @@ def test_report_renders_in_headless_chromium(results_dir, tmp_path):
         pixels = np.asarray(im.convert("L"), dtype=float)
     assert pixels.shape == (2400, 1200)
     assert pixels.std() > 5  # text, tables and plots: not a blank page
+
+
+# --------------------------------------------------------------------------------------------
+# Coverage notes, errors and bookkeeping (from an audit)
+
+
+def _copy(results_dir: Path, tmp_path: Path) -> Path:
+    return shutil.copytree(results_dir, tmp_path / "copy")
+
+
+def _headline_and_note(root: Path) -> tuple[dict[str, dict[str, str]], str]:
+    """Headline rows by method, and the report's text between the headline table and the figures."""
+    text = (root / "report.md").read_text()
+    head = _table(_md_tables(text), "Headline")
+    rows = {r[0]: dict(zip(head[0], r)) for r in head[1:]}
+    after = text.split("### Headline", 1)[1].split("\n## ", 1)[0]
+    return rows, " ".join(line for line in after.splitlines() if line and not line.startswith(("|", "###")))
+
+
+def test_diagnostics_from_fewer_seeds_show_their_own_count(results_dir, tmp_path):
+    root = _copy(results_dir, tmp_path)
+    (root / "runs" / "none" / "seed1" / "diagnostics.json").unlink()
+    report.write_report(root, plots=False)
+    rows, note = _headline_and_note(root)
+    diag0 = json.loads((root / "runs" / "none" / "seed0" / "diagnostics.json").read_text())
+    # one seed behind the value: its bare mean, marked, not "± 0.000" over the run's 2 seeds
+    assert rows["none"]["seeds"] == "2"
+    assert rows["none"]["cue-conflict low-band fraction"] == f"{diag0['cue_conflict']['low_band_fraction']:.3f} (n=1)"
+    assert "`none`: cue conflict from 1 of 2, filtered accuracy from 1 of 2, Fourier heat map from 1 of 2 seeds (seed1 without diagnostics)" in note
+    filt = _table(_md_tables((root / "report.md").read_text()), "Accuracy in % on low-pass")
+    col = filt[0].index("none low-pass")
+    assert [r[col] for r in filt[1:]] == [f"{100 * a:.2f} (n=1)" for a in diag0["filtered_accuracy"]["lowpass_accuracy"]]
+    # methods with every seed's diagnostics are unmarked
+    assert "(n=" not in rows["robustmix"]["cue-conflict low-band fraction"]
+
+
+def test_unfinished_and_missing_runs_are_named(results_dir, tmp_path):
+    root = _copy(results_dir, tmp_path)
+    (root / "runs" / "mixup" / "seed0" / "run.json").unlink()  # evaluated, not finished
+    report.write_report(root, plots=False)
+    _, note = _headline_and_note(root)
+    assert "Unfinished runs (no run.json), reported from their eval.json: mixup/seed0." in note
+    # experiment.json lists seeds 0-2 for every method; cutmix/seed0 has a folder but no eval.json
+    assert (
+        "Runs not in this report: none/seed2 (no run folder), mixup/seed1 (no run folder), mixup/seed2 (no run folder), "
+        "cutmix/seed0 (started, not evaluated (no eval.json))." in note
+    )
+    assert "The baseline `none` lacks seed 2: every method's mCE and relative mCE" in note
+
+
+def test_corruptions_and_severities_some_runs_lack_are_named(results_dir, tmp_path):
+    root = _copy(results_dir, tmp_path)
+    path = root / "runs" / "robustmix" / "seed1" / "eval.json"
+    ev = json.loads(path.read_text())
+    del ev["corrupted"]["fog"]
+    del ev["corrupted"]["snow"]["5"]
+    path.write_text(json.dumps(ev))
+    report.write_report(root, plots=False)
+    _, note = _headline_and_note(root)
+    assert "Corruptions left out of every table and of mCE because some runs lack them: fog (missing in robustmix/seed1)." in note
+    assert "Severities left out of every table and of mCE because some runs lack them: 5 (missing in robustmix/seed1)." in note
+    assert "over 14 ImageNet-C corruptions" in note
+    tables = _md_tables((root / "report.md").read_text())
+    assert "fog" not in [r[0] for r in _table(tables, "Error per corruption")]
+    assert [r[0] for r in _table(tables, "Error vs severity")[1:]] == ["1", "2", "3", "4"]
+
+
+def test_relative_mce_na_says_which_corruptions(results_dir, tmp_path):
+    root = _copy(results_dir, tmp_path)
+    for seed in SEEDS["none"]:  # the baseline does not degrade on fog, barely on snow
+        path = root / "runs" / "none" / f"seed{seed}" / "eval.json"
+        ev = json.loads(path.read_text())
+        clean = ev["clean"]["error"]
+        ev["corrupted"]["fog"] = {str(s): clean - 0.01 for s in range(1, 6)}
+        ev["corrupted"]["snow"] = {str(s): clean + 0.001 for s in range(1, 6)}
+        path.write_text(json.dumps(ev))
+    report.write_report(root, plots=False)
+    rows, note = _headline_and_note(root)
+    assert {rows[m]["relative mCE"] for m in SEEDS} == {"n/a"}
+    assert "Relative mCE is n/a: the `none` baseline's degradation Σ_s E_s,c − E_clean" in note
+    assert "is <= 0 for fog (-5.00), where relative CE is undefined." in note
+    assert "It is under 1 point per severity for snow (+0.50)." in note
+    assert "near-zero denominators make relative mCE unstable" in note
+
+
+def test_corrupt_json_error_names_the_file(results_dir, tmp_path, capsys):
+    root = _copy(results_dir, tmp_path)
+    bad = root / "runs" / "robustmix" / "seed1" / "eval.json"
+    bad.write_text('{"clean": {"error": 0.1, "loss')
+    assert cli_main(["report", str(root), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {str(bad)!r} is not valid JSON: Unterminated string" in err
+
+
+def _invocation(commit: str, elapsed: float, status: str) -> dict:
+    return {"started": "2030-01-01T00:00:00", "command": "robustmix experiment", "environment": {"commit": commit, "torch": "9"},
+            "elapsed_s": elapsed, "status": status}  # fmt: skip
+
+
+def test_wall_times_over_invocations_and_commits(results_dir, tmp_path):
+    root = _copy(results_dir, tmp_path)
+    exp = json.loads((root / "experiment.json").read_text())
+    exp["invocations"] = [_invocation("aaaa111", 40.0, "interrupted"), _invocation("bbbb222", 2.5, "finished")]
+    exp["wall_time_s"] = 42.5
+    exp["environment"] = exp["invocations"][-1]["environment"]
+    (root / "experiment.json").write_text(json.dumps(exp))
+
+    def stage(seconds, invocation, commit, partial=False):
+        return {"seconds": seconds, "partial": partial, "invocation": invocation, "commit": commit}
+
+    stages = {"train": stage(30.0, 2, "bbbb222", partial=True), "eval": stage(5.0, 1, "aaaa111"), "diagnostics": stage(None, None, None)}
+    run = {"method": "none", "seed": 0, "timings": {"train_s": 30.0, "eval_s": 5.0, "diagnostics_s": None}, "stages": stages}
+    (root / "runs" / "none" / "seed0" / "run.json").write_text(json.dumps(run))
+    report.write_report(root, plots=False)
+    text = (root / "report.md").read_text()
+    assert (
+        "Total wall time: at least 42 s, summed over 2 invocations; invocation 1 stopped early (interrupted, or still running) "
+        "and counts only up to its last completed run." in text
+    )
+    assert "Results come from 2 commits (aaaa111, bbbb222): see the Invocations table." in text
+    tables = _md_tables(text)
+    timing = _table(tables, "Wall time per run")
+    assert timing[0] == ["method", "seed", "train", "evaluate", "diagnostics", "invocation", "commit"]
+    assert timing[1] == ["none", "0", "≥ 30.0", "5.0", "unknown", "2, 1, ?", "bbbb222, aaaa111, ?"]
+    assert "≥: training resumed after an interrupted invocation" in text
+    assert "unknown: the stage was done by a version, or an interrupted invocation, that recorded no time for it." in text
+    inv = _table(tables, "Invocations")
+    assert [r[:3] + r[5:7] for r in inv[1:]] == [["1", "2030-01-01T00:00:00", "aaaa111", "40", "interrupted"], ["2", "2030-01-01T00:00:00", "bbbb222", "2", "finished"]]  # fmt: skip
+    assert "2 commits contributed: aaaa111: invocation 1, runs none/seed0; bbbb222: invocation 2, runs none/seed0." in text
+    assert _table(tables, "Environment of the last invocation")[1:] == [["commit", "bbbb222"], ["torch", "9"]]
+
+
+def test_no_plots_removes_only_stale_figures_of_the_report(results_dir, tmp_path):
+    root = _copy(results_dir, tmp_path)
+    assert sorted(p.name for p in (root / "figures").iterdir()) == [f"fig{i}.png" for i in range(1, 7)]
+    (root / "figures" / "mine.png").write_bytes(b"kept")
+    (root / "dataset.json").unlink()  # one figure fewer
+    report.write_report(root)
+    assert sorted(p.name for p in (root / "figures").iterdir()) == [*(f"fig{i}.png" for i in range(1, 6)), "mine.png"]
+    report.write_report(root, plots=False)
+    assert [p.name for p in (root / "figures").iterdir()] == ["mine.png"]
+    assert "figures/" not in (root / "report.md").read_text()
+
+
+def test_figures_have_titles_labels_and_the_uniform_share(results_dir, monkeypatch):
+    from robustmix import _plots
+
+    drawn = []
+    monkeypatch.setattr(_plots, "_png", lambda fig: drawn.append(fig) or b"")
+    results = report.load_results(results_dir)
+    _plots.all_figures(report.summarize_experiment(results), results)
+    assert len(drawn) == 6
+    for k, fig in enumerate(drawn, 1):
+        for ax in fig.axes:
+            if ax.get_label() != "<colorbar>":
+                assert ax.get_title(), f"figure {k} has an axis without a title"
+    assert drawn[4].axes[0].get_xlabel() == "method"
+    right = [ax for ax in drawn[5].axes if ax.get_label() != "<colorbar>"][1]
+    legend = right.get_legend()
+    assert legend is not None
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == ["lam_c (energy share of the data)", 'energy="uniform": share of DCT coefficients (≈ cutoff²)']
+    (line,) = [ln for ln in right.get_lines() if ln.get_label() == labels[1]]
+    n = 6  # the fixture's spectrum is 6 x 6: the DCT box keeps floor(c*n + 0.5) indices per axis
+    assert list(line.get_xdata()) == CUTOFFS
+    assert np.allclose(line.get_ydata(), [(np.floor(c * n + 0.5) / n) ** 2 for c in CUTOFFS])

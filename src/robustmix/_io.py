@@ -68,8 +68,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file.
+
+    Raises:
+        ValueError: the file is not valid UTF-8 JSON; the message names the file.
+    """
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ValueError(f"{str(path)!r} is not valid JSON: {exc}") from exc
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:

@@ -40,6 +40,7 @@ def _bars(summary: dict[str, Any]) -> bytes:
         xs = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(corr))]
         ax.bar(xs, [100 * p[0] for p in pairs], width, yerr=[100 * p[1] for p in pairs], label=m, capsize=2)
     ax.set_xticks(range(len(corr)), corr, rotation=60, ha="right", fontsize=8)
+    ax.set_title("Error per corruption (mean over severities), mean ± std over seeds")
     ax.set_ylabel("top-1 error (%)")
     ax.legend(fontsize=8)
     return _png(fig)
@@ -55,6 +56,7 @@ def _severity(summary: dict[str, Any]) -> bytes:
         std = [100 * pm["per_severity"][s][1] for s in sev]
         ax.errorbar([0, *sev], [100 * pm["clean_error"][0], *mean], yerr=[100 * pm["clean_error"][1], *std], marker="o", capsize=3, label=m)
     ax.set_xticks([0, *sev], ["clean", *map(str, sev)])
+    ax.set_title("Error vs severity (mean over ImageNet-C corruptions)")
     ax.set_xlabel("severity")
     ax.set_ylabel("top-1 error (%)")
     ax.legend(fontsize=8)
@@ -104,11 +106,15 @@ def _cue(summary: dict[str, Any]) -> bytes:
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_xticks(range(len(methods)), methods)
     ax.set_ylim(0, 1)
+    ax.set_title("Frequency cue conflict (dashed: no preference)")
+    ax.set_xlabel("method")
     ax.set_ylabel("decisions following the low band")
     return _png(fig)
 
 
 def _spectrum(dataset: dict[str, Any]) -> bytes:
+    from robustmix.functional import _uniform_share
+
     fig, axes = _figure(10, 4, 1, 2)
     spec = dataset["energy_spectrum"]
     image = axes[0, 0].imshow([[math.log10(max(v, 1e-12)) for v in row] for row in spec], cmap="magma")
@@ -116,11 +122,18 @@ def _spectrum(dataset: dict[str, Any]) -> bytes:
     axes[0, 0].set_xlabel("v (DCT index)")
     axes[0, 0].set_ylabel("u (DCT index)")
     fig.colorbar(image, ax=axes[0, 0], shrink=0.8)
-    axes[0, 1].plot(dataset["cutoffs"], dataset["lambda_c"], marker="o", ms=3)
-    axes[0, 1].plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="uniform (share of coefficients², not energy)")
+    cutoffs = dataset["cutoffs"]
+    sizes = (len(spec), len(spec[0]))  # the DCT box keeps floor(c*n + 0.5) indices per axis
+    axes[0, 1].plot(cutoffs, dataset["lambda_c"], marker="o", ms=3, label="lam_c (energy share of the data)")
+    axes[0, 1].plot(
+        cutoffs, [_uniform_share(c, sizes) for c in cutoffs], color="grey", lw=0.8, ls="--", marker=".",
+        label='energy="uniform": share of DCT coefficients (≈ cutoff²)',
+    )  # fmt: skip
+    axes[0, 1].set_title("Low-band share per cutoff")
     axes[0, 1].set_xlabel("cutoff")
     axes[0, 1].set_ylabel("lam_c (low-band energy share)")
     axes[0, 1].set_ylim(0, 1.02)
+    axes[0, 1].legend(fontsize=8)
     return _png(fig)
 
 

@@ -11,6 +11,15 @@ Resumable: a run whose ``run.json`` exists is skipped; a run killed during train
 its ``checkpoint.pt`` (the trainer's resume gives the same weights as an uninterrupted run);
 a finished evaluation (``eval.json``) is not redone.
 
+Bookkeeping across invocations: ``experiment.json`` keeps one entry per invocation in
+``invocations`` (start time, command, environment incl. commit, elapsed seconds, status), saved
+after every completed run, so a killed invocation keeps the time up to its last completed run
+(its status ``running`` becomes ``interrupted`` when the next invocation starts);
+``wall_time_s`` is the sum over invocations. Each run's
+``stages.json`` records a stage's seconds, invocation and commit as soon as the stage completes;
+a stage skipped because its output exists keeps that record, and ``run.json`` copies it
+(``stages``, plus ``timings`` in seconds, None where unknown).
+
 Method names: ``none``, ``mixup``, ``cutmix``, ``robustmix``, optionally followed by ``_``
 separated modifiers that make ablations: ``alpha<float>``, ``tau<float>`` (Robustmix),
 ``batch``/``sample``/``uniform`` or ``energy<float>`` (Robustmix label weighting), ``persample``,
@@ -268,6 +277,13 @@ def environment_info() -> dict[str, Any]:
 
 
 def _train_config(preset: Preset, method: str, seed: int, run_dir: Path, *, data_dir: str | None, device: str, progress: bool) -> Any:
+    """The run's TrainConfig.
+
+    ``limit_test=eval_limit`` makes the training log's test error (metrics.json) use a *seeded
+    random* subset of ``eval_limit`` test images, while the evaluation (eval.json, the report's
+    clean error) uses the *first* ``eval_limit``: the two differ by about a point. Left as is,
+    since changing it would change the trained results.
+    """
     from robustmix.train import TrainConfig
 
     return TrainConfig(
@@ -322,6 +338,14 @@ def _diagnose(model: Any, preset: Preset, data_dir: str | None, *, device: Any) 
     }
 
 
+_STAGES = ("train", "eval", "diagnostics")  # a run's stages, in order
+
+
+def _unknown_stage() -> dict[str, Any]:
+    """A stage done by an invocation that recorded nothing about it (older code)."""
+    return {"seconds": None, "partial": False, "invocation": None, "commit": None}
+
+
 def run_one(
     preset: Preset,
     method: str,
@@ -332,10 +356,18 @@ def run_one(
     device: str = "auto",
     progress: bool = False,
     log: Callable[[str], None] = print,
+    invocation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and diagnose one (method, seed); resumable at each stage.
 
-    Returns the run's ``run.json`` record (method, seed, timings, skipped stages).
+    Args:
+        invocation: ``{"id": 1-based position in experiment.json's invocations, "commit": ...}`` recorded
+            with each stage this call runs (default: no id, this checkout's commit).
+
+    Returns the run's ``run.json`` record: method, seed, ``stages`` (per stage: ``seconds``,
+    ``partial`` = training resumed after a kill whose time is not counted, ``invocation``,
+    ``commit``; all None for a stage done earlier without a record), ``timings``
+    (``train_s``/``eval_s``/``diagnostics_s``); ``skipped`` when run.json already existed.
     """
     from robustmix.evaluate import evaluate_checkpoint
     from robustmix.train import load_checkpoint_model, train
@@ -345,7 +377,14 @@ def run_one(
     marker = run_dir / "run.json"
     if marker.is_file():
         return {**read_json(marker), "skipped": True}
-    timings: dict[str, float] = {}
+    who = invocation if invocation is not None else {"id": None, "commit": _git_commit()}
+    stages_path = run_dir / "stages.json"
+    stages: dict[str, Any] = read_json(stages_path).get("stages", {}) if stages_path.is_file() else {}
+
+    def done(stage: str, t0: float, *, partial: bool = False) -> None:
+        stages[stage] = {"seconds": time.perf_counter() - t0, "partial": partial, "invocation": who.get("id"), "commit": who.get("commit")}
+        write_json(stages_path, {"stages": stages})  # kept even if a later stage is killed
+
     config = _train_config(preset, method, seed, run_dir, data_dir=data_dir, device=device, progress=progress)
     checkpoint = run_dir / "checkpoint.pt"
 
@@ -356,7 +395,7 @@ def run_one(
         # A folder without a checkpoint holds only the config of a run killed before its first
         # epoch: start over.
         train(config.replace(resume=resume), overwrite=not resume, log=log)
-    timings["train_s"] = time.perf_counter() - t0
+        done("train", t0, partial=resume)
 
     t0 = time.perf_counter()
     if not (run_dir / "eval.json").is_file():
@@ -373,7 +412,7 @@ def run_one(
             progress=progress,
         )
         write_json(run_dir / "eval.json", results)
-    timings["eval_s"] = time.perf_counter() - t0
+        done("eval", t0)
 
     t0 = time.perf_counter()
     if not (run_dir / "diagnostics.json").is_file():
@@ -381,9 +420,11 @@ def run_one(
         dev = resolve_device(device)
         model, _ = load_checkpoint_model(checkpoint, map_location=dev)
         write_json(run_dir / "diagnostics.json", _diagnose(model, preset, data_dir, device=dev))
-    timings["diagnostics_s"] = time.perf_counter() - t0
+        done("diagnostics", t0)
 
-    record = {"method": method, "seed": seed, "timings": timings}
+    stages = {name: stages.get(name) or _unknown_stage() for name in _STAGES}
+    timings = {f"{name}_s": stages[name]["seconds"] for name in _STAGES}
+    record = {"method": method, "seed": seed, "timings": timings, "stages": stages}
     write_json(marker, record)
     return record
 
@@ -412,6 +453,35 @@ def _dataset_stats(preset: Preset, data_dir: str | None) -> dict[str, Any]:
         "cutoffs": list(preset.cutoffs),
         "lambda_c": D.lambda_c_curve(cutoffs=preset.cutoffs, spectrum=spectrum),
     }
+
+
+def _previous_invocations(previous: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Invocations recorded in an earlier experiment.json; ``running`` ones were killed.
+
+    A file written before invocations were recorded becomes one ``legacy`` entry: its
+    environment is the last invocation's and its elapsed time the sum over the invocations
+    that finished (killed ones added none).
+    """
+    if not previous:
+        return []
+    if isinstance(previous.get("invocations"), list):
+        invocations = [dict(i) for i in previous["invocations"]]
+    elif previous.get("environment") is not None or previous.get("wall_time_s") is not None:
+        invocations = [
+            {
+                "command": previous.get("command"),
+                "environment": previous.get("environment"),
+                "elapsed_s": previous.get("wall_time_s"),
+                "status": previous.get("status"),
+                "legacy": True,
+            }
+        ]
+    else:
+        invocations = []
+    for inv in invocations:
+        if inv.get("status") == "running":
+            inv["status"] = "interrupted"
+    return invocations
 
 
 def run_experiment(
@@ -449,33 +519,52 @@ def run_experiment(
                 "use another --out or the same preset and overrides to resume it"
             )
     started = time.perf_counter()
-    wall_before = float(previous.get("wall_time_s") or 0.0) if previous else 0.0
     methods = list(dict.fromkeys([*(previous or {}).get("methods", []), *preset.methods]))
     seeds = sorted(set((previous or {}).get("seeds", [])) | set(range(preset.seeds)))
+    env = environment_info()
+    invocations = _previous_invocations(previous)
+    this = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": command,
+        "environment": env,
+        "elapsed_s": 0.0,
+        "status": "running",
+    }
+    invocations.append(this)
+    who = {"id": len(invocations), "commit": env["commit"]}  # 1-based position in invocations
     record: dict[str, Any] = {
         "preset": preset_dict,
         "methods": methods,
         "seeds": seeds,
         "command": command,
-        "environment": environment_info(),
+        "environment": env,  # this (the last) invocation's; each one's is in invocations
         "status": "running",
-        "wall_time_s": wall_before,
+        "wall_time_s": 0.0,
+        "invocations": invocations,
     }
-    write_json(exp_path, record)
 
+    def save(status: str = "running") -> None:
+        """Write experiment.json with this invocation's elapsed time so far."""
+        this.update(elapsed_s=time.perf_counter() - started, status=status)
+        record.update(status=status, wall_time_s=sum(float(i.get("elapsed_s") or 0.0) for i in invocations))
+        write_json(exp_path, record)
+
+    save()
     if not (out / "dataset.json").is_file():
         log("dataset energy spectrum and lam_c curve")
         write_json(out / "dataset.json", _dataset_stats(preset, data_dir))
+        save()
     for method in preset.methods:
         for seed in range(preset.seeds):
             done = run_one(
                 preset, method, seed, out / "runs" / method / f"seed{seed}",
-                data_dir=data_dir, device=device, progress=progress, log=log,
+                data_dir=data_dir, device=device, progress=progress, log=log, invocation=who,
             )  # fmt: skip
             if done.get("skipped"):
                 log(f"[{method} seed{seed}] finished earlier: skipped")
-    record.update(status="finished", wall_time_s=wall_before + time.perf_counter() - started)
-    write_json(exp_path, record)
+            else:
+                save()
+    save("finished")
     if report:
         from robustmix.report import write_report
 

@@ -8,18 +8,26 @@ from the JSON files, so a report can be rebuilt anywhere from a results folder.
 Results layout::
 
     RESULTS_DIR/
-      experiment.json                  preset/config, methods, seeds, environment, wall time
+      experiment.json                  preset/config, methods, seeds, environment, wall time,
+                                       invocations (each one's environment, elapsed time, status)
       dataset.json                     energy spectrum and lam_c curve of the training data
       runs/<method>/seed<k>/
         config.json  metrics.json      written by robustmix.train
         eval.json                      robustmix.evaluate results (clean + corrupted errors)
         diagnostics.json               filtered accuracy, Fourier heat map, cue conflict
-        run.json                       completion marker with timings (written last)
+        stages.json                    per-stage seconds, invocation and commit, as each completes
+        run.json                       completion marker with timings and stages (written last)
 
 Aggregation: mean ± sample standard deviation (ddof=1; 0 with one seed) over seeds. CE, mCE
 and relative mCE use the baseline method's error tables averaged over its seeds (default
-baseline: ``"none"``), over the ImageNet-C corruptions that were evaluated (all 15 in the
-presets); the 4 extra corruptions are reported apart, never in mCE.
+baseline: ``"none"``), over the ImageNet-C corruptions that every run evaluated (all 15 in the
+presets); the 4 extra corruptions are reported apart, never in mCE. A value from fewer seeds
+than its method has (diagnostics missing for a seed) is marked ``(n=k)``; missing or unfinished
+runs, corruptions or severities left out, and undefined relative CEs are named in the notes.
+
+The clean error here is on the *first* ``eval_limit`` test images (eval.json); the training
+log's test error (metrics.json, not shown) is on a seeded random subset of as many images, so
+the two differ slightly.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import html
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +57,10 @@ __all__ = [
 ]
 
 RUNS_DIR = "runs"
+FIGURES_DIR = "figures"
+_FIGURE_NAME = re.compile(r"fig\d+\.png")  # the names write_report gives its figures
+#: Mean baseline degradation per severity below which a relative CE is flagged as unstable.
+_SMALL_DEGRADATION = 0.01
 
 
 @dataclass(frozen=True)
@@ -70,16 +83,17 @@ def _seed_of(folder: Path) -> int | None:
 
 
 def load_results(results_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read every finished run of a results folder.
+    """Read every evaluated run of a results folder.
 
     Returns:
-        ``{"experiment": dict, "dataset": dict | None, "runs": {method: {seed: run}}}`` with
-        ``run = {"eval", "diagnostics" (or None), "config" (or None), "metrics" (or None),
-        "run" (or None)}``. Runs without ``eval.json`` are not finished and are left out.
+        ``{"experiment": dict, "dataset": dict | None, "runs": {method: {seed: run}},
+        "incomplete": [{"method", "seed"}]}`` with ``run = {"eval", "diagnostics" (or None),
+        "config" (or None), "metrics" (or None), "run" (or None: unfinished, reported as such)}``.
+        Seed folders without ``eval.json`` are left out of ``runs`` and listed in ``incomplete``.
 
     Raises:
         FileNotFoundError: the folder or its ``runs/`` subfolder does not exist.
-        ValueError: no finished run was found.
+        ValueError: no evaluated run was found, or a JSON file is corrupt (the message names it).
     """
     root = Path(results_dir)
     if not root.is_dir():
@@ -96,12 +110,16 @@ def load_results(results_dir: str | os.PathLike) -> dict[str, Any]:
 
     experiment = opt(root / "experiment.json") or {}
     runs: dict[str, dict[int, dict[str, Any]]] = {}
+    incomplete: list[dict[str, Any]] = []
     order = list(experiment.get("methods", []))
     method_dirs = sorted((d for d in runs_root.iterdir() if d.is_dir()), key=lambda d: (d.name not in order, order.index(d.name) if d.name in order else 0, d.name))
     for mdir in method_dirs:
         for sdir in sorted(mdir.iterdir(), key=lambda d: (_seed_of(d) is None, _seed_of(d) or 0)):
             seed = _seed_of(sdir)
-            if seed is None or not (sdir / "eval.json").is_file():
+            if seed is None:
+                continue
+            if not (sdir / "eval.json").is_file():
+                incomplete.append({"method": mdir.name, "seed": seed})
                 continue
             runs.setdefault(mdir.name, {})[seed] = {
                 "eval": read_json(sdir / "eval.json"),
@@ -112,7 +130,7 @@ def load_results(results_dir: str | os.PathLike) -> dict[str, Any]:
             }
     if not runs:
         raise ValueError(f"results_dir {str(root)!r} holds no finished run ({RUNS_DIR}/<method>/seed<k>/eval.json)")
-    return {"experiment": experiment, "dataset": opt(root / "dataset.json"), "runs": runs}
+    return {"experiment": experiment, "dataset": opt(root / "dataset.json"), "runs": runs, "incomplete": incomplete}
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,7 +164,12 @@ def summarize_experiment(results: dict[str, Any], *, baseline: str = "none") -> 
     ``per_method[method]`` holding ``(mean, std)`` pairs: ``clean_error``, ``mce``,
     ``relative_mce``, ``mean_corruption_error``, ``extra_error``, ``per_corruption[c]``,
     ``per_severity[s]``, ``cue_conflict`` and lists ``lowpass``/``highpass`` (per cutoff), the
-    ``cutoffs``, the seed-averaged ``heatmap`` and ``n_seeds``.
+    ``cutoffs``, the seed-averaged ``heatmap``, ``n_seeds`` and ``diagnostics_seeds`` (kind ->
+    the seeds behind it). Coverage: ``missing_runs`` (``(method, seed, why)`` for runs that
+    experiment.json lists or that started but are absent), ``unfinished_runs`` (``(method, seed)``
+    reported without run.json), ``dropped_corruptions`` / ``dropped_severities`` (name -> runs
+    lacking it, left out of every table) and ``baseline_degradation`` (ImageNet-C corruption ->
+    the baseline's Σ_s E_{s,c} − E_clean, the relative CE denominator).
     """
     runs = results["runs"]
     tables = {
@@ -154,16 +177,26 @@ def summarize_experiment(results: dict[str, Any], *, baseline: str = "none") -> 
         for m, seeds in runs.items()
     }
     cleans = {m: {s: float(r["eval"]["clean"]["error"]) for s, r in seeds.items()} for m, seeds in runs.items()}
-    all_tables = [t for seeds in tables.values() for t in seeds.values()]
+    labelled = [(f"{m}/seed{s}", t) for m, seeds in tables.items() for s, t in seeds.items()]
+    all_tables = [t for _, t in labelled]
     present = set.intersection(*(set(t) for t in all_tables))
     bench = [c for c in metrics.BENCHMARK_CORRUPTIONS if c in present]
     extra = sorted(c for c in present if c not in metrics.BENCHMARK_CORRUPTIONS)
     severities = sorted(set.intersection(*(set(t[c]) for t in all_tables for c in present))) if present else []
+    all_sevs = {sev for t in all_tables for c in present for sev in t[c]}
+    dropped_corruptions = {
+        c: [name for name, t in labelled if c not in t] for c in sorted(set().union(*all_tables) - present)
+    }
+    dropped_severities = {
+        sev: [name for name, t in labelled if any(sev not in t[c] for c in present)] for sev in sorted(all_sevs - set(severities))
+    }
 
     base_table = base_clean = None
+    degradation: dict[str, float] = {}
     if baseline in runs and bench:
         base_table = _mean_table(list(tables[baseline].values()))
         base_clean = sum(cleans[baseline].values()) / len(cleans[baseline])
+        degradation = {c: sum(base_table[c].values()) - base_clean * len(base_table[c]) for c in bench}
 
     per_method: dict[str, Any] = {}
     for m, seeds in runs.items():
@@ -202,7 +235,7 @@ def summarize_experiment(results: dict[str, Any], *, baseline: str = "none") -> 
             )
         else:
             out["mce"] = out["relative_mce"] = (math.nan, math.nan)
-        out.update(_summarize_diagnostics([seeds[s]["diagnostics"] for s in seed_ids]))
+        out.update(_summarize_diagnostics({s: seeds[s]["diagnostics"] for s in seed_ids}))
         per_method[m] = out
     return {
         "methods": list(runs),
@@ -212,24 +245,49 @@ def summarize_experiment(results: dict[str, Any], *, baseline: str = "none") -> 
         "extra_corruptions": extra,
         "severities": severities,
         "per_method": per_method,
+        "missing_runs": _missing_runs(results),
+        "unfinished_runs": [(m, s) for m, seeds in runs.items() for s, r in seeds.items() if r.get("run") is None],
+        "dropped_corruptions": dropped_corruptions,
+        "dropped_severities": dropped_severities,
+        "baseline_degradation": degradation,
     }
 
 
-def _summarize_diagnostics(diags: list[dict[str, Any] | None]) -> dict[str, Any]:
-    diags = [d for d in diags if d]
+def _missing_runs(results: dict[str, Any]) -> list[tuple[str, int, str]]:
+    """Runs listed in experiment.json (methods x seeds) or started, but not evaluated."""
+    exp = results.get("experiment") or {}
+    runs = results["runs"]
+    started = {(i["method"], i["seed"]) for i in results.get("incomplete", [])}
+    expected = [(m, s) for m in exp.get("methods", []) for s in exp.get("seeds", [])]
+    expected += sorted(started - set(expected))
+    return [
+        (m, s, "started, not evaluated (no eval.json)" if (m, s) in started else "no run folder")
+        for m, s in expected
+        if s not in runs.get(m, {})
+    ]
+
+
+def _summarize_diagnostics(diags: dict[int, dict[str, Any] | None]) -> dict[str, Any]:
+    """Seed-averaged diagnostics; ``diagnostics_seeds`` says which seeds each one comes from."""
+    diags = {s: d for s, d in diags.items() if d}
     out: dict[str, Any] = {"cutoffs": [], "lowpass": [], "highpass": [], "cue_conflict": (math.nan, math.nan), "heatmap": None}
-    filt = [d["filtered_accuracy"] for d in diags if "filtered_accuracy" in d]
+    used: dict[str, list[int]] = {"filtered_accuracy": [], "cue_conflict": [], "fourier_heatmap": []}
+    out["diagnostics_seeds"] = used
+    filt = {s: d["filtered_accuracy"] for s, d in diags.items() if "filtered_accuracy" in d}
     if filt:
-        cutoffs = filt[0]["cutoffs"]
-        filt = [f for f in filt if f["cutoffs"] == cutoffs]
+        cutoffs = next(iter(filt.values()))["cutoffs"]
+        filt = {s: f for s, f in filt.items() if f["cutoffs"] == cutoffs}
+        used["filtered_accuracy"] = list(filt)
         out["cutoffs"] = list(cutoffs)
-        out["lowpass"] = [_mean_std([f["lowpass_accuracy"][i] for f in filt]) for i in range(len(cutoffs))]
-        out["highpass"] = [_mean_std([f["highpass_accuracy"][i] for f in filt]) for i in range(len(cutoffs))]
-    cue = [d["cue_conflict"]["low_band_fraction"] for d in diags if "cue_conflict" in d]
-    cue = [c for c in cue if c is not None and not math.isnan(c)]
+        out["lowpass"] = [_mean_std([f["lowpass_accuracy"][i] for f in filt.values()]) for i in range(len(cutoffs))]
+        out["highpass"] = [_mean_std([f["highpass_accuracy"][i] for f in filt.values()]) for i in range(len(cutoffs))]
+    cue = {s: d["cue_conflict"]["low_band_fraction"] for s, d in diags.items() if "cue_conflict" in d}
+    cue = {s: c for s, c in cue.items() if c is not None and not math.isnan(c)}
     if cue:
-        out["cue_conflict"] = _mean_std(cue)
-    maps = [d["fourier_heatmap"]["map"] for d in diags if "fourier_heatmap" in d]
+        used["cue_conflict"] = list(cue)
+        out["cue_conflict"] = _mean_std(list(cue.values()))
+    maps = [d["fourier_heatmap"]["map"] for d in diags.values() if "fourier_heatmap" in d]
+    used["fourier_heatmap"] = [s for s, d in diags.items() if "fourier_heatmap" in d]
     if maps:
         h, w = len(maps[0]), len(maps[0][0])
         avg = []
@@ -240,7 +298,7 @@ def _summarize_diagnostics(diags: list[dict[str, Any] | None]) -> dict[str, Any]
                 row.append(sum(vals) / len(vals) if vals else math.nan)
             avg.append(row)
         out["heatmap"] = avg
-        out["heatmap_eps"] = diags[0]["fourier_heatmap"].get("eps")
+        out["heatmap_eps"] = diags[used["fourier_heatmap"][0]]["fourier_heatmap"].get("eps")
     return out
 
 
@@ -248,19 +306,31 @@ def _summarize_diagnostics(diags: list[dict[str, Any] | None]) -> dict[str, Any]
 # Tables
 
 
-def _pct(n_seeds: int, pair: tuple[float, float]) -> str:
-    """A fraction as percent, ``mean ± std``; with one seed there is no spread to show."""
+def _mark(text: str, n: int, of: int | None) -> str:
+    """Mark a value computed from fewer seeds (``n``) than its method has (``of``)."""
+    return text if of is None or n == of or text == "n/a" else f"{text} (n={n})"
+
+
+def _pct(n_seeds: int, pair: tuple[float, float], of: int | None = None) -> str:
+    """A fraction as percent, ``mean ± std`` over ``n_seeds``; one seed: no spread to show."""
     mean, std = pair
     if math.isnan(mean):
         return "n/a"
-    return f"{100 * mean:.2f}" if n_seeds < 2 else f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return _mark(f"{100 * mean:.2f}" if n_seeds < 2 else f"{100 * mean:.2f} ± {100 * std:.2f}", n_seeds, of)
 
 
-def _frac(n_seeds: int, pair: tuple[float, float]) -> str:
+def _frac(n_seeds: int, pair: tuple[float, float], of: int | None = None) -> str:
+    """A fraction, ``mean ± std`` over ``n_seeds``; one seed: no spread to show."""
     mean, std = pair
     if math.isnan(mean):
         return "n/a"
-    return f"{mean:.3f}" if n_seeds < 2 else f"{mean:.3f} ± {std:.3f}"
+    return _mark(f"{mean:.3f}" if n_seeds < 2 else f"{mean:.3f} ± {std:.3f}", n_seeds, of)
+
+
+def _listing(items: Sequence[str], limit: int = 12) -> str:
+    items = list(items)
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
 
 
 def _no_baseline_note(summary: dict[str, Any]) -> str:
@@ -270,36 +340,232 @@ def _no_baseline_note(summary: dict[str, Any]) -> str:
     return "No ImageNet-C corruption was evaluated: mCE and relative mCE are not available."
 
 
+def _coverage_notes(summary: dict[str, Any]) -> list[str]:
+    """Runs, corruptions and severities that the tables lack, by name."""
+    notes = []
+    missing = summary.get("missing_runs", [])
+    if missing:
+        notes.append(
+            "Runs not in this report: " + _listing([f"{m}/seed{s} ({why})" for m, s, why in missing])
+            + ". Each method is averaged over the runs it has."
+        )
+        base = summary["baseline"]
+        lost = [str(s) for m, s, _ in missing if m == base]
+        if lost:
+            notes.append(
+                f"The baseline `{base}` lacks seed{'s' * (len(lost) > 1)} {', '.join(lost)}: every method's mCE and relative mCE "
+                "divide by an average over fewer baseline seeds."
+            )
+    unfinished = summary.get("unfinished_runs", [])
+    if unfinished:
+        notes.append(
+            "Unfinished runs (no run.json), reported from their eval.json: "
+            + _listing([f"{m}/seed{s}" for m, s in unfinished])
+            + ". Their errors are final (evaluation follows training) but later stages may be missing."
+        )
+    for what, dropped in (("Corruptions", summary.get("dropped_corruptions", {})), ("Severities", summary.get("dropped_severities", {}))):
+        if dropped:
+            notes.append(
+                f"{what} left out of every table and of mCE because some runs lack them: "
+                + "; ".join(f"{k} (missing in {_listing(runs)})" for k, runs in dropped.items())
+                + "."
+            )
+    return notes
+
+
+def _relative_mce_note(summary: dict[str, Any]) -> str:
+    """Why relative mCE is n/a, and which denominators are near zero."""
+    degradation = summary.get("baseline_degradation") or {}
+    per_sev = max(1, len(summary["severities"]))
+    undefined = [c for c, d in degradation.items() if not d > 0]
+    small = [c for c, d in degradation.items() if 0 < d < _SMALL_DEGRADATION * per_sev]
+    if not undefined and not small:
+        return ""
+
+    def show(names: list[str]) -> str:
+        return ", ".join(f"{c} ({100 * degradation[c]:+.2f})" for c in names)
+
+    denominator = (
+        f"the `{summary['baseline']}` baseline's degradation Σ_s E_s,c − E_clean (the relative CE "
+        f"denominator, in points summed over {per_sev} severities)"
+    )
+    parts = []
+    if undefined:
+        parts.append(f"Relative mCE is n/a: {denominator} is <= 0 for {show(undefined)}, where relative CE is undefined.")
+    if small:
+        subject = "It" if undefined else denominator[0].upper() + denominator[1:]
+        parts.append(f"{subject} is under 1 point per severity for {show(small)}.")
+    parts.append("Relative CE divides by this degradation, so near-zero denominators make relative mCE unstable.")
+    return " ".join(parts)
+
+
+def _diagnostics_note(summary: dict[str, Any]) -> str:
+    """Methods whose diagnostics come from fewer seeds than their errors (none at all shows n/a)."""
+    kinds = (("cue_conflict", "cue conflict"), ("filtered_accuracy", "filtered accuracy"), ("fourier_heatmap", "Fourier heat map"))
+    lines = []
+    for m in summary["methods"]:
+        pm = summary["per_method"][m]
+        used = pm.get("diagnostics_seeds", {})
+        n = pm["n_seeds"]
+        short = [f"{label} from {len(used.get(k, []))} of {n}" for k, label in kinds if 0 < len(used.get(k, [])) < n]
+        if short:
+            without = [f"seed{s}" for s in pm["seeds"] if not any(s in used.get(k, []) for k, _ in kinds)]
+            lacking = f" ({', '.join(without)} without diagnostics)" if without else ""
+            lines.append(f"`{m}`: {', '.join(short)} seeds{lacking}")
+    if not lines:
+        return ""
+    return (
+        "Diagnostics from fewer seeds than the errors (cells marked (n=k): mean ± std over those k, "
+        "a bare mean when k = 1): " + "; ".join(lines) + "."
+    )
+
+
+def _headline(summary: dict[str, Any]) -> Table:
+    pm = summary["per_method"]
+    base = summary["baseline"]
+    note = (
+        f"mCE and relative mCE are relative to the `{base}` runs averaged over their seeds, over "
+        f"{len(summary['corruptions'])} ImageNet-C corruptions; the extra corruptions are not in mCE."
+        if base
+        else _no_baseline_note(summary)
+    )
+    extra = [*_coverage_notes(summary), _relative_mce_note(summary), _diagnostics_note(summary)]
+    return Table(
+        "Headline: errors in %, mean ± std over seeds",
+        ("method", "seeds", "clean error", "mCE", "relative mCE", "mean corruption error", "extra-4 error", "cue-conflict low-band fraction"),
+        tuple(
+            (
+                m,
+                str(pm[m]["n_seeds"]),
+                _pct(pm[m]["n_seeds"], pm[m]["clean_error"]),
+                _pct(pm[m]["n_seeds"], pm[m]["mce"]),
+                _pct(pm[m]["n_seeds"], pm[m]["relative_mce"]),
+                _pct(pm[m]["n_seeds"], pm[m]["mean_corruption_error"]),
+                _pct(pm[m]["n_seeds"], pm[m]["extra_error"]),
+                _frac(len(pm[m]["diagnostics_seeds"]["cue_conflict"]), pm[m]["cue_conflict"], pm[m]["n_seeds"]),
+            )
+            for m in summary["methods"]
+        ),
+        note="\n".join([note, *(t for t in extra if t)]),
+    )
+
+
+def _commits(results: dict[str, Any]) -> dict[str, dict[str, list]]:
+    """commit -> the invocations and runs (``method/seed``) it produced."""
+    out: dict[str, dict[str, list]] = {}
+    exp = results["experiment"]
+    invocations = exp.get("invocations")
+    if isinstance(invocations, list):
+        for k, inv in enumerate(invocations, 1):
+            commit = (inv.get("environment") or {}).get("commit")
+            if commit:
+                out.setdefault(commit, {"invocations": [], "runs": []})["invocations"].append(k)
+    elif (exp.get("environment") or {}).get("commit"):
+        out[exp["environment"]["commit"]] = {"invocations": [], "runs": []}
+    for m, seeds in results["runs"].items():
+        for s, r in seeds.items():
+            for stage in ((r.get("run") or {}).get("stages") or {}).values():
+                commit = (stage or {}).get("commit")
+                runs = out.setdefault(commit, {"invocations": [], "runs": []})["runs"] if commit else None
+                if runs is not None and f"{m}/seed{s}" not in runs:
+                    runs.append(f"{m}/seed{s}")
+    return out
+
+
+def _timing_table(results: dict[str, Any]) -> Table | None:
+    """Seconds per run and stage; ``≥`` partial, ``unknown`` unrecorded (see the note)."""
+    invocations = results["experiment"].get("invocations") or []
+    who = len(invocations) > 1 or len(_commits(results)) > 1
+    rows, flags = [], set()
+    for m, seeds in results["runs"].items():
+        for s, r in seeds.items():
+            run = r.get("run")
+            if not run or "timings" not in run:
+                continue
+            stages = run.get("stages")
+            if stages is None:
+                flags.add("legacy")
+            cells = []
+            for name in ("train", "eval", "diagnostics"):
+                sec = run["timings"].get(f"{name}_s")
+                if sec is None:
+                    cells.append("unknown")
+                    flags.add("unknown")
+                elif ((stages or {}).get(name) or {}).get("partial"):
+                    cells.append(f"≥ {sec:.1f}")
+                    flags.add("partial")
+                else:
+                    cells.append(f"{sec:.1f}")
+            if who:
+                st = [(stages or {}).get(n) or {} for n in ("train", "eval", "diagnostics")]
+                cells.append(", ".join(dict.fromkeys(str(x["invocation"]) if x.get("invocation") else "?" for x in st)))
+                cells.append(", ".join(dict.fromkeys(str(x["commit"])[:10] if x.get("commit") else "?" for x in st)))
+            rows.append((m, str(s), *cells))
+    if not rows:
+        return None
+    notes = {
+        "partial": "≥: training resumed after an interrupted invocation, whose share is not counted.",
+        "unknown": "unknown: the stage was done by a version, or an interrupted invocation, that recorded no time for it.",
+        "legacy": (
+            "Runs recorded by an older version (run.json without stages) timed only their last invocation: "
+            "a stage finished by an earlier, interrupted invocation shows about 0 s."
+        ),
+    }
+    header = ("method", "seed", "train", "evaluate", "diagnostics", *(("invocation", "commit") if who else ()))
+    note = "\n".join(notes[k] for k in ("partial", "unknown", "legacy") if k in flags)
+    return Table("Wall time per run in seconds", header, tuple(rows), note=note)
+
+
+def _invocations_table(results: dict[str, Any]) -> Table | None:
+    """One row per `robustmix experiment` invocation recorded in experiment.json."""
+    invocations = results["experiment"].get("invocations")
+    if not isinstance(invocations, list) or not invocations:
+        return None
+    rows = []
+    for k, inv in enumerate(invocations, 1):
+        env = inv.get("environment") or {}
+        elapsed = inv.get("elapsed_s")
+        rows.append(
+            (
+                str(k),
+                str(inv.get("started") or "?"),
+                str(env.get("commit") or "unknown"),
+                str(env.get("robustmix") or "?"),
+                str(env.get("torch") or "?"),
+                f"{elapsed:.0f}" if isinstance(elapsed, (int, float)) else "unknown",
+                str(inv.get("status") or "?") + (" (older record)" if inv.get("legacy") else ""),
+                str(inv.get("command") or ""),
+            )
+        )
+    notes = []
+    commits = _commits(results)
+    if len(commits) > 1:
+        notes.append(
+            f"{len(commits)} commits contributed: "
+            + "; ".join(
+                f"{c[:10]}: invocation {', '.join(map(str, v['invocations'])) or '?'}, runs {_listing(v['runs']) or 'none'}"
+                for c, v in commits.items()
+            )
+            + "."
+        )
+    if any(inv.get("legacy") for inv in invocations):
+        notes.append(
+            "An older record stands for the invocations before per-invocation records: its environment is "
+            "the last of them, its time the sum over those that finished."
+        )
+    return Table(
+        "Invocations of `robustmix experiment` that wrote these results",
+        ("#", "started", "commit", "robustmix", "torch", "elapsed s", "status", "command"),
+        tuple(rows),
+        note="\n".join(notes),
+    )
+
+
 def tables(summary: dict[str, Any], results: dict[str, Any]) -> list[Table]:
     """The report's tables, as strings (rendered identically to markdown and HTML)."""
     methods = summary["methods"]
     pm = summary["per_method"]
-    base = summary["baseline"]
-    out = [
-        Table(
-            "Headline: errors in %, mean ± std over seeds",
-            ("method", "seeds", "clean error", "mCE", "relative mCE", "mean corruption error", "extra-4 error", "cue-conflict low-band fraction"),
-            tuple(
-                (
-                    m,
-                    str(pm[m]["n_seeds"]),
-                    _pct(pm[m]["n_seeds"], pm[m]["clean_error"]),
-                    _pct(pm[m]["n_seeds"], pm[m]["mce"]),
-                    _pct(pm[m]["n_seeds"], pm[m]["relative_mce"]),
-                    _pct(pm[m]["n_seeds"], pm[m]["mean_corruption_error"]),
-                    _pct(pm[m]["n_seeds"], pm[m]["extra_error"]),
-                    _frac(pm[m]["n_seeds"], pm[m]["cue_conflict"]),
-                )
-                for m in methods
-            ),
-            note=(
-                f"mCE and relative mCE are relative to the `{base}` runs averaged over their seeds, over "
-                f"{len(summary['corruptions'])} ImageNet-C corruptions; the extra corruptions are not in mCE."
-                if base
-                else _no_baseline_note(summary)
-            ),
-        )
-    ]
+    out = [_headline(summary)]
     corr = [*summary["corruptions"], *summary["extra_corruptions"]]
     if corr:
         out.append(
@@ -321,6 +587,8 @@ def tables(summary: dict[str, Any], results: dict[str, Any]) -> list[Table]:
     if with_filt:
         cutoffs = pm[with_filt[0]]["cutoffs"]
         with_filt = [m for m in with_filt if pm[m]["cutoffs"] == cutoffs]
+        n_filt = {m: len(pm[m]["diagnostics_seeds"]["filtered_accuracy"]) for m in with_filt}
+        fewer = ", ".join(f"`{m}` {n_filt[m]} of {pm[m]['n_seeds']}" for m in with_filt if n_filt[m] < pm[m]["n_seeds"])
         out.append(
             Table(
                 "Accuracy in % on low-pass / high-pass filtered test images (DCT box), mean ± std over seeds",
@@ -328,12 +596,17 @@ def tables(summary: dict[str, Any], results: dict[str, Any]) -> list[Table]:
                 tuple(
                     (
                         f"{c:.3f}",
-                        *(_pct(pm[m]["n_seeds"], pm[m]["lowpass"][i]) for m in with_filt),
-                        *(_pct(pm[m]["n_seeds"], pm[m]["highpass"][i]) for m in with_filt),
+                        *(_pct(n_filt[m], pm[m]["lowpass"][i], pm[m]["n_seeds"]) for m in with_filt),
+                        *(_pct(n_filt[m], pm[m]["highpass"][i], pm[m]["n_seeds"]) for m in with_filt),
                     )
                     for i, c in enumerate(cutoffs)
                 ),
-                note="High-passed images get the data's mean grey level added back (not clipped).",
+                note="High-passed images get the data's mean grey level added back (not clipped)."
+                + (
+                    f" (n=k): from k of the method's seeds ({fewer})."
+                    if fewer
+                    else ""
+                ),
             )
         )
     ds = results.get("dataset")
@@ -346,21 +619,12 @@ def tables(summary: dict[str, Any], results: dict[str, Any]) -> list[Table]:
                 note="Computed on normalised images, which is what Robustmix mixes.",
             )
         )
-    timing = [(m, s, r["run"]["timings"]) for m, seeds in results["runs"].items() for s, r in seeds.items() if r.get("run") and "timings" in r["run"]]
-    if timing:
-        out.append(
-            Table(
-                "Wall time per run in seconds",
-                ("method", "seed", "train", "evaluate", "diagnostics"),
-                tuple(
-                    (m, str(s), *(f"{t.get(k, math.nan):.1f}" for k in ("train_s", "eval_s", "diagnostics_s")))
-                    for m, s, t in timing
-                ),
-            )
-        )
+    out += [t for t in (_timing_table(results), _invocations_table(results)) if t is not None]
     env = results["experiment"].get("environment")
     if env:
-        out.append(Table("Environment that produced the results", ("item", "value"), tuple((str(k), str(v)) for k, v in env.items())))
+        several = len(results["experiment"].get("invocations") or []) > 1
+        title = "Environment of the last invocation (each one's commit: Invocations)" if several else "Environment that produced the results"
+        out.append(Table(title, ("item", "value"), tuple((str(k), str(v)) for k, v in env.items())))
     return out
 
 
@@ -375,8 +639,8 @@ def _md_cell(text: str) -> str:
 def _md_table(t: Table) -> str:
     lines = [f"### {t.title}", "", "| " + " | ".join(map(_md_cell, t.header)) + " |", "|" + "---|" * len(t.header)]
     lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in t.rows]
-    if t.note:
-        lines += ["", t.note]
+    for para in t.note.split("\n") if t.note else ():
+        lines += ["", para]
     return "\n".join(lines) + "\n"
 
 
@@ -402,15 +666,39 @@ def render_markdown(summary: dict[str, Any], results: dict[str, Any], figures: d
     return "\n".join(parts)
 
 
+def _wall_time(exp: dict[str, Any]) -> str:
+    """Total wall time over invocations, saying when it is a lower bound."""
+    invocations = exp.get("invocations")
+    if not isinstance(invocations, list) or not invocations:
+        wall = exp.get("wall_time_s")
+        if not isinstance(wall, (int, float)):
+            return ""
+        return f" Total wall time: {wall:.0f} s (recorded by an older version, which added no time for interrupted invocations)."
+    total = sum(float(i.get("elapsed_s") or 0.0) for i in invocations)
+    cut = [str(k) for k, i in enumerate(invocations, 1) if i.get("status") in ("running", "interrupted")]
+    legacy = any(i.get("legacy") for i in invocations)
+    n = len(invocations)
+    text = f" Total wall time: {'at least ' if cut or legacy else ''}{total:.0f} s, summed over {n} invocation{'s' * (n > 1)}"
+    if cut:
+        text += f"; invocation {', '.join(cut)} stopped early (interrupted, or still running) and counts only up to its last completed run"
+    if legacy:
+        text += "; the older record counts no time of interrupted invocations before it"
+    return text + "."
+
+
 def _intro(summary: dict[str, Any], results: dict[str, Any]) -> str:
     exp = results["experiment"]
     preset = exp.get("preset", {})
     what = f"preset `{preset.get('name')}`" if isinstance(preset, dict) and preset.get("name") else "saved results"
-    wall = exp.get("wall_time_s")
-    wall_txt = f" Total wall time: {wall:.0f} s." if isinstance(wall, (int, float)) else ""
+    commits = _commits(results)
+    commit_txt = (
+        f" Results come from {len(commits)} commits ({', '.join(c[:10] for c in commits)}): see the Invocations table."
+        if len(commits) > 1
+        else ""
+    )
     return (
         f"Methods {', '.join(summary['methods'])} from {what}; errors are top-1 errors, mean ± std "
-        f"(sample std) over seeds.{wall_txt}"
+        f"(sample std) over seeds.{_wall_time(exp)}{commit_txt}"
     )
 
 
@@ -433,8 +721,7 @@ def _html_table(t: Table) -> str:
     parts.append("".join(f"<th>{e(h)}</th>" for h in t.header) + "</tr></thead><tbody>")
     parts.extend("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in t.rows)
     parts.append("</tbody></table>")
-    if t.note:
-        parts.append(f'<p class="note">{e(t.note)}</p>')
+    parts.extend(f'<p class="note">{e(para)}</p>' for para in (t.note.split("\n") if t.note else ()))
     return "".join(parts)
 
 
@@ -465,6 +752,9 @@ def render_html(summary: dict[str, Any], results: dict[str, Any], figures: dict[
 def write_report(results_dir: str | os.PathLike, *, baseline: str | None = None, plots: bool = True) -> tuple[Path, Path]:
     """Write ``report.md``, ``figures/*.png`` and ``report.html`` into ``results_dir``.
 
+    Figure files an earlier report wrote (``figures/fig<N>.png``) that this one does not use are
+    removed (all of them with ``plots=False``); other files in ``figures/`` are left alone.
+
     Args:
         results_dir: a folder in the layout of this module's docstring.
         baseline: the method whose runs define CE/mCE denominators; it must have runs.
@@ -492,11 +782,21 @@ def write_report(results_dir: str | os.PathLike, *, baseline: str | None = None,
         pngs = _plots.all_figures(summary, results)
     paths: dict[str, str] = {}
     for i, (caption, png) in enumerate(pngs.items()):
-        rel = f"figures/fig{i + 1}.png"
+        rel = f"{FIGURES_DIR}/fig{i + 1}.png"
         atomic_write(root / rel, lambda f, png=png: f.write(png))
         paths[caption] = rel
     md = render_markdown(summary, results, paths).encode("utf-8")
     page = render_html(summary, results, pngs).encode("utf-8")
     md_path = atomic_write(root / "report.md", lambda f: f.write(md))
     html_path = atomic_write(root / "report.html", lambda f: f.write(page))
+    _remove_stale_figures(root / FIGURES_DIR, keep={Path(p).name for p in paths.values()})
     return md_path, html_path
+
+
+def _remove_stale_figures(folder: Path, keep: set[str]) -> None:
+    """Delete figure files an earlier report wrote (``fig<N>.png``) that this one does not use."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if _FIGURE_NAME.fullmatch(path.name) and path.name not in keep and path.is_file():
+            path.unlink()
