@@ -4,6 +4,7 @@ and the report."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,30 @@ def test_corrupt_experiment_json_is_named(tmp_path):
     (tmp_path / "experiment.json").write_text('{"preset": {"name": ')
     with pytest.raises(ValueError, match=r"experiment\.json' is not valid JSON: Expecting value"):
         E.run_experiment(E.PRESETS["quick"], tmp_path, device="cpu", report=False)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_commit_is_read_in_a_checkout_and_in_a_worktree(tmp_path, monkeypatch):
+    import subprocess
+
+    from robustmix import experiment as E
+
+    def git(*args, cwd=tmp_path / "repo"):
+        return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+    (tmp_path / "repo").mkdir()
+    git("init", "-q", "-b", "main")
+    (tmp_path / "repo" / "f.txt").write_text("x")
+    git("add", "f.txt")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "one")
+    git("worktree", "add", "-q", "--detach", str(tmp_path / "wt"))
+    head = git("rev-parse", "HEAD")
+    for root in (tmp_path / "repo", tmp_path / "wt"):
+        module = root / "src" / "robustmix" / "experiment.py"
+        module.parent.mkdir(parents=True)
+        module.write_text("")
+        monkeypatch.setattr(E, "__file__", str(module))
+        assert E._git_commit() == head, root
+    git("pack-refs", "--all")  # refs only in packed-refs
+    monkeypatch.setattr(E, "__file__", str(tmp_path / "repo" / "src" / "robustmix" / "experiment.py"))
+    assert E._git_commit() == head

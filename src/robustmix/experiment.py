@@ -229,22 +229,44 @@ def _git_commit() -> str | None:
     here = Path(__file__).resolve()
     for parent in here.parents:
         git = parent / ".git"
+        if git.is_file():  # a worktree or submodule: ".git" names the real folder
+            try:
+                pointer = git.read_text().strip()
+            except OSError:
+                return None
+            if not pointer.startswith("gitdir: "):
+                return None
+            git = (parent / pointer[8:]).resolve()
+            common = git / "commondir"  # refs of a worktree live in the main repository
+            if (git / "HEAD").is_file() and common.is_file():
+                head = (git / "HEAD").read_text().strip()
+                if not head.startswith("ref: "):
+                    return head
+                git = (git / common.read_text().strip()).resolve()
+                return _resolve_ref(git, head[5:])
         if git.is_dir():
             try:
                 head = (git / "HEAD").read_text().strip()
                 if not head.startswith("ref: "):
                     return head
-                ref = head[5:]
-                if (git / ref).is_file():
-                    return (git / ref).read_text().strip()
-                packed = git / "packed-refs"
-                if packed.is_file():
-                    for line in packed.read_text().splitlines():
-                        if line.endswith(" " + ref):
-                            return line.split()[0]
+                return _resolve_ref(git, head[5:])
             except OSError:
                 return None
-            return None
+    return None
+
+
+def _resolve_ref(git: Path, ref: str) -> str | None:
+    """The commit a ref (``refs/heads/main``) names in the repository folder ``git``."""
+    try:
+        if (git / ref).is_file():
+            return (git / ref).read_text().strip()
+        packed = git / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text().splitlines():
+                if line.endswith(" " + ref):
+                    return line.split()[0]
+    except OSError:
+        return None
     return None
 
 
