@@ -119,7 +119,7 @@ def sync(device: torch.device | str) -> None:
 def machine_probe(repeats: int = 5) -> dict[str, float]:
     """Two CPU rates that show what state a shared VM is in when a benchmark runs: a float32
     GEMM of the issue's reference shape, (86016 x 224) @ (224 x 112), into a preallocated output,
-    and a 256 MB memory copy (read + write GB/s). Taken at the start and end of a run, they
+    and a copy of 128 MB (read + write GB/s). Taken at the start and end of a run, they
     tell a reader whether a table was measured in a slow phase of the machine.
     """
     a, b = torch.randn(86016, 224), torch.randn(224, 112)
