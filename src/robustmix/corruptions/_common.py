@@ -285,11 +285,8 @@ def random_normal(
     """Normal float32 draws of ``shape`` (dim 0 the images, see :func:`per_image_draws`) on
     ``like``'s device."""
     shape = tuple(shape)
-    if not shape or math.prod(shape[1:]) % NORMAL_BLOCK == 0:  # rows already whole blocks
-        z = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
-    else:
-        (z,) = per_image_draws(shape[0], [shape[1:]], generator, like=like, kind="normal")
-    return _scaled(z, mean, std).to(like.device)
+    (z,) = per_image_draws(shape[0], [shape[1:]], generator, like=like, kind="normal")
+    return _scaled(z, mean, std)
 
 
 def random_integers(
