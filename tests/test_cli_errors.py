@@ -174,7 +174,12 @@ GRAY = np.zeros((20, 28, 28, 1), np.uint8)
     [
         (GRAY, np.full(20, 12), "labels.npy",
          "label 12 is out of range for the model's 10 classes; expected labels in 0..9"),
+        # only severity 5's labels are out of range: refused before any evaluation too
+        (GRAY, np.r_[np.zeros(16, np.int64), np.full(4, 11)], "labels.npy",
+         "label 11 is out of range for the model's 10 classes; expected labels in 0..9"),
         (GRAY, np.full(20, -1), "labels.npy", "expected class labels >= 0, found -1"),
+        (GRAY[:, :, :, 0], np.full(20, 10), "labels.npy",
+         "label 10 is out of range for the model's 10 classes; expected labels in 0..9"),
         (GRAY, np.full(20, 1.7), "labels.npy", "expected integer class labels, got dtype float64"),
         (np.zeros((20, 32, 32, 3), np.uint8), np.zeros(20, np.int64), "fog.npy",
          "the source's images do not match the model's input: they are 32x32 with 3 channel(s), "

@@ -47,7 +47,7 @@ def test_public_names() -> None:
         "AUGMENTATIONS", "DATASETS", "FASHION_MNIST_ROOT", "ArrayDataset", "DatasetInfo",
         "build_dataset", "build_transform", "dataset_info", "imagenet_c_folder", "list_cifar_c",
         "load_cifar", "load_cifar_c", "load_fashion_mnist", "load_split_tensors",
-        "make_synthetic", "read_idx",
+        "make_synthetic", "open_cifar_c", "read_idx",
     }  # fmt: skip
     assert set(rdata.__all__) == expected
     assert all(hasattr(rdata, n) for n in expected)
@@ -523,6 +523,16 @@ def test_load_cifar_c(tmp_path: Path, labels_5n: bool) -> None:
         assert images[:, 0, 0, 0].tolist() == [10 * severity + i for i in range(3)]
         assert labels.tolist() == [1, 2, 3] and labels.dtype == np.int64
     assert rdata.list_cifar_c(tmp_path) == ["gaussian_noise"]
+
+
+def test_open_cifar_c_maps_without_reading_images(tmp_path: Path) -> None:
+    _write_cifar_c(tmp_path, n=3, gray=True)
+    images, labels = rdata.open_cifar_c(tmp_path, "gaussian_noise")
+    # memory maps: the header's layout, no image bytes read
+    assert isinstance(images, np.memmap) and isinstance(labels, np.memmap)
+    assert images.shape == (15, 4, 4) and labels.tolist() == [1, 2, 3] * 5
+    with pytest.raises(FileNotFoundError, match=r"'fog'.*available in .*\['gaussian_noise'\]"):
+        rdata.open_cifar_c(tmp_path, "fog")
 
 
 def test_load_cifar_c_grayscale_gets_channel_axis(tmp_path: Path) -> None:

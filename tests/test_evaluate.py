@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import robustmix.evaluate as rev
 from robustmix.evaluate import (
     evaluate_checkpoint,
     evaluate_model,
@@ -257,6 +258,28 @@ def _write_cifar_c(
     np.save(root / f"{name}.npy", np.concatenate(versions))
     np.save(root / "labels.npy", np.tile(labels, 5))
     return versions
+
+
+def test_cifar_c_source_is_checked_whole_before_any_evaluation(
+    checkpoint, monkeypatch, tmp_path
+) -> None:
+    """A label out of range in the last severity only, or in a second file, stops the run
+    before the first forward pass, naming the file (not after an hour of evaluation)."""
+    images = np.zeros((4, 28, 28, 1), np.uint8)
+    _write_cifar_c(tmp_path / "c", images, np.zeros(4, np.int64), "fog")
+    _write_cifar_c(tmp_path / "c", images, np.zeros(4, np.int64), "snow")
+    np.save(tmp_path / "c" / "labels.npy", np.r_[np.zeros(16, np.int64), np.full(4, 10)])
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("the model was evaluated before the source was checked")
+
+    monkeypatch.setattr(rev, "evaluate_model", no_evaluation)
+    with pytest.raises(ValueError, match=r"labels.npy: label 10 is out of range"):
+        evaluate_checkpoint(checkpoint, source=tmp_path / "c", progress=False)
+    np.save(tmp_path / "c" / "labels.npy", np.zeros(20, np.int64))
+    np.save(tmp_path / "c" / "snow.npy", np.zeros((20, 32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"snow.npy: the source's images do not match"):
+        evaluate_checkpoint(checkpoint, source=tmp_path / "c", progress=False)
 
 
 def test_cifar_c_source_matches_direct_evaluation(checkpoint, model_and_data, tmp_path) -> None:

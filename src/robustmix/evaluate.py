@@ -380,9 +380,14 @@ def _check_same_classes(
 def _check_cifar_c(
     root: Path, corruption: str, images: np.ndarray, labels: np.ndarray, spec: dict[str, Any]
 ) -> None:
-    """Refuse a CIFAR-10-C slice whose images or labels do not fit the model, naming the file."""
+    """Refuse a CIFAR-10-C file whose images or labels do not fit the model, naming the file.
+
+    ``images`` and ``labels`` are the memory maps of :func:`robustmix.data.open_cifar_c`: only
+    the header's shape and the (small) labels are read, no image data.
+    """
     size, channels = int(spec["image_size"]), int(spec["in_channels"])
-    _, h, w, c = images.shape
+    h, w = images.shape[1:3]
+    c = images.shape[3] if images.ndim == 4 else 1
     if (h, w, c) != (size, size, channels):
         raise ValueError(
             f"source: {root / f'{corruption}.npy'}: the source's images do not match the model's "
@@ -449,6 +454,7 @@ def evaluate_checkpoint(
         imagenet_c_folder,
         load_cifar_c,
         load_split_tensors,
+        open_cifar_c,
     )
     from robustmix.train.checkpoint import load_checkpoint_model
     from robustmix.train.distributed import resolve_device
@@ -498,7 +504,7 @@ def evaluate_checkpoint(
     image_size = int(spec["image_size"])
     if fmt == "cifar-c":  # every file matches the model before any evaluation runs
         for corruption in names:
-            _check_cifar_c(root, corruption, *load_cifar_c(root, corruption, severities[0]), spec)
+            _check_cifar_c(root, corruption, *open_cifar_c(root, corruption), spec)
     run = {"batch_size": batch_size, "amp": amp, "channels_last": channels_last}
 
     if name == "imagefolder":
@@ -533,8 +539,7 @@ def evaluate_checkpoint(
                         generator=gen, store=store, on_batch=bar.update, **run,
                     )  # fmt: skip
                 elif fmt == "cifar-c":
-                    c_images, c_labels = load_cifar_c(root, corruption, severity)
-                    _check_cifar_c(root, corruption, c_images, c_labels, spec)
+                    c_images, c_labels = load_cifar_c(root, corruption, severity)  # checked
                     if limit is not None:
                         c_images, c_labels = c_images[:limit], c_labels[:limit]
                     bar.grow(len(c_labels) - n_clean)

@@ -7,7 +7,7 @@ Nothing is downloaded.
 
 from .augment import AUGMENTATIONS, build_transform
 from .cifar import load_cifar
-from .corrupted import imagenet_c_folder, list_cifar_c, load_cifar_c
+from .corrupted import imagenet_c_folder, list_cifar_c, load_cifar_c, open_cifar_c
 from .datasets import (
     DATASETS,
     ArrayDataset,
@@ -35,5 +35,6 @@ __all__ = [
     "load_fashion_mnist",
     "load_split_tensors",
     "make_synthetic",
+    "open_cifar_c",
     "read_idx",
 ]

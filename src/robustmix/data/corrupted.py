@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 
 from .folders import image_folder
 
-__all__ = ["SEVERITIES", "imagenet_c_folder", "list_cifar_c", "load_cifar_c"]
+__all__ = ["SEVERITIES", "imagenet_c_folder", "list_cifar_c", "load_cifar_c", "open_cifar_c"]
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -57,6 +57,24 @@ def load_cifar_c(
         ``C = 1``) and int64 ``(N,)``.
     """
     severity = _check_severity(severity)
+    images, labels = open_cifar_c(root, corruption)
+    n = images.shape[0] // len(SEVERITIES)
+    rows = slice((severity - 1) * n, severity * n)
+    out = np.array(images[rows])
+    if out.ndim == 3:
+        out = out[..., None]
+    out_labels = np.array(labels[rows] if labels.shape[0] == images.shape[0] else labels, dtype=np.int64)
+    return out, out_labels
+
+
+def open_cifar_c(root: str | os.PathLike, corruption: str) -> tuple[np.ndarray, np.ndarray]:
+    """Memory-map and validate ``<corruption>.npy`` and ``labels.npy``, reading no image data.
+
+    Returns the two read-only memory maps: images ``(5*N, H, W[, C])`` uint8 and labels
+    ``(5*N,)`` or ``(N,)``, after checking dtypes, shapes and that labels are integers >= 0 (the
+    labels are read; they are small). Callers that only need the layout, e.g. to refuse a set
+    that does not fit a model before any work, use this instead of :func:`load_cifar_c`.
+    """
     root = Path(root)
     path = root / f"{corruption}.npy"
     if not path.is_file():
@@ -99,12 +117,7 @@ def load_cifar_c(
         raise ValueError(
             f"{labels_path}: expected class labels >= 0, found {int(labels.min())}"
         )
-    rows = slice((severity - 1) * n, severity * n)
-    out = np.array(images[rows])
-    if out.ndim == 3:
-        out = out[..., None]
-    out_labels = np.array(labels[rows] if labels.shape[0] == total else labels, dtype=np.int64)
-    return out, out_labels
+    return images, labels
 
 
 def _load_npy(path: Path) -> np.ndarray:
