@@ -13,6 +13,10 @@ Deviations from the reference, and why:
   copy ``x[r, c] = x[r + dy, c + dx]`` run in scan order, so copied pixels can be copied on;
   :func:`glass_sources` resolves those chains exactly (vectorised pointer jumping instead of a
   sequential Python loop). Only the draws differ (torch generator instead of NumPy's global RNG).
+  The reference truncates its first blur to uint8; at CIFAR-10-C sizes (<= 32 px) both blurs
+  run in its float64 arithmetic (:func:`reference_gaussian_float64`), so whole levels (flat
+  regions) truncate as there; larger images use the float32 filter, where such a tie can land
+  one level lower.
 * motion_blur: ImageMagick's ``MotionBlurImage`` rebuilt in torch (same one-sided Gaussian taps,
   same integer offsets and edge border), applied in float, then brought to the 8-bit levels of
   the PNG ImageMagick writes and the reference reads back (:func:`._common.imagemagick_8bit`:
@@ -35,13 +39,16 @@ import torch
 from torch import Tensor
 
 from ._common import (
+    CIFAR_SIDE,
     SeverityTable,
     apply_motion_blur,
     clipped_zoom,
+    eight_bit_images,
     filter2d,
     finish,
     gaussian_filter,
     imagemagick_8bit,
+    pad2d,
     random_integers,
     random_uniform,
     resolve_generator,
@@ -57,6 +64,7 @@ __all__ = [
     "glass_blur",
     "glass_sources",
     "motion_blur",
+    "reference_gaussian_float64",
     "zoom_blur",
     "zoom_factors",
 ]
@@ -207,6 +215,59 @@ def glass_sources(dy: Tensor, dx: Tensor, height: int, width: int) -> Tensor:
     return source.contiguous()
 
 
+def _scipy_gaussian_taps(sigma: float, truncate: float) -> list[float]:
+    """SciPy's Gaussian taps, computed as SciPy computes them (NumPy float64, same expression)."""
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * x**2)
+    return (phi / phi.sum()).tolist()
+
+
+def _scipy_correlate_symmetric(x: Tensor, taps: list[float], dim: int) -> Tensor:
+    """SciPy's ``correlate1d`` of a symmetric kernel along ``dim`` (-2 or -1), ``nearest`` border,
+    in SciPy's order of operations: the centre tap, then ``+= (x[-j] + x[+j]) * w_j`` for the
+    pairs from the outermost inwards."""
+    r = (len(taps) - 1) // 2
+    n = x.shape[dim]
+    padded = pad2d(x, (r, r, 0, 0) if dim == -2 else (0, 0, r, r), mode="nearest")
+    out = padded.narrow(dim, r, n) * taps[r]
+    for j in range(r, 0, -1):
+        pair = torch.add(padded.narrow(dim, r - j, n), padded.narrow(dim, r + j, n))
+        out += pair.mul_(taps[r - j])
+    return out
+
+
+def reference_gaussian_float64(images: Tensor, sigma: float, *, truncate: float = 4.0) -> Tensor:
+    """``skimage.filters.gaussian`` of the spatial dims as the reference computes it: float64, bit for bit.
+
+    8-bit images (every value a level ``k / 255``) enter as the float64 levels the reference
+    gets from ``uint8 / 255.``; SciPy's taps, its order of operations (rows, then columns; see
+    :func:`_scipy_correlate_symmetric`) and its edge border are kept. This matters where the
+    result is truncated to 8 bits: a value that is a whole level in exact arithmetic, as in any
+    flat region, truncates by the sign of its rounding error. At sigma 0.25, for example, the
+    float32 :func:`gaussian_filter` of a flat image truncated one level low for 119 of the 256
+    levels, the reference for none.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H, W), float64
+    """
+    x = images.double()
+    x = torch.where(eight_bit_images(images).view(-1, 1, 1, 1), x.mul(255).round_().div_(255), x)
+    if sigma <= 0:
+        return x
+    taps = _scipy_gaussian_taps(sigma, truncate)
+    return _scipy_correlate_symmetric(_scipy_correlate_symmetric(x, taps, -2), taps, -1)
+
+
+def _glass_gaussian(x: Tensor, sigma: float) -> Tensor:
+    """Glass blur's two blurs: at CIFAR-10-C sizes in the reference's float64 arithmetic
+    (:func:`reference_gaussian_float64`, cheap at <= 32 px; the caller truncates before
+    casting back), larger images with the filter in ``x``'s dtype."""
+    if min(x.shape[-2:]) <= CIFAR_SIDE:
+        return reference_gaussian_float64(x, sigma)
+    return gaussian_filter(x, sigma)
+
+
 def glass_blur(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
     """Blur, scramble pixels locally (frosted glass), blur again.
 
@@ -219,7 +280,7 @@ def glass_blur(images: Tensor, severity: int, generator: torch.Generator | None 
     x = to_work(images)
     n, c, h, w = x.shape
     # The reference stores the first blur as uint8 (truncating) before shuffling.
-    x = truncate_to_8bit(gaussian_filter(x, sigma))
+    x = truncate_to_8bit(_glass_gaussian(x, sigma)).to(x.dtype)
     if h > 2 * delta and w > 2 * delta:  # else no interior pixel: nothing moves
         # One draw per pixel and pass picks (dy, dx) uniformly from [-delta, delta)^2.
         # Image-major (each image's passes in one run of the stream), then pass-major for use.
@@ -228,7 +289,7 @@ def glass_blur(images: Tensor, severity: int, generator: torch.Generator | None 
         row, col = small_divmod(pick, 2 * delta)
         source = glass_sources(row.sub_(delta), col.sub_(delta), h, w)
         x = x.reshape(n, c, h * w).gather(2, source.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
-    return finish(gaussian_filter(x, sigma), images)
+    return finish(_glass_gaussian(x, sigma).to(x.dtype), images)
 
 
 def motion_blur(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
