@@ -839,11 +839,12 @@ def test_motion_blur_equals_imagemagick_where_installed():
     except ImportError as err:
         pytest.skip(f"Wand/ImageMagick is a cross-check extra, not a test dependency ({err})")
     x = natural(3, 3, 40)
-    for i, angle in enumerate((-31.5, 0.0, 40.25)):
-        image = (x[i] * 255).round().byte().permute(1, 2, 0).numpy()
-        want = _magick_motion_blur(image, 6.0, 2.5, angle)
+    # -30 degrees at radius 10: taps on half-integer ties, decided by ImageMagick's float steps.
+    for i, (angle, radius) in enumerate(((-31.5, 6.0), (0.0, 6.0), (40.25, 6.0), (-30.0, 10.0), (30.0, 10.0))):
+        image = (x[i % 3] * 255).round().byte().permute(1, 2, 0).numpy()
+        want = _magick_motion_blur(image, radius, 2.5, angle)
         levels = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).double() / 255
-        blurred = common.apply_motion_blur(levels, radius=6.0, sigma=2.5,
+        blurred = common.apply_motion_blur(levels, radius=radius, sigma=2.5,
                                            angles=torch.tensor([angle], dtype=torch.float64))
         got = (common.imagemagick_8bit(blurred)[0] * 255).round().byte().permute(1, 2, 0).numpy()
         assert np.array_equal(got, want), np.abs(got.astype(int) - want).max()
@@ -864,6 +865,19 @@ def test_motion_blur_kernel_is_imagemagick_line():
     out = common.apply_motion_blur(img, radius=10, sigma=3, angles=torch.tensor([0.0]))[0, 0]
     assert torch.allclose(out[10, 20:41], taps.flip(0))
     assert out.sum().item() == pytest.approx(1.0) and out[[0, 9, 11]].abs().max() < 1e-12  # FFT rounding only
+
+
+def test_motion_blur_offsets_at_half_integer_ties_follow_imagemagick():
+    """At -30 degrees ``i sin(a)`` is a half-integer for odd i; which pixel a tap takes there is
+    decided by float64 rounding. ImageMagick 6.9.11 (through Wand, as make_imagenet_c.py calls it)
+    computes ``i * (w sin a) / hypot(w sin a, w cos a)`` and takes dy = 0 for tap 1 at -30 degrees
+    (its rows of offsets below were read off its output); ``i * sin(deg2rad(a))`` took -1 and moved
+    every odd tap by a pixel (48 % of the bytes of a 224 px image differed at radius 10)."""
+    dx, dy = common.motion_blur_offsets(21, torch.tensor([-30.0, 30.0, -60.0, -120.0]))
+    assert dy[0, :8].tolist() == [0, 0, -1, -1, -2, -2, -3, -3]  # -ceil(i / 2) + (i odd): i // 2 down
+    assert dy[1, :8].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert dx[2, :8].tolist() == [0, 1, 1, 2, 2, 3, 3, 4]  # snow's range: cos(-60) = 1/2
+    assert dx[3, :8].tolist() == [0, 0, -1, -1, -2, -2, -3, -3]
 
 
 def _reference_clipped_zoom(img: np.ndarray, z: float) -> np.ndarray:
