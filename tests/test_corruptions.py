@@ -640,7 +640,7 @@ def test_elastic_warp_equals_make_imagenet_c_for_the_same_draws(severity):
     from robustmix.corruptions.digital import elastic_warp
 
     alpha, sigma, jitter = REFERENCE_IMAGENET["elastic_transform"][severity - 1]
-    side = 96  # the table at 224 px, scaled as the package scales it
+    side = 96  # the table's lengths scaled to 96 px (corrupt instead draws the field at 224 px)
     scale = side / 224
     alpha, sigma, jitter = alpha * scale, sigma * scale, jitter * scale
     g = np.random.default_rng(severity)
@@ -678,6 +678,46 @@ def test_elastic_warp_close_to_opencv_affine():
     got = elastic_warp(x, torch.from_numpy(offsets), torch.zeros(1, 2, 64, 64, dtype=torch.float64), alpha=0.0, sigma=0.0)
     # OpenCV interpolates at 1/32 px in fixed point: a few 1e-3 on these smooth images
     assert np.abs(got[0].permute(1, 2, 0).numpy() - want).max() < 1e-2
+
+
+def _coordinate_ramps(n: int, side: int) -> torch.Tensor:
+    """Images whose channels 0 and 1 are x / (side - 1) and y / (side - 1): bilinear resampling of
+    a linear ramp is exact, so ``out - in`` there is the displacement as a share of the side."""
+    t = torch.linspace(0, 1, side)
+    planes = (t.view(1, -1).expand(side, side), t.view(-1, 1).expand(side, side), torch.full((side, side), 0.5))
+    return torch.stack(planes).expand(n, 3, side, side).contiguous()
+
+
+@pytest.mark.parametrize("side", [64, 299])
+def test_elastic_displacement_scales_with_the_side(side):
+    """The size rule scales lengths by side / 224, so the displacement is the same share of the
+    image at every side above 32 px. The smoothed-noise field's size in pixels is set by
+    alpha / sigma; scaling both kept it at its 224 px size in pixels (at 64 px 1.6-2.1x the share
+    of the image it is at 224 px for severities 2-5)."""
+    share = {}
+    for s_side in (224, side):
+        x = _coordinate_ramps(4, s_side)
+        m = s_side // 8  # interior: away from the reflected border
+        for severity in range(1, 6):
+            out = corrupt(x, "elastic_transform", severity, generator=gen(severity))
+            share[s_side, severity] = (out - x)[:, :2, m:-m, m:-m].abs().mean().item()
+    for severity in range(1, 6):
+        assert share[side, severity] / share[224, severity] == pytest.approx(1.0, abs=0.06), severity
+
+
+def test_elastic_warp_resizes_a_field_drawn_at_another_size():
+    """Noise drawn at 2x the image's size: the field is smoothed there and resized, its values
+    halved (pixels of the drawn grid -> pixels of the image)."""
+    from robustmix.corruptions.digital import elastic_warp
+
+    x = _coordinate_ramps(1, 48).double()
+    noise = torch.zeros(1, 2, 96, 96, dtype=torch.float64)
+    noise[:, 0] = 1.0  # a constant x displacement of alpha drawn-grid pixels everywhere
+    out = elastic_warp(x, torch.zeros(1, 3, 2, dtype=torch.float64), noise, alpha=4.0, sigma=2.0)
+    # 4 drawn pixels = 2 image pixels: sampled at x + 2, i.e. the ramp moves by 2 / 47 (the
+    # float32 linspace of the ramp is linear to ~1e-7)
+    torch.testing.assert_close(out[0, 0, :, 4:-4], x[0, 0, :, 4:-4] + 2 / 47, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[0, 1], x[0, 1], atol=1e-6, rtol=0)
 
 
 def test_elastic_keeps_constant_images():

@@ -5,8 +5,13 @@ and ``make_cifar_c.py`` (32 px). Size rule (one for the package, see
 :func:`robustmix.corruptions._common.reference_scale`): side <= 32 px uses the CIFAR-10-C table
 as is, larger images the ImageNet-C table with lengths scaled by ``side / 224``.
 Only the elastic transform has lengths (alpha, sigma and the affine jitter, all in pixels; the
-ImageNet-C table keeps its ``244 *`` factors, which the reference notes as harmless). Pixelate's
-factor is a ratio of the side; the others have no spatial parameter.
+ImageNet-C table keeps its ``244 *`` factors, which the reference notes as harmless). Its random
+displacement field is smoothed white noise, whose size in pixels is set by ``alpha / sigma``, not
+by either alone: scaling both by ``side / 224`` would leave the displacement at its 224 px size in
+pixels (3.5x too large relative to a 64 px image). So above 32 px the field is rendered as the
+reference renders it, at 224 px on the short side (aspect kept), and resized to the image with
+its values scaled by ``side / 224`` (as the weather layers are); the affine jitter is scaled
+directly. Pixelate's factor is a ratio of the side; the others have no spatial parameter.
 
 Grayscale (C = 1): brightness and saturate are defined on HSV, so a grayscale batch is processed as
 the RGB image with three equal channels and converted back with ITU-R 601 luma. For brightness
@@ -42,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._common import (
+    IMAGENET_SIDE,
     SeverityTable,
     banded_product,
     eight_bit_images,
@@ -175,7 +181,8 @@ def elastic_transform(images: Tensor, severity: int, generator: torch.Generator 
 
     The affine map moves three reference points by uniform jitter in ``[-j, j]``; the displacement
     is uniform noise in [-1, 1] smoothed by a Gaussian of sigma ``s`` (truncate 3) times ``alpha``
-    (:func:`elastic_warp` with these draws).
+    (:func:`elastic_warp` with these draws). Above 32 px the noise is drawn at 224 px on the short
+    side and the field resized to the image (the size rule, see the module docstring).
 
     Shape:
         (N, C, H, W) -> (N, C, H, W)
@@ -184,12 +191,22 @@ def elastic_transform(images: Tensor, severity: int, generator: torch.Generator 
     gen = resolve_generator(generator)
     x = to_work(images)
     n, _, h, w = x.shape
+    # The displacement noise at the reference size (the image's own at 224 px and for the
+    # CIFAR-10-C table), with the table's alpha and sigma in its pixels: elastic_warp resizes
+    # the smoothed field to the image (module docstring).
+    rh, rw = (h, w) if scale == 1.0 else _reference_size(h, w)
     # Both draws of an image in one row (per_image_draws), scaled as random_uniform does.
-    jitter_px, noise = per_image_draws(n, [(3, 2), (2, h, w)], gen, like=x)
+    jitter_px, noise = per_image_draws(n, [(3, 2), (2, rh, rw)], gen, like=x)
     jitter_px = jitter_px.mul_(2 * jitter * scale).add_(-jitter * scale)
     noise = noise.mul_(2.0).add_(-1.0)
-    out = elastic_warp(x, jitter_px, noise, alpha=alpha * scale, sigma=sigma * scale)
+    out = elastic_warp(x, jitter_px, noise, alpha=alpha, sigma=sigma)
     return finish(out.to(x.dtype), images)
+
+
+def _reference_size(h: int, w: int) -> tuple[int, int]:
+    """(h, w) scaled so that the short side is the ImageNet-C side (224 px), aspect kept."""
+    side = min(h, w)
+    return max(1, round(h * IMAGENET_SIDE / side)), max(1, round(w * IMAGENET_SIDE / side))
 
 
 def elastic_warp(x: Tensor, jitter: Tensor, noise: Tensor, *, alpha: float, sigma: float) -> Tensor:
@@ -205,7 +222,10 @@ def elastic_warp(x: Tensor, jitter: Tensor, noise: Tensor, *, alpha: float, sigm
         noise: (N, 2, H, W) uniform draws in [-1, 1]: channel 0 the x, channel 1 the y
             displacement before smoothing (Gaussian of ``sigma``, truncate 3, ``reflect`` border)
             and scaling by ``alpha``; the warped image is then sampled at ``(y + dy, x + dx)``
-            (``scipy.ndimage.map_coordinates``, order 1, ``reflect`` border).
+            (``scipy.ndimage.map_coordinates``, order 1, ``reflect`` border). Noise of another
+            size (N, 2, h, w) gives the field at that size (``alpha`` and ``sigma`` in its
+            pixels), resized to (H, W) (bilinear, antialiased) with dx scaled by ``W / w`` and
+            dy by ``H / h``: the same displacement, measured in the image's pixels.
 
     Returns:
         (N, C, H, W) in float64 for float64 ``x``, else float32 (unclipped).
@@ -213,8 +233,11 @@ def elastic_warp(x: Tensor, jitter: Tensor, noise: Tensor, *, alpha: float, sigm
     n, _, h, w = x.shape
     if tuple(jitter.shape) != (n, 3, 2):
         raise ValueError(f"jitter: expected shape ({n}, 3, 2), got {tuple(jitter.shape)}")
-    if tuple(noise.shape) != (n, 2, h, w):
-        raise ValueError(f"noise: expected shape ({n}, 2, {h}, {w}), got {tuple(noise.shape)}")
+    if noise.dim() != 4 or tuple(noise.shape[:2]) != (n, 2):
+        raise ValueError(
+            f"noise: expected shape ({n}, 2, {h}, {w}) (or ({n}, 2, h, w) at another size),"
+            f" got {tuple(noise.shape)}"
+        )
     grid_dtype = torch.float32 if x.dtype != torch.float64 else torch.float64
 
     # Affine: three points around the centre, each jittered; sample at M^-1 (as cv2.warpAffine).
@@ -240,6 +263,10 @@ def elastic_warp(x: Tensor, jitter: Tensor, noise: Tensor, *, alpha: float, sigm
 
     # Elastic: smoothed uniform displacement, sampled with SciPy's half-sample "reflect" border.
     disp = gaussian_filter(noise.to(grid_dtype), sigma, truncate=3.0, mode="reflect") * alpha  # sigma 0: none
+    if tuple(disp.shape[-2:]) != (h, w):
+        nh, nw = disp.shape[-2:]
+        disp = F.interpolate(disp, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        disp = disp * torch.tensor([w / nw, h / nh], dtype=disp.dtype, device=disp.device).view(1, 2, 1, 1)
     px = xs.to(grid_dtype) + disp[:, 0]
     py = ys.to(grid_dtype) + disp[:, 1]
     grid = _pixel_grid(px, py, h, w, align_corners=False)
