@@ -13,9 +13,10 @@ Robustness to Common Corruptions and Perturbations" (ICLR 2019), reference code
 Size rule: images with ``min(H, W) <= 32`` use the CIFAR-10-C table unchanged; larger images use
 the ImageNet-C table with lengths (blur radii and sigmas, glass-blur shifts, motion radius and
 sigma, elastic jitter and displacement field) scaled by ``side / 224`` (glass-blur shifts rounded,
-at least 1; the elastic field is drawn at 224 px and resized, see :mod:`.digital`). Ratios (pixelate, zoom factors) and intensities are never scaled. So 32 px reproduces
-CIFAR-10-C, 224 px reproduces ImageNet-C, 28 px (Fashion-MNIST) gets CIFAR-10-C's parameters and
-64 px a shrunken ImageNet-C. (CIFAR-10-C lengths are not shrunk below 32 px: they already sit at
+at least 1; the elastic field is drawn at 224 px and resized, see :mod:`.digital`). Ratios
+(pixelate, zoom factors) and intensities are never scaled. So 32 px reproduces CIFAR-10-C, 224 px
+reproduces ImageNet-C, 28 px (Fashion-MNIST) gets CIFAR-10-C's parameters and 64 px a shrunken
+ImageNet-C. (CIFAR-10-C lengths are not shrunk below 32 px: they already sit at
 the pixel scale, where shrinking a binary disk radius or an integer shift reorders severities.)
 
 Deviations from the reference are listed, with the reason, in each module's docstring
