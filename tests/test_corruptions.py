@@ -608,31 +608,30 @@ def test_pixelate_integer_ratio_equals_area_then_nearest():
     assert torch.allclose(y, F.interpolate(small, size=(224, 224), mode="nearest-exact"), atol=1e-6)
 
 
-def _reference_elastic(image: np.ndarray, offsets: np.ndarray, noise_x, noise_y, alpha, sigma) -> np.ndarray:
-    """make_imagenet_c.py's elastic_transform on an (H, W, C) float image in [0, 1], line by line,
-    with its random draws passed in and scipy in place of OpenCV for the affine warp
-    (``cv2.warpAffine`` bilinear with BORDER_REFLECT_101 = ``affine_transform(order=1,
-    mode="mirror")`` at the inverse map; OpenCV's 1/32-px fixed point is left out)."""
-    shape = image.shape
-    shape_size = shape[:2]
-    center_square = np.float32(shape_size) // 2
-    square_size = min(shape_size) // 3
-    pts1 = np.float32([center_square + square_size,
-                       [center_square[0] + square_size, center_square[1] - square_size],
-                       center_square - square_size])  # fmt: skip
-    pts2 = pts1 + offsets.astype(np.float32)
-    m = np.linalg.solve(np.hstack([pts1, np.ones((3, 1))]).astype(np.float64), pts2.astype(np.float64)).T  # getAffineTransform
-    inv = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))  # warpAffine samples the source at M^-1
-    matrix = np.array([[inv[1, 1], inv[1, 0]], [inv[0, 1], inv[0, 0]]])  # in (row, col) order
-    offset = np.array([inv[1, 2], inv[0, 2]])
-    image = np.stack([scipy_ndimage.affine_transform(image[..., c], matrix, offset=offset, order=1, mode="mirror")
-                      for c in range(shape[2])], axis=-1)  # fmt: skip
-    dx = scipy_ndimage.gaussian_filter(noise_x, sigma, mode="reflect", truncate=3) * alpha
-    dy = scipy_ndimage.gaussian_filter(noise_y, sigma, mode="reflect", truncate=3) * alpha
-    dx, dy = dx[..., np.newaxis], dy[..., np.newaxis]
-    x, y, z = np.meshgrid(np.arange(shape[1]), np.arange(shape[0]), np.arange(shape[2]))
-    indices = np.reshape(y + dy, (-1, 1)), np.reshape(x + dx, (-1, 1)), np.reshape(z, (-1, 1))
-    return np.clip(scipy_ndimage.map_coordinates(image, indices, order=1, mode="reflect").reshape(shape), 0, 1)
+def _elastic_by_scipy(image: np.ndarray, offsets: np.ndarray, noise_x, noise_y, alpha, sigma) -> np.ndarray:
+    """ImageNet-C's elastic transform of an (H, W, C) float image for given draws, computed
+    independently in float64 NumPy/SciPy: the affine map that moves three points around the
+    centre by ``offsets`` (float32 sums, as the reference forms them), applied at its inverse
+    with bilinear sampling and a mirror border (OpenCV's BORDER_REFLECT_101; OpenCV's 1/32-px
+    fixed point is left out), then the displacement ``alpha * gaussian(noise, sigma, truncate 3)``
+    sampled bilinearly with SciPy's half-sample ``reflect`` border, clipped to [0, 1]."""
+    h, w, channels = image.shape
+    # The reference's centre is (H // 2, W // 2) used as an (x, y) point: the same on square images.
+    centre, step = np.array([h // 2, w // 2], np.float32), np.float32(min(h, w) // 3)
+    src = np.stack([centre + step, centre + np.float32([step, -step]), centre - step])
+    dst = (src + offsets.astype(np.float32)).astype(np.float64)
+    forward = np.linalg.solve(np.c_[src.astype(np.float64), np.ones(3)], dst).T  # dst = A [x, y, 1]
+    inverse = np.linalg.inv(np.r_[forward, [[0.0, 0.0, 1.0]]])
+    # SciPy indexes (row, col) = (y, x): reverse both axes of the inverse's linear part
+    rc_matrix, rc_offset = inverse[:2, :2][::-1, ::-1], inverse[:2, 2][::-1]
+    warped = [scipy_ndimage.affine_transform(image[..., k], rc_matrix, offset=rc_offset, order=1, mode="mirror")
+              for k in range(channels)]  # fmt: skip
+    shift_x = scipy_ndimage.gaussian_filter(noise_x, sigma, mode="reflect", truncate=3) * alpha
+    shift_y = scipy_ndimage.gaussian_filter(noise_y, sigma, mode="reflect", truncate=3) * alpha
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
+    where = [rows + shift_y, cols + shift_x]
+    out = np.stack([scipy_ndimage.map_coordinates(plane, where, order=1, mode="reflect") for plane in warped], -1)
+    return np.clip(out, 0, 1)
 
 
 @pytest.mark.parametrize("severity", [1, 2, 3, 5])
@@ -649,7 +648,7 @@ def test_elastic_warp_equals_make_imagenet_c_for_the_same_draws(severity):
     noise = g.uniform(-1, 1, size=(2, 2, side, side))
     got = elastic_warp(x, torch.from_numpy(offsets), torch.from_numpy(noise), alpha=alpha, sigma=sigma)
     for i in range(2):
-        want = _reference_elastic(x[i].permute(1, 2, 0).numpy(), offsets[i], noise[i, 0], noise[i, 1], alpha, sigma)
+        want = _elastic_by_scipy(x[i].permute(1, 2, 0).numpy(), offsets[i], noise[i, 0], noise[i, 1], alpha, sigma)
         np.testing.assert_allclose(got[i].clamp(0, 1).permute(1, 2, 0).numpy(), want, atol=1e-9)
 
 
@@ -943,7 +942,9 @@ def test_clipped_zoom_equals_reference_scipy_zoom(shape):
 
 
 def _reference_glass_loop(dy: np.ndarray, dx: np.ndarray, h: int, w: int) -> np.ndarray:
-    """make_imagenet_c.py's shuffle loop, verbatim in its swap line, on an (H, W, 3) id image."""
+    """The reference's glass-blur shuffle as a plain scan-order loop on an (H, W, 3) image of pixel
+    ids: its tuple assignment of two pixels' RGB views copies instead of swapping (the view of the
+    first pixel is overwritten before it is written to the second), kept here as such."""
     passes, n, rows, _ = dy.shape
     d = (h - rows) // 2
     out = []

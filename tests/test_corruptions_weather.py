@@ -238,31 +238,30 @@ def test_severity_monotone(name: str, side: int) -> None:
 # Fog and the plasma fractal
 
 
-def _reference_plasma(mapsize: int, decay: float, draw) -> np.ndarray:
-    """Transcription of the reference ``plasma_fractal`` with the uniform draws injected."""
-    maparray = np.zeros((mapsize, mapsize))
-    stepsize, wibble = mapsize, 100.0
-
-    def wibbledmean(array):
-        return array / 4 + wibble * draw(array.shape, wibble)
-
-    while stepsize >= 2:
-        cornerref = maparray[0:mapsize:stepsize, 0:mapsize:stepsize]
-        squareaccum = cornerref + np.roll(cornerref, shift=-1, axis=0)
-        squareaccum += np.roll(squareaccum, shift=-1, axis=1)
-        maparray[stepsize // 2 : mapsize : stepsize, stepsize // 2 : mapsize : stepsize] = wibbledmean(
-            squareaccum
-        )
-        drgrid = maparray[stepsize // 2 : mapsize : stepsize, stepsize // 2 : mapsize : stepsize]
-        ulgrid = maparray[0:mapsize:stepsize, 0:mapsize:stepsize]
-        ltsum = drgrid + np.roll(drgrid, 1, axis=0) + ulgrid + np.roll(ulgrid, -1, axis=1)
-        maparray[0:mapsize:stepsize, stepsize // 2 : mapsize : stepsize] = wibbledmean(ltsum)
-        ttsum = drgrid + np.roll(drgrid, 1, axis=1) + ulgrid + np.roll(ulgrid, -1, axis=0)
-        maparray[stepsize // 2 : mapsize : stepsize, 0:mapsize:stepsize] = wibbledmean(ttsum)
-        stepsize //= 2
-        wibble /= decay
-    maparray -= maparray.min()
-    return maparray / maparray.max()
+def _diamond_square(size: int, decay: float, uniform) -> np.ndarray:
+    """The ImageNet-C plasma (diamond-square on a torus), written from its definition: per
+    octave the centre of every square gets the mean of its 4 corners, then the point between
+    two horizontally adjacent corners the mean of those corners and of the centres above and
+    below it, then likewise between vertically adjacent corners; each new point adds
+    ``a * U(-a, a)`` (``uniform(shape, a)``, drawn in that order), ``a`` starting at 100 and
+    divided by ``decay`` per octave; the map is min-max normalised."""
+    height = np.zeros((size, size))
+    step, amplitude = size, 100.0
+    while step >= 2:
+        half = step // 2
+        corner = height[::step, ::step]
+        right, down = np.roll(corner, -1, 1), np.roll(corner, -1, 0)
+        four = corner + down + right + np.roll(down, -1, 1)
+        height[half::step, half::step] = four / 4 + amplitude * uniform(four.shape, amplitude)
+        centre = height[half::step, half::step]
+        between_columns = corner + right + centre + np.roll(centre, 1, 0)
+        height[::step, half::step] = between_columns / 4 + amplitude * uniform(between_columns.shape, amplitude)
+        between_rows = corner + down + centre + np.roll(centre, 1, 1)
+        height[half::step, ::step] = between_rows / 4 + amplitude * uniform(between_rows.shape, amplitude)
+        step //= 2
+        amplitude /= decay
+    height -= height.min()
+    return height / height.max()
 
 
 def test_plasma_matches_reference_recursion() -> None:
@@ -272,7 +271,7 @@ def test_plasma_matches_reference_recursion() -> None:
         u = torch.rand((1, *shape), generator=g, dtype=torch.float32)[0].double().numpy()
         return u * 2 * wibble - wibble
 
-    expected = _reference_plasma(64, 1.7, draw)
+    expected = _diamond_square(64, 1.7, draw)
     got = plasma_fractal(1, mapsize=64, wibbledecay=1.7, generator=_gen(3), like=torch.zeros(1))
     np.testing.assert_allclose(got[0].numpy(), expected, atol=1e-4)
 
@@ -391,8 +390,9 @@ def test_snow_on_black_image(side: int, severity: int) -> None:
 
 
 def _opencv_chamfer5(src: np.ndarray) -> np.ndarray:
-    """OpenCV 2.x's two-pass ``distanceTransform_5x5`` (distransform.cpp) transcribed loop for loop,
-    in 16-bit fixed point: distance to the nearest zero of ``src``, in units of 2**-16 px."""
+    """The two-pass 5x5 chamfer distance as OpenCV 2.x defines it (``distanceTransform`` with
+    DIST_MASK_5: its forward/backward masks and 16-bit fixed-point weights), as plain loops:
+    distance to the nearest zero of ``src``, in units of 2**-16 px."""
     hv, diag, knight = 65536, 91750, 143976
     far = 2**32 - 1 - knight
     h, w = src.shape
