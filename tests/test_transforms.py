@@ -88,6 +88,22 @@ def test_unmixed_batch_is_checked_for_nan_too(cls):
         cls(5, p=0.0, seed=0)(bad, Y)
 
 
+@pytest.mark.parametrize("cls", [RobustMix, MixUp, CutMix])
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_a_failed_call_draws_nothing(cls, p):
+    # NaN images are found on the mixing path, after the parameters were drawn; the failed call
+    # must put the generator back, so the run continues as if it had not happened.
+    bad = X.clone()
+    bad[1, 0, 2, 2] = float("nan")
+    mixer, fresh = cls(5, p=p, seed=3), cls(5, p=p, seed=3)
+    for _ in range(3):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            mixer(bad, Y)
+        with pytest.raises(ValueError, match="targets"):
+            mixer(X, Y[:-1])
+        torch.testing.assert_close(mixer(X, Y), fresh(X, Y), rtol=0, atol=0)
+
+
 def test_numpy_scalars_are_accepted_as_floats():
     # np.float64 subclasses float, np.float32 does not: both are real numbers and must work alike
     # (values exact in float32, so the two mixers are the same).

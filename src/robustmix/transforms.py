@@ -85,13 +85,21 @@ class _BatchMixer:
     def __call__(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Mix a batch: ``(images, int or soft targets) -> (mixed images, soft targets)``."""
         F._check_images(images, self._min_dims())
-        with F._checked():  # the value checks of the whole call: one host sync on an accelerator
-            soft = self._soft_targets(images, targets)
-            params = self.make_params(images)
-            if not params.apply:
-                F._check_finite_images(images)  # the mixing path checks them on the way; so must this one
-                return images, soft
-            return self._mix(images, soft, params)
+        # Some input checks ride on the mixing work (NaN images show in the energies), so they
+        # fail after the draws: a failed call puts the generator back, so it draws nothing and
+        # the next call gets the parameters this one would have had.
+        state = self.generator.get_state()
+        try:
+            with F._checked():  # the value checks of the whole call: one host sync on an accelerator
+                soft = self._soft_targets(images, targets)
+                params = self.make_params(images)
+                if not params.apply:
+                    F._check_finite_images(images)  # the mixing path checks them on the way; so must this one
+                    return images, soft
+                return self._mix(images, soft, params)
+        except BaseException:
+            self.generator.set_state(state)
+            raise
 
     # torch.Generator does not pickle; carry its state instead (DataLoader workers, spawn).
     def __getstate__(self) -> dict[str, Any]:
