@@ -216,7 +216,9 @@ def glass_sources(dy: Tensor, dx: Tensor, height: int, width: int) -> Tensor:
 
 
 def _scipy_gaussian_taps(sigma: float, truncate: float) -> list[float]:
-    """SciPy's Gaussian taps, computed as SciPy computes them (NumPy float64, same expression)."""
+    """SciPy's Gaussian taps, computed as SciPy computes them (NumPy float64, same expression):
+    :func:`._common.gaussian_kernel1d` writes the exponent another way, which can move the last
+    bit of a tap, and here the bits decide how flat regions truncate."""
     radius = int(truncate * float(sigma) + 0.5)
     x = np.arange(-radius, radius + 1)
     phi = np.exp(-0.5 / (sigma * sigma) * x**2)
