@@ -1027,16 +1027,20 @@ def test_reference_gaussian_float64_is_scipys_to_the_bit(sigma):
     np.testing.assert_array_equal(got.numpy(), _skimage_blur(levels.numpy() / 255.0, sigma))
 
 
-@pytest.mark.parametrize("severity", [2, 3, 4, 5])
-def test_glass_blur_truncates_flat_images_as_the_reference(severity):
-    # CIFAR-10-C's glass blur stores its first blur as uint8 (truncation) before shuffling. On a
-    # flat image every blurred value is a whole level in exact arithmetic, so the float64
-    # rounding of the reference's blur decides it (kept for every level at sigma 0.25, lost for
-    # some at 0.4); a float32 blur dropped 119 of the 256 levels at sigma 0.25. Flat images make
-    # the shuffle a no-op, so the result is known from SciPy alone.
-    sigma = REFERENCE_CIFAR["glass_blur"][severity - 1][0]
+@pytest.mark.parametrize(
+    ("side", "severity"), [(32, 2), (32, 3), (32, 4), (32, 5), (224, 1), (224, 2), (224, 4), (224, 5)]
+)
+def test_glass_blur_truncates_flat_images_as_the_reference(side, severity):
+    # Glass blur stores its first blur as uint8 (truncation) before shuffling. On a flat image
+    # every blurred value is a whole level in exact arithmetic, so the float64 rounding of the
+    # reference's blur decides it (CIFAR-10-C: kept for every level at sigma 0.25, lost for some
+    # at 0.4); a float32 blur dropped 119 of the 256 levels at sigma 0.25, and at 224 px moved
+    # 31-118 levels (255 included) at the ImageNet-C sigmas. Flat images make the shuffle a
+    # no-op, so the result is known from SciPy alone.
+    table = REFERENCE_CIFAR if side <= 32 else REFERENCE_IMAGENET
+    sigma = table["glass_blur"][severity - 1][0]
     k = np.arange(256, dtype=np.float64)
-    flat = np.broadcast_to((k / 255.0).reshape(256, 1, 1, 1), (256, 1, 32, 32)).copy()
+    flat = np.broadcast_to((k / 255.0).reshape(256, 1, 1, 1), (256, 1, side, side)).copy()
     first = np.floor(_skimage_blur(flat, sigma) * 255) / 255
     expected = np.floor(_skimage_blur(first, sigma).astype(np.float32) * np.float32(255))
     y = corrupt(torch.from_numpy(flat).float(), "glass_blur", severity, generator=gen(5))
