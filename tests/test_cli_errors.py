@@ -113,14 +113,25 @@ def test_corrupt_out_is_a_file(afile: Path, capsys: pytest.CaptureFixture[str]) 
     _expect_error([*CORRUPT, "--out", str(afile)], f"--out: {str(afile)!r} is a file", capsys)
 
 
-def test_corrupt_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("command", "phrases"),
+    [
+        ("corrupt", ["--seed SEED seed of the corruptions",
+                     "--batch-size BATCH_SIZE images corrupted at once",
+                     "--device DEVICE 'cpu' (default)", "--no-progress no progress bar"]),
+        ("evaluate", ["--batch-size BATCH_SIZE images per forward pass",
+                      "--amp {none,bf16,fp16} autocast",
+                      "--channels-last channels-last memory format", "--no-progress no progress bar"]),
+    ],
+)  # fmt: skip
+def test_help_documents_every_option(
+    command: str, phrases: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit):
-        main(["corrupt", "--help"])
+        main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--seed SEED seed of the corruptions" in text
-    assert "--batch-size BATCH_SIZE images corrupted at once" in text
-    assert "--device DEVICE 'cpu' (default)" in text
-    assert "--no-progress no progress bar" in text
+    for phrase in phrases:
+        assert phrase in text
 
 
 # ----------------------------------------------------------------------------------- evaluate
@@ -196,16 +207,6 @@ def test_evaluate_source_that_does_not_fit_the_model(
             "--out", str(out)]  # fmt: skip
     _expect_error(argv, f"{source / file}: {message}", capsys)
     assert not out.exists()
-
-
-def test_evaluate_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        main(["evaluate", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
-    assert "--batch-size BATCH_SIZE images per forward pass" in text
-    assert "--amp {none,bf16,fp16} autocast" in text
-    assert "--channels-last channels-last memory format" in text
-    assert "--no-progress no progress bar" in text
 
 
 # ------------------------------------------------------------------------- experiment, report

@@ -59,6 +59,8 @@ __all__ = [
 RUNS_DIR = "runs"
 FIGURES_DIR = "figures"
 _FIGURE_NAME = re.compile(r"fig\d+\.png")  # the names write_report gives its figures
+#: The stages of a run, in order, as run.json's ``stages`` and ``timings`` (``<stage>_s``) name them.
+_RUN_STAGES = ("train", "eval", "diagnostics")
 #: Mean baseline degradation per severity below which a relative CE is flagged as unstable.
 _SMALL_DEGRADATION = 0.01
 
@@ -486,7 +488,7 @@ def _timing_table(results: dict[str, Any]) -> Table | None:
             if stages is None:
                 flags.add("legacy")
             cells = []
-            for name in ("train", "eval", "diagnostics"):
+            for name in _RUN_STAGES:
                 sec = run["timings"].get(f"{name}_s")
                 if sec is None:
                     cells.append("unknown")
@@ -497,7 +499,7 @@ def _timing_table(results: dict[str, Any]) -> Table | None:
                 else:
                     cells.append(f"{sec:.1f}")
             if who:
-                st = [(stages or {}).get(n) or {} for n in ("train", "eval", "diagnostics")]
+                st = [(stages or {}).get(n) or {} for n in _RUN_STAGES]
                 cells.append(", ".join(dict.fromkeys(str(x["invocation"]) if x.get("invocation") else "?" for x in st)))
                 cells.append(", ".join(dict.fromkeys(str(x["commit"])[:10] if x.get("commit") else "?" for x in st)))
             rows.append((m, str(s), *cells))

@@ -87,10 +87,9 @@ def _load_baseline(value: str | None) -> str | dict[str, Any] | None:
         )
     try:
         results = read_json(path)
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+    except ValueError as exc:  # read_json's message names the file and the JSON error
         raise ValueError(
-            f"--baseline: {str(path)!r} is not valid JSON ({exc}); expected 'alexnet' or a "
-            "results JSON written by `robustmix evaluate`"
+            f"--baseline: {exc}; expected 'alexnet' or a results JSON written by `robustmix evaluate`"
         ) from exc
     if not isinstance(results, dict) or "corrupted" not in results or "clean" not in results:
         raise ValueError(

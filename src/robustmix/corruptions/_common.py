@@ -69,6 +69,7 @@ __all__ = [
     "rgb_to_gray",
     "rgb_to_hsv",
     "round_to_8bit",
+    "scaled_draws",
     "to_work",
     "truncate_to_8bit",
     "with_rgb",
@@ -271,11 +272,12 @@ def random_uniform(
 ) -> Tensor:
     """Uniform float32 draws in [low, high) of ``shape`` (dim 0 the images) on ``like``'s device."""
     u = torch.rand(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
-    return _scaled(u, low, high - low).to(like.device)
+    return scaled_draws(u, low, high - low).to(like.device)
 
 
-def _scaled(u: Tensor, offset: float, scale: float) -> Tensor:
-    # in place: no second full-size buffer (the same values as u * scale + offset)
+def scaled_draws(u: Tensor, offset: float, scale: float) -> Tensor:
+    """``u * scale + offset`` in place (no second full-size buffer), e.g. uniforms in [0, 1) to
+    [offset, offset + scale)."""
     return u.mul_(scale).add_(offset) if (offset, scale) != (0.0, 1.0) else u
 
 
@@ -286,7 +288,7 @@ def random_normal(
     ``like``'s device."""
     shape = tuple(shape)
     (z,) = per_image_draws(shape[0], [shape[1:]], generator, like=like, kind="normal")
-    return _scaled(z, mean, std)
+    return scaled_draws(z, mean, std)
 
 
 def random_integers(

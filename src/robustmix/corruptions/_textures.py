@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import apply_motion_blur, per_image_draws, random_uniform
+from ._common import apply_motion_blur, per_image_draws, random_uniform, scaled_draws
 
 __all__ = ["frost_texture", "line_smear", "motion_blur_magick", "plasma_fractal"]
 
@@ -54,7 +54,7 @@ def plasma_fractal(
     step, wibble = mapsize, 100.0
 
     def wibbled_mean(total: Tensor) -> Tensor:
-        noise = next(draws).mul_(2 * wibble).sub_(wibble)  # uniform in [-wibble, wibble)
+        noise = scaled_draws(next(draws), -wibble, 2 * wibble)  # uniform in [-wibble, wibble)
         # total / 4 + wibble * noise in place: total * 0.25 is exact, so the same floats
         return noise.mul_(wibble).add_(total, alpha=0.25)
 

@@ -56,6 +56,7 @@ from ._common import (
     map_split,
     per_image_draws,
     resolve_generator,
+    scaled_draws,
     to_work,
     with_rgb,
 )
@@ -195,10 +196,10 @@ def elastic_transform(images: Tensor, severity: int, generator: torch.Generator 
     # CIFAR-10-C table), with the table's alpha and sigma in its pixels: elastic_warp resizes
     # the smoothed field to the image (module docstring).
     rh, rw = (h, w) if scale == 1.0 else _reference_size(h, w)
-    # Both draws of an image in one row (per_image_draws), scaled as random_uniform does.
+    # Both draws of an image in one row (per_image_draws), scaled to [-j, j) and [-1, 1).
     jitter_px, noise = per_image_draws(n, [(3, 2), (2, rh, rw)], gen, like=x)
-    jitter_px = jitter_px.mul_(2 * jitter * scale).add_(-jitter * scale)
-    noise = noise.mul_(2.0).add_(-1.0)
+    jitter_px = scaled_draws(jitter_px, -jitter * scale, 2 * jitter * scale)
+    noise = scaled_draws(noise, -1.0, 2.0)
     out = elastic_warp(x, jitter_px, noise, alpha=alpha, sigma=sigma)
     return finish(out.to(x.dtype), images)
 

@@ -63,6 +63,7 @@ from ._common import (
     random_normal,
     resolve_generator,
     rgb_to_gray,
+    scaled_draws,
     to_work,
     truncate_to_8bit,
     with_rgb,
@@ -171,7 +172,7 @@ def snow(images: Tensor, severity: int, generator: torch.Generator | None = None
     # One draw per image holds its layer and its angle (per_image_draws): the angle is uniform
     # through the normal CDF of one more normal draw.
     layer, angle_z = per_image_draws(n, [(rh, rw), (1,)], generator, like=x, kind="normal")
-    layer = layer.mul_(scale).add_(loc)
+    layer = scaled_draws(layer, loc, scale)
     layer = clipped_zoom(layer, zoom)
     layer = torch.where(layer < threshold, torch.zeros_like(layer), layer)
     layer = truncate_to_8bit(layer)  # uint8 PNG handed to ImageMagick
