@@ -272,6 +272,34 @@ def test_cifar_errors(tmp_path: Path) -> None:
         load_cifar(tmp_path, split="test")
 
 
+# numpy warns about a damaged dtype argument and reports an internal error it cannot raise.
+@pytest.mark.filterwarnings("ignore::numpy.exceptions.VisibleDeprecationWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_cifar_damaged_byte_is_a_value_error_naming_the_file(tmp_path: Path) -> None:
+    # Every single-byte change outside the pixel payload either still loads or is refused with a
+    # ValueError naming the file: numpy's reconstruction of a damaged stream raised LookupError,
+    # AttributeError, IndexError and SystemError before (e.g. byte 47 -> 1: "unknown encoding").
+    # Values below 128: protocol 2 stores the bytes as latin-1 text in UTF-8, unchanged for these.
+    pixels = (np.arange(3072) % 128).astype(np.uint8).reshape(1, 3072)
+    raw = pickle.dumps({b"data": pixels, b"labels": [3]}, protocol=2)
+    start = raw.index(pixels.tobytes())
+    outside = [i for i in range(len(raw)) if not start <= i < start + pixels.size]
+    write_cifar10(tmp_path)
+    test = tmp_path / "cifar-10-batches-py" / "test_batch"
+    refused = 0
+    for offset in outside:
+        for value in (0, 1, 0xFF):
+            damaged = bytearray(raw)
+            damaged[offset] = value
+            test.write_bytes(bytes(damaged))
+            try:
+                load_cifar(tmp_path, split="test")
+            except ValueError as exc:
+                assert str(test) in str(exc)
+                refused += 1
+    assert refused > len(outside)  # most damage is caught, not silently loaded
+
+
 class _Evil:
     def __reduce__(self):  # would run os.system on a plain pickle.load
         import os
