@@ -594,6 +594,9 @@ def test_load_cifar_c_errors(tmp_path: Path) -> None:
     (tmp_path / "fog.npy").write_bytes(full[: len(full) // 2])  # a download cut short
     with pytest.raises(ValueError, match=r"fog\.npy: not a readable \.npy array .*truncated"):
         load_cifar_c(tmp_path, "fog", 1)
+    (tmp_path / "fog.npy").write_bytes(full[:8] + b"\x01" + full[9:])  # header length damaged
+    with pytest.raises(ValueError, match=r"fog\.npy: not a readable \.npy array"):
+        load_cifar_c(tmp_path, "fog", 1)  # numpy's own error here is tokenize.TokenError
     (tmp_path / "labels.npy").unlink()
     with pytest.raises(FileNotFoundError, match=r"labels\.npy does not exist"):
         load_cifar_c(tmp_path, "gaussian_noise", 1)

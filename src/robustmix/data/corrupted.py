@@ -124,7 +124,9 @@ def _load_npy(path: Path) -> np.ndarray:
     """Memory-map a ``.npy`` array; a truncated or foreign file is reported by name."""
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
+    except Exception as exc:
+        # numpy parses the header as Python text: a damaged length byte there surfaces as
+        # tokenize.TokenError or SyntaxError as well as ValueError / OSError.
         raise ValueError(
             f"{path}: not a readable .npy array ({exc}); the file may be truncated: re-extract it"
         ) from exc
