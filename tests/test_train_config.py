@@ -159,6 +159,11 @@ def test_bad_files(tmp_path: Path) -> None:
     bad_json.write_text("{epochs: 2}")
     with pytest.raises(ValueError, match="is not valid JSON"):
         load_config(bad_json)
+    for suffix in (".toml", ".json", ".yaml"):
+        latin1 = tmp_path / f"latin1{suffix}"
+        latin1.write_bytes(b"mixer = 'caf\xe9'\n")
+        with pytest.raises(ValueError, match=rf"latin1\{suffix}' is not UTF-8 text: .*0xe9"):
+            load_config(latin1)
     not_table = tmp_path / "list.json"
     not_table.write_text("[1, 2]")
     with pytest.raises(ValueError, match="must hold a table of key = value pairs"):
@@ -176,6 +181,9 @@ def test_yaml_needs_pyyaml(tmp_path: Path) -> None:
     else:
         cfg = load_config(path)
         assert cfg.epochs == 3 and cfg.mixer == "mixup"
+        path.write_text("epochs: [3\n")
+        with pytest.raises(ValueError, match=r"run\.yaml' is not valid YAML: while parsing"):
+            load_config(path)
 
 
 @pytest.mark.parametrize(

@@ -234,22 +234,25 @@ def _read_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {str(path)!r}")
     suffix = path.suffix.lower()
-    if suffix == ".toml":
+    kinds = {".toml": "TOML", ".json": "JSON", ".yaml": "YAML", ".yml": "YAML"}
+    if suffix not in kinds:
+        raise ValueError(
+            f"config file {str(path)!r} must end in .toml, .json, .yaml or .yml, got {suffix!r}"
+        )
+    kind = kinds[suffix]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config file {str(path)!r} is not UTF-8 text: {exc}") from exc
+    if kind == "TOML":
         if sys.version_info >= (3, 11):
             import tomllib
         else:  # pragma: no cover - Python 3.10 only
             import tomli as tomllib
-        with open(path, "rb") as f:
-            try:
-                data = tomllib.load(f)
-            except tomllib.TOMLDecodeError as exc:
-                raise ValueError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
-    elif suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"config file {str(path)!r} is not valid JSON: {exc}") from exc
-    elif suffix in (".yaml", ".yml"):
+        parse, errors = tomllib.loads, (tomllib.TOMLDecodeError,)
+    elif kind == "JSON":
+        parse, errors = json.loads, (json.JSONDecodeError,)
+    else:
         try:
             import yaml
         except ModuleNotFoundError as exc:
@@ -257,11 +260,11 @@ def _read_file(path: Path) -> dict[str, Any]:
                 f"config file {str(path)!r} is YAML but pyyaml is not installed "
                 "(pip install pyyaml), or use a .toml or .json file"
             ) from exc
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    else:
-        raise ValueError(
-            f"config file {str(path)!r} must end in .toml, .json, .yaml or .yml, got {suffix!r}"
-        )
+        parse, errors = yaml.safe_load, (yaml.YAMLError,)
+    try:
+        data = parse(text)
+    except errors as exc:
+        raise ValueError(f"config file {str(path)!r} is not valid {kind}: {exc}") from exc
     # A [train] table/section is accepted so one file can hold several jobs' settings later.
     if isinstance(data, dict) and set(data) == {"train"} and isinstance(data["train"], dict):
         data = data["train"]
