@@ -299,7 +299,7 @@ def test_corruption_summary_geomean_and_slowest():
     assert summary["slower_than_reference"] == ["c"]
 
 
-def test_corruption_bench_interleaves_ours_and_reference_and_reports_failures(monkeypatch):
+def test_corruption_bench_alternates_batches_of_ours_and_the_reference_and_reports_failures(monkeypatch):
     calls = []
 
     def ours(x, name, severity, generator=None):
@@ -319,9 +319,12 @@ def test_corruption_bench_interleaves_ours_and_reference_and_reports_failures(mo
     fine, broken = rows
     assert fine["ours"]["timing"]["repeats"] == fine["reference"]["timing"]["repeats"] == 5
     assert fine["speedup"] == pytest.approx(fine["ours"]["images_per_s"] / fine["reference"]["images_per_s"])
-    assert calls[:12] == [("ours", "fine"), ("ref", "fine")] * 6  # warm-up, then 5 rounds side by side
+    # Warm-up, then 5 rounds side by side: ours on the batch of 2, the reference on each image.
+    assert calls[:18] == [("ours", "fine"), ("ref", "fine"), ("ref", "fine")] * 6
+    for side in ("ours", "reference"):  # both sides: images of the batch per median round
+        assert fine[side]["images_per_s"] == pytest.approx(2 / (fine[side]["timing"]["median_ms"] / 1e3))
     assert "no such corruption here" in broken["reference"]["unavailable"] and "speedup" not in broken
-    assert broken["ours"]["timing"]["repeats"] == 5 and calls[12:] == [("ours", "broken"), ("ref", "broken")] + [
+    assert broken["ours"]["timing"]["repeats"] == 5 and calls[18:] == [("ours", "broken"), ("ref", "broken")] + [
         ("ours", "broken")] * 5
 
 
