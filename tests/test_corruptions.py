@@ -1156,11 +1156,17 @@ def test_corrupt_validates_inputs():
 
 
 @pytest.mark.parametrize("name", ALL_CORRUPTIONS)
-def test_channels_last_input_gives_the_same_values(name):
+def test_channels_last_input_gives_the_same_values_in_its_own_layout(name):
     x = natural(2, 3, 40)
     want = corrupt(x, name, 3, generator=gen(3))
     got = corrupt(x.contiguous(memory_format=torch.channels_last), name, 3, generator=gen(3))
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert torch.equal(got, want)
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    # A view in neither layout (every other column) gives the values of its contiguous copy.
+    strided = natural(2, 3, 80)[..., ::2]
+    torch.testing.assert_close(
+        corrupt(strided, name, 3, generator=gen(3)), corrupt(strided.contiguous(), name, 3, generator=gen(3)),
+        atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("name", ALL_CORRUPTIONS)

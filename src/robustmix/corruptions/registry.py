@@ -188,15 +188,20 @@ def corrupt(
     severity = check_severity(severity)
     check_images(images)
     fn, generator = CORRUPTIONS[name], resolve_generator(generator)
+    # The corruptions run on NCHW-contiguous planes: channels-last input (what permuting a stack
+    # of HWC images gives) made the elementwise and per-plane passes 1.1-3.6x slower at 224 px,
+    # more than the two layout copies cost; the output comes back in the input's layout.
+    channels_last = not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last)
+    images = images.contiguous()
     step = _chunk_images(images)
     if step >= images.shape[0]:
-        return fn(images, severity, generator)
-    # A large batch's output from the pool of large CPU buffers (no page faults once warm).
-    out = empty_output(images.shape, dtype=images.dtype, device=images.device) if images.is_contiguous() \
-        else torch.empty_like(images)
-    for start in range(0, images.shape[0], step):
-        out[start : start + step] = fn(images[start : start + step], severity, generator)
-    return out
+        out = fn(images, severity, generator)
+    else:
+        # A large batch's output from the pool of large CPU buffers (no page faults once warm).
+        out = empty_output(images.shape, dtype=images.dtype, device=images.device)
+        for start in range(0, images.shape[0], step):
+            out[start : start + step] = fn(images[start : start + step], severity, generator)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 CPU_CHUNK_ELEMENTS = 5 << 18
