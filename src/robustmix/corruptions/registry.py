@@ -173,7 +173,8 @@ def corrupt(
             still round differently for other batch shapes).
 
     Returns:
-        A new tensor with the input's shape, dtype and device, values in [0, 1].
+        A new tensor with the input's shape, dtype, device and layout (channels-last input gives
+        channels-last output, any other layout NCHW-contiguous), values in [0, 1].
 
     Shape:
         (N, C, H, W) -> (N, C, H, W)
