@@ -123,6 +123,8 @@ def render_train_step(res: dict[str, Any]) -> list[str]:
 def render_corruptions(res: dict[str, Any]) -> list[str]:
     out = [f"### Corruptions, severity {res['config']['severity']} ({res['meta']['device']})", "",
            _meta_line(res["meta"]), ""]
+    if res["config"].get("timing"):  # the rounds changed at f5c3741: say which ones a result used
+        out += [f"Timing: {res['config']['timing']}.", ""]
     sizes = sorted({r["image_size"] for r in res["rows"]}, reverse=True)
     by = {(r["corruption"], r["image_size"]): r for r in res["rows"]}
     names = list(dict.fromkeys(r["corruption"] for r in res["rows"]))
