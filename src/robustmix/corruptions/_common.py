@@ -65,6 +65,8 @@ __all__ = [
     "random_poisson",
     "random_uniform",
     "reference_scale",
+    "reference_size",
+    "resize_layer",
     "resolve_generator",
     "rgb_to_gray",
     "rgb_to_hsv",
@@ -149,6 +151,20 @@ def reference_scale(side: int, *, has_cifar: bool = True) -> tuple[str, float]:
     if has_cifar and side <= CIFAR_SIDE:
         return "cifar", 1.0
     return "imagenet", side / IMAGENET_SIDE
+
+
+def reference_size(h: int, w: int, side: int) -> tuple[int, int]:
+    """``(h, w)`` scaled so that the short side is ``side`` (a reference size), aspect kept,
+    at least 1 px: where random layers and fields are rendered before :func:`resize_layer`."""
+    short = min(h, w)
+    return max(1, round(h * side / short)), max(1, round(w * side / short))
+
+
+def resize_layer(layer: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear, antialiased resize of (N, C, h, w) to ``size``; identity when sizes agree."""
+    if tuple(layer.shape[-2:]) == tuple(size):
+        return layer
+    return F.interpolate(layer, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 @dataclass(frozen=True)

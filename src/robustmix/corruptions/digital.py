@@ -55,6 +55,8 @@ from ._common import (
     gaussian_filter,
     map_split,
     per_image_draws,
+    reference_size,
+    resize_layer,
     resolve_generator,
     scaled_draws,
     to_work,
@@ -195,19 +197,13 @@ def elastic_transform(images: Tensor, severity: int, generator: torch.Generator 
     # The displacement noise at the reference size (the image's own at 224 px and for the
     # CIFAR-10-C table), with the table's alpha and sigma in its pixels: elastic_warp resizes
     # the smoothed field to the image (module docstring).
-    rh, rw = (h, w) if scale == 1.0 else _reference_size(h, w)
+    rh, rw = (h, w) if scale == 1.0 else reference_size(h, w, IMAGENET_SIDE)
     # Both draws of an image in one row (per_image_draws), scaled to [-j, j) and [-1, 1).
     jitter_px, noise = per_image_draws(n, [(3, 2), (2, rh, rw)], gen, like=x)
     jitter_px = scaled_draws(jitter_px, -jitter * scale, 2 * jitter * scale)
     noise = scaled_draws(noise, -1.0, 2.0)
     out = elastic_warp(x, jitter_px, noise, alpha=alpha, sigma=sigma)
     return finish(out.to(x.dtype), images)
-
-
-def _reference_size(h: int, w: int) -> tuple[int, int]:
-    """(h, w) scaled so that the short side is the ImageNet-C side (224 px), aspect kept."""
-    side = min(h, w)
-    return max(1, round(h * IMAGENET_SIDE / side)), max(1, round(w * IMAGENET_SIDE / side))
 
 
 def elastic_warp(x: Tensor, jitter: Tensor, noise: Tensor, *, alpha: float, sigma: float) -> Tensor:
@@ -266,8 +262,7 @@ def elastic_warp(x: Tensor, jitter: Tensor, noise: Tensor, *, alpha: float, sigm
     disp = gaussian_filter(noise.to(grid_dtype), sigma, truncate=3.0, mode="reflect") * alpha  # sigma 0: none
     if tuple(disp.shape[-2:]) != (h, w):
         nh, nw = disp.shape[-2:]
-        disp = F.interpolate(disp, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-        disp = disp * torch.tensor([w / nw, h / nh], dtype=disp.dtype, device=disp.device).view(1, 2, 1, 1)
+        disp = resize_layer(disp, (h, w)) * torch.tensor([w / nw, h / nh], dtype=disp.dtype, device=disp.device).view(1, 2, 1, 1)
     px = xs.to(grid_dtype) + disp[:, 0]
     py = ys.to(grid_dtype) + disp[:, 1]
     grid = _pixel_grid(px, py, h, w, align_corners=False)

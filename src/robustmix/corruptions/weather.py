@@ -61,6 +61,8 @@ from ._common import (
     pad2d,
     per_image_draws,
     random_normal,
+    reference_size,
+    resize_layer,
     resolve_generator,
     rgb_to_gray,
     scaled_draws,
@@ -134,16 +136,8 @@ MUD_RGB = (63 / 255, 42 / 255, 20 / 255)  # mud brown
 def _reference_shape(images: Tensor) -> tuple[str, int, int]:
     """Table name and the (h, w) the reference would use for this batch (aspect ratio kept)."""
     h, w = images.shape[-2:]
-    side = min(h, w)
-    which, ref = ("cifar", CIFAR_SIDE) if side <= CIFAR_SIDE else ("imagenet", IMAGENET_SIDE)
-    return which, max(1, round(h * ref / side)), max(1, round(w * ref / side))
-
-
-def _resize(layer: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear, antialiased resize of (N, C, h, w) to ``size``; identity when sizes agree."""
-    if tuple(layer.shape[-2:]) == tuple(size):
-        return layer
-    return F.interpolate(layer, size=size, mode="bilinear", align_corners=False, antialias=True)
+    which, ref = ("cifar", CIFAR_SIDE) if min(h, w) <= CIFAR_SIDE else ("imagenet", IMAGENET_SIDE)
+    return (which, *reference_size(h, w, ref))
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,7 +175,7 @@ def snow(images: Tensor, severity: int, generator: torch.Generator | None = None
     layer = motion_blur_magick(layer, radius=radius, sigma=sigma, angle_deg=angle)
     layer = imagemagick_8bit(layer)  # 8-bit result of ImageMagick
     layer = layer + layer.flip(-2, -1)  # + np.rot90(layer, k=2)
-    layer = _resize(layer.unsqueeze(1), tuple(x.shape[-2:])).to(x.dtype)
+    layer = resize_layer(layer.unsqueeze(1), tuple(x.shape[-2:])).to(x.dtype)
     # weight * x + (1 - weight) * max(x, 1.5 * gray + 0.5) + layer in two full-size buffers, each
     # product rounded before the sums as written (no fused multiply-add: same floats).
     out = torch.maximum(x, rgb_to_gray(x) * 1.5 + 0.5).mul_(1 - weight)
@@ -288,7 +282,7 @@ def frost(images: Tensor, severity: int, generator: torch.Generator | None = Non
     x = to_work(images)
     which, rh, rw = _reference_shape(x)
     texture = _frost_crops(x.shape[0], which, rh, rw, generator, x)
-    texture = _resize(texture, tuple(x.shape[-2:])).clamp(0.0, 1.0).to(x.dtype)
+    texture = resize_layer(texture, tuple(x.shape[-2:])).clamp(0.0, 1.0).to(x.dtype)
     return finish(with_rgb(x, lambda rgb: a * rgb + b * texture), images)
 
 
@@ -310,7 +304,7 @@ def fog(images: Tensor, severity: int, generator: torch.Generator | None = None)
     which, rh, rw = _reference_shape(x)
     mapsize = max(FOG_MAPSIZE[which], 1 << (max(rh, rw) - 1).bit_length())
     haze = plasma_fractal(x.shape[0], mapsize=mapsize, wibbledecay=decay, generator=generator, like=x)
-    haze = _resize(haze[:, None, :rh, :rw], tuple(x.shape[-2:])).to(x.dtype)
+    haze = resize_layer(haze[:, None, :rh, :rw], tuple(x.shape[-2:])).to(x.dtype)
     peak = x.amax(dim=(1, 2, 3), keepdim=True)
     out = x + strength * haze  # then in place: the same floats as (x + s h) * peak / (peak + s)
     return finish(out.mul_(peak).div_(peak + strength), images)
@@ -511,9 +505,9 @@ def spatter(images: Tensor, severity: int, generator: torch.Generator | None = N
     if mud:
         m = gaussian_filter((liquid > threshold).float(), extra)
         m = torch.where(m < 0.8, torch.zeros_like(m), m)
-        m = _resize(m, size).to(x.dtype)
+        m = resize_layer(m, size).to(x.dtype)
         color = torch.tensor(MUD_RGB, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return finish(with_rgb(x, lambda rgb: rgb * (1 - m) + color * m), images)
-    m = _resize(_water_mask(liquid, extra), size).to(x.dtype)
+    m = resize_layer(_water_mask(liquid, extra), size).to(x.dtype)
     color = torch.tensor(WATER_RGB, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return finish(with_rgb(x, lambda rgb: (m * color).add_(rgb)), images)
