@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import itertools
 import math
 import os
 import sys
@@ -176,16 +177,16 @@ def _first_call(fn: Any) -> tuple[float | None, str | None]:
 
 def bench_size(
     size: int, batch: int, device: torch.device, repeats: int, reference: Any | None,
-    names: tuple[str, ...] = ALL_CORRUPTIONS,
+    names: tuple[str, ...] = ALL_CORRUPTIONS, reference_rounds: str = "batch",
 ) -> list[dict[str, Any]]:
     """One row per corruption: ours on the batch, the reference on the same images one by one.
 
     The two sides are timed round-robin (``H.measure_interleaved``: ours on the batch, then the
     reference on each image of it, then ours, ...), so drift on a shared machine hits both alike
     and the ratio is taken between rounds that ran side by side. Each side runs its whole batch
-    in a row: one reference call per round, between two calls of ours, found the reference's
-    caches cold every call and flattered the cheap corruptions (pixelate 1.21x that way, ~0.9x
-    back to back, timed by hand). After one warm-up call per side (which also sizes the run), as many rounds as
+    in a row: one reference call per round, between two calls of ours (``reference_rounds="one"``,
+    the method before f5c3741, kept to compare), found the reference's caches cold every call and
+    flattered the cheap corruptions. After one warm-up call per side (which also sizes the run), as many rounds as
     fit in ``CASE_BUDGET_S``, at least ``MIN_ROUNDS`` and at most ``repeats``. A side that
     raises is recorded as unavailable and the other is timed alone.
     """
@@ -197,9 +198,14 @@ def bench_size(
         row: dict[str, Any] = {"corruption": name, "image_size": size, "batch": batch, "severity": SEVERITY}
         g = torch.Generator(device=device).manual_seed(0)
         fns = {"ours": lambda name=name, g=g: corrupt(x, name, SEVERITY, generator=g)}
-        if reference is not None:
+        if reference is not None and reference_rounds == "one":
+            cycle = itertools.cycle(hwc)
+            fns["reference"] = lambda name=name, cycle=cycle: reference.corrupt(
+                next(cycle), corruption_name=name, severity=SEVERITY)
+        elif reference is not None:
             fns["reference"] = lambda name=name: [
                 reference.corrupt(image, corruption_name=name, severity=SEVERITY) for image in hwc]
+        ref_images = 1 if reference_rounds == "one" else batch  # images per timed reference call
         working, round_s = {}, 0.0
         for side, fn in fns.items():
             elapsed, error = _first_call(fn)  # the warm-up call, which also sizes the run
@@ -216,7 +222,7 @@ def bench_size(
                 row["ours"] = {"timing": timings["ours"].to_dict(), "images_per_s": batch / timings["ours"].median_s}
             if "reference" in timings:
                 row["reference"] = {"timing": timings["reference"].to_dict(),
-                                    "images_per_s": batch / timings["reference"].median_s}
+                                    "images_per_s": ref_images / timings["reference"].median_s}
         if "images_per_s" in row["ours"] and "images_per_s" in row["reference"]:
             row["speedup"] = row["ours"]["images_per_s"] / row["reference"]["images_per_s"]
         ours_s = f"{row['ours']['images_per_s']:10.1f}" if "images_per_s" in row["ours"] else "       n/a"
@@ -336,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
                              "a partial result, like --only; without it 224:8,32:32 (CPU) or 224:64,32:256 (CUDA)")
     parser.add_argument("--runs", type=int, default=3,
                         help="whole-suite runs; each row is the run with the median speed-up (default 3)")
+    parser.add_argument("--reference-rounds", choices=("batch", "one"), default="batch",
+                        help="per round, the reference corrupts our whole batch image by image (default), or "
+                             "'one' image (the rounds before f5c3741, to compare): a partial result, like --only")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error(f"--runs must be >= 1, got {args.runs}")
@@ -343,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         args.runs = 1
     names = parse_only(parser, args.only)
     sizes = parse_sizes(parser, args.sizes)
-    partial = args.quick or bool(args.only) or sizes is not None
+    partial = args.quick or bool(args.only) or sizes is not None or args.reference_rounds != "batch"
     device = H.resolve_device(args.device)
     H.apply_threads(args.threads)
     probe_start = H.machine_probe() if device.type == "cpu" and not args.quick else None
@@ -365,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for run in range(args.runs):
         print(f"run {run + 1} of {args.runs}", flush=True)
-        runs.append([row for size, batch in cases for row in bench_size(size, batch, device, repeats, reference, names)])
+        runs.append([row for size, batch in cases for row in bench_size(size, batch, device, repeats, reference, names,
+                                                                             args.reference_rounds)])
     rows = median_run_rows(runs)
     samplers = [] if device.type != "cpu" else bench_samplers(*cases[0], repeats)
     large = [] if device.type != "cpu" or sizes else bench_large_batch(
@@ -385,8 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         "meta": H.collect_metadata(device, extra={"probe_start": probe_start, "probe_end": probe_end, "peer_versions": versions, "cv2_threads": cv2_threads}),
         "config": {"severity": SEVERITY, "runs": args.runs, "row_per_case": "the run with the median speed-up",
                    "max_rounds": repeats, "min_rounds": MIN_ROUNDS, "warmup": 1,
-                   "case_budget_s": CASE_BUDGET_S, "timing": "interleaved rounds: one call of ours on the batch, "
-                   "then one reference call per image of the same batch",
+                   "case_budget_s": CASE_BUDGET_S, "timing": "interleaved rounds: one call of ours on the batch, " + (
+                       "then one reference call per image of the same batch" if args.reference_rounds == "batch"
+                       else "one reference call on the next image"),
                    "images": "smooth random field (bicubic-upsampled noise), seed 0",
                    "reference_call": "imagecorruptions.corrupt(uint8 HWC, corruption_name=, severity=) per image",
                    "ours_call": "robustmix.corruptions.corrupt(float NCHW batch, name, severity, generator=)"},

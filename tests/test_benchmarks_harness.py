@@ -328,6 +328,22 @@ def test_corruption_bench_alternates_batches_of_ours_and_the_reference_and_repor
         ("ours", "broken")] * 5
 
 
+def test_corruption_bench_can_time_one_reference_image_per_round(monkeypatch):
+    calls = []
+    monkeypatch.setattr(corruptions, "corrupt", lambda x, name, severity, generator=None: calls.append("ours"))
+
+    class FakeReference:
+        @staticmethod
+        def corrupt(image, corruption_name, severity):
+            calls.append("ref")
+
+    (row,) = corruptions.bench_size(32, 2, torch.device("cpu"), 5, FakeReference(), names=("fine",),
+                                    reference_rounds="one")
+    assert calls == ["ours", "ref"] * 6  # warm-up, then 5 rounds: one reference image each
+    assert row["reference"]["images_per_s"] == pytest.approx(1 / (row["reference"]["timing"]["median_ms"] / 1e3))
+    assert row["ours"]["images_per_s"] == pytest.approx(2 / (row["ours"]["timing"]["median_ms"] / 1e3))
+
+
 def test_corruption_runs_keep_the_median_run_per_row():
     def row(name, speedup=None):
         r = {"corruption": name, "image_size": 32, "ours": {"images_per_s": speedup}}
