@@ -344,6 +344,34 @@ def test_corruption_bench_can_time_one_reference_image_per_round(monkeypatch):
     assert row["ours"]["images_per_s"] == pytest.approx(2 / (row["ours"]["timing"]["median_ms"] / 1e3))
 
 
+def test_corruption_bench_can_give_the_reference_the_first_images_of_the_batch(monkeypatch):
+    calls = []
+    monkeypatch.setattr(corruptions, "corrupt", lambda x, name, severity, generator=None: calls.append("ours"))
+
+    class FakeReference:
+        @staticmethod
+        def corrupt(image, corruption_name, severity):
+            calls.append(("ref", int(image[0, 0, 0])))
+
+    first = corruptions.to_uint8_hwc(corruptions.smooth_images(3, 32))[0]
+    (row,) = corruptions.bench_size(32, 3, torch.device("cpu"), 4, FakeReference(), names=("fine",),
+                                    reference_images=1)
+    assert calls == ["ours", ("ref", int(first[0, 0, 0]))] * 5  # warm-up, then 4 rounds: the first image only
+    assert row["reference_images"] == 1 and row["batch"] == 3
+    assert row["reference"]["images_per_s"] == pytest.approx(1 / (row["reference"]["timing"]["median_ms"] / 1e3))
+    assert row["ours"]["images_per_s"] == pytest.approx(3 / (row["ours"]["timing"]["median_ms"] / 1e3))
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match="reference_images must be in"):
+            corruptions.bench_size(32, 3, torch.device("cpu"), 4, FakeReference(), names=("fine",),
+                                   reference_images=bad)
+
+
+def test_cuda_corruption_cases_give_the_reference_part_of_the_batch_and_the_cpu_the_whole():
+    assert corruptions.REFERENCE_IMAGES["cpu"] == {}
+    for size, batch in corruptions.FULL_CASES["cuda"]:
+        assert 1 <= corruptions.REFERENCE_IMAGES["cuda"][size] <= batch
+
+
 def test_corruption_runs_keep_the_median_run_per_row():
     def row(name, speedup=None):
         r = {"corruption": name, "image_size": 32, "ours": {"images_per_s": speedup}}
