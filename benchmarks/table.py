@@ -125,6 +125,11 @@ def render_corruptions(res: dict[str, Any]) -> list[str]:
            _meta_line(res["meta"]), ""]
     if res["config"].get("timing"):  # the rounds changed at f5c3741: say which ones a result used
         out += [f"Timing: {res['config']['timing']}.", ""]
+    part = sorted({(r["image_size"], r["reference_images"], r["batch"]) for r in res["rows"]
+                   if r.get("reference_images", r.get("batch")) != r.get("batch")}, reverse=True)
+    if part:  # CUDA: the reference corrupts the first images of our large batch
+        out += ["Per round the reference corrupted the first " + ", ".join(
+            f"{k} of {b} images at {s} px" for s, k, b in part) + " (its images/s count those).", ""]
     sizes = sorted({r["image_size"] for r in res["rows"]}, reverse=True)
     by = {(r["corruption"], r["image_size"]): r for r in res["rows"]}
     names = list(dict.fromkeys(r["corruption"] for r in res["rows"]))

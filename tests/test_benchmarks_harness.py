@@ -457,7 +457,8 @@ def test_corruption_samplers_measured_and_rendered(tmp_path):
         "benchmark": "corruptions", "quick": False, "config": {"severity": 3, "runs": 3},
         "meta": {"device": "cpu", "device_name": "cpu: X", "torch": "t", "numpy": "n", "python": "p",
                  "torch_threads": 2, "commit": None, "date": "d"},
-        "rows": [{"corruption": "gaussian_noise", "image_size": 224, "ours": {"timing": timing, "images_per_s": 80.0},
+        "rows": [{"corruption": "gaussian_noise", "image_size": 224, "batch": 64, "reference_images": 8,
+                  "ours": {"timing": timing, "images_per_s": 80.0},
                   "reference": {"timing": timing, "images_per_s": 10.0}, "speedup": 8.0,
                   "speedups_over_runs": [7.0, 8.0, 9.5]}],
         "summary": {"224": {"compared": 1, "geomean_speedup": 8.0}},
@@ -468,6 +469,7 @@ def test_corruption_samplers_measured_and_rendered(tmp_path):
     text = table.render(tmp_path)
     assert "| gaussian_noise | 80.0 | 10.0 | 8.00 | 7.00-9.50 |" in text and "| normal | 2.50 | 10.00 | 4.00 |" in text
     assert "median speed-up of 3 whole-suite runs" in text
+    assert "the reference corrupted the first 8 of 64 images at 224 px" in text
 
 
 def test_agreement_summary_and_table(tmp_path):
