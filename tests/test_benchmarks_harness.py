@@ -38,6 +38,7 @@ table = _load("bench_table", "table.py")
 sys.modules.setdefault("corruptions", corruptions)  # agreement.py imports it as a script sibling
 agreement = _load("bench_agreement", "agreement.py")
 cuda_overhead = _load("bench_cuda_overhead", "cuda_overhead.py")
+jpeg_stages = _load("bench_jpeg_stages", "jpeg_stages.py")
 
 
 class ScriptedClock:
@@ -527,3 +528,26 @@ def test_cuda_overhead_says_it_needs_cuda(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["cuda_overhead.py"])
     with pytest.raises(SystemExit, match="needs a CUDA device; none is available here"):
         cuda_overhead.main()
+
+
+def test_jpeg_stages_old_forms_give_the_same_bytes_and_levels_as_the_path_now():
+    # The diagnosis times the forms the JPEG path replaced next to it: they must do the same work.
+    from robustmix.corruptions import digital
+
+    x = corruptions.smooth_images(3, 16).mul(255).round().div(255)
+    assert torch.equal(jpeg_stages.old_bytes_hwc(x), digital._bytes_hwc(x))
+    codec_in = digital._bytes_hwc(x).permute(0, 3, 1, 2)
+    decoded = digital._jpeg_roundtrip(codec_in, 15)
+    assert torch.equal(jpeg_stages.old_roundtrip(codec_in, 15), decoded)
+    assert torch.equal(jpeg_stages.old_levels(decoded, x), digital._levels_from_bytes(decoded, x))
+
+
+def test_jpeg_stages_prints_each_stage_and_needs_a_gpu_for_cuda(capsys):
+    assert jpeg_stages.main(["--batch", "2", "--size", "16", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("bytes to the host", "codec round trip", "levels back", "whole call"):
+        assert stage in out
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            jpeg_stages.main(["--device", "cuda"])
+        assert "needs a GPU" in capsys.readouterr().err

@@ -1207,6 +1207,16 @@ def test_cuda_matches_cpu_generator(name):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("size", [32, 64])
+def test_cuda_release_storage_matches_cpu(size):
+    from robustmix.corruptions import store
+
+    x = natural(2, 3, size)
+    got = store(x.cuda(), "release")
+    assert got.device.type == "cuda" and got.is_contiguous() and torch.equal(got.cpu(), store(x, "release"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_images_with_a_cpu_generator_get_blocked_poisson_counts_on_cuda():
     rates = torch.rand(3, common.POISSON_BLOCK + 5, generator=gen(7)) * 20  # blocked on the CPU
     counts = common.random_poisson(rates.cuda(), gen(8))
@@ -1282,6 +1292,7 @@ def test_store_release_is_imagenet_c_jpeg_above_32px(channels):
         Image.fromarray(arr[..., 0] if channels == 1 else arr).save(buf, "JPEG", quality=85, optimize=True)
         ref = np.asarray(Image.open(buf)).reshape(arr.shape)
         assert np.array_equal(out.permute(1, 2, 0).numpy(), ref)
+    assert store(x, "release").is_contiguous()  # NCHW, as given (the decoded bytes are HWC)
     with pytest.raises(ValueError, match="1 or 3 channels"):
         store(torch.rand(1, 4, 40, 40), "release")
 
@@ -1343,16 +1354,29 @@ def test_input_is_never_written(name, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_jpeg_bytes_are_rounded_and_clipped_like_torch_round(dtype):
-    # The codec's input bytes come from a bit trick (float32 + 2**23): same as round-half-even.
+def test_jpeg_bytes_are_rounded_and_clipped_like_torch_round(dtype, device):
+    # The codec's input bytes come from a bit trick (float32 + 2**23): same as round-half-even,
+    # cast where the images live, then moved to the CPU (the codec's side).
     from robustmix.corruptions.digital import _bytes_hwc
 
     x = torch.rand(2, 3, 9, 7, generator=gen(4), dtype=dtype)
     x[0, 0, 0, :6] = torch.tensor([-1e-4, 1 + 1e-4, 0.5 / 255, 2.5 / 255, 1.0, 0.0], dtype=dtype)
     want = (x.float() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-    got = _bytes_hwc(x)
-    assert got.dtype == torch.uint8 and got.is_contiguous() and torch.equal(got, want)
+    got = _bytes_hwc(x.to(device))
+    assert got.device.type == "cpu" and got.dtype == torch.uint8 and got.is_contiguous() and torch.equal(got, want)
     assert got[0, 0, :6, 0].tolist() == [0, 255, 0, 2, 255, 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_decoded_bytes_come_back_as_contiguous_levels_where_the_images_live(dtype, device):
+    from robustmix.corruptions.digital import _levels_from_bytes
+
+    decoded = torch.randint(0, 256, (2, 5, 4, 3), generator=gen(5), dtype=torch.uint8)  # (N, H, W, C)
+    like = torch.zeros(1, dtype=dtype, device=device)
+    got = _levels_from_bytes(decoded, like)
+    assert got.shape == (2, 3, 5, 4) and got.dtype == dtype and got.device == like.device and got.is_contiguous()
+    want = decoded.permute(0, 3, 1, 2).double() / 255  # levels k / 255, in the caller's dtype
+    assert torch.equal(got.cpu(), want.to(dtype))
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux's /proc")

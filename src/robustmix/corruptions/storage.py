@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ._common import reference_scale, round_to_8bit, to_work, truncate_to_8bit
@@ -64,11 +63,12 @@ def store(images: Tensor, mode: str = "release") -> Tensor:
 
 def _jpeg_round_trip(stored: Tensor, quality: int) -> Tensor:
     """JPEG round trip at ``quality`` of an image of 8-bit levels ``k / 255`` (float (N, C, H, W))."""
-    from .digital import _jpeg_roundtrip  # the codec path of jpeg_compression (libjpeg)
+    # The codec path of jpeg_compression (libjpeg), with its transfers: bytes cast where the
+    # images live, layout and dtype changed there.
+    from .digital import _bytes_hwc, _jpeg_roundtrip, _levels_from_bytes
 
     channels = stored.shape[1]
     if channels not in (1, 3):
         raise ValueError(f"images: JPEG storage needs 1 or 3 channels, got {channels}")
-    bytes_hwc = (stored * 255).round_().to("cpu", torch.uint8).permute(0, 2, 3, 1).contiguous()
-    decoded = _jpeg_roundtrip(bytes_hwc.permute(0, 3, 1, 2), quality)  # (N, H, W, C) uint8
-    return decoded.permute(0, 3, 1, 2).to(stored.device, stored.dtype).div_(255)
+    decoded = _jpeg_roundtrip(_bytes_hwc(stored).permute(0, 3, 1, 2), quality)  # (N, H, W, C) uint8
+    return _levels_from_bytes(decoded, stored)
