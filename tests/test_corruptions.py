@@ -1193,7 +1193,22 @@ def test_accelerator_batches_run_whole():
     assert common._cpu_group(meta, 256 * 256) == 100
     cpu = torch.empty(100, 3, 224, 224)
     assert registry._chunk_images(cpu) == registry.CPU_CHUNK_ELEMENTS // (3 * 224 * 224) == 8
+    assert registry._chunk_images(cpu, "contrast") == 8
     assert common._cpu_group(cpu, 256 * 256) == 1
+
+
+def test_jpeg_takes_a_large_cpu_batch_in_one_call(monkeypatch):
+    # The codec threads get more images per hand-off; the bytes are the chunked call's.
+    from robustmix.corruptions import digital, registry
+
+    assert registry._chunk_images(torch.empty(100, 3, 224, 224), "jpeg_compression") == 100
+    x = natural(5, 3, 24)
+    chunked = corrupt(x, "jpeg_compression", 3)
+    calls = []
+    real = digital._jpeg_roundtrip
+    monkeypatch.setattr(digital, "_jpeg_roundtrip", lambda batch, q: calls.append(len(batch)) or real(batch, q))
+    monkeypatch.setattr(registry, "CPU_CHUNK_ELEMENTS", 2 * x[0].numel())
+    assert torch.equal(corrupt(x, "jpeg_compression", 3), chunked) and calls == [5]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

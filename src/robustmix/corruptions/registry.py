@@ -194,7 +194,7 @@ def corrupt(
     # more than the two layout copies cost; the output comes back in the input's layout.
     channels_last = not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last)
     images = images.contiguous()
-    step = _chunk_images(images)
+    step = _chunk_images(images, name)
     if step >= images.shape[0]:
         out = fn(images, severity, generator)
     else:
@@ -214,8 +214,15 @@ caches every pass streams from memory, so a large CPU batch goes through in chun
 """
 
 
-def _chunk_images(images: Tensor) -> int:
-    """Images per call: all of them on accelerators, a cache-sized chunk on CPU."""
-    if images.device.type != "cpu":
+UNCHUNKED = frozenset({"jpeg_compression"})
+"""Corruptions that take a large CPU batch in one call: JPEG's work is the codec, per image in the
+worker threads, and a whole batch hands each thread more images per hand-off (64 images at
+224 px: ~1.35x the images/s of chunks of 8, ``benchmarks/corruptions.py``'s large-batch rows)."""
+
+
+def _chunk_images(images: Tensor, name: str | None = None) -> int:
+    """Images per call: all of them on accelerators (and for :data:`UNCHUNKED`), a cache-sized
+    chunk on CPU."""
+    if images.device.type != "cpu" or name in UNCHUNKED:
         return images.shape[0]
     return max(1, CPU_CHUNK_ELEMENTS // images[0].numel())
