@@ -279,18 +279,19 @@ def bench_samplers(size: int, batch: int, repeats: int) -> list[dict[str, Any]]:
 
 
 def bench_large_batch(size: int, batch: int, repeats: int, names: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Images/s of ours on one large CPU batch: in cache-sized chunks (``corrupt``'s default) vs
-    the whole batch in one call, timed round-robin. Shows what the chunking buys users."""
+    """Images/s of ours on one large CPU batch: in cache-sized chunks vs the whole batch in one
+    call, timed round-robin. ``corrupt`` ships the first (``registry.CPU_CHUNK_ELEMENTS``) except
+    for ``registry.UNCHUNKED``; both are timed for every corruption, so the rows show the choice."""
     x = torch.from_numpy(np.stack(to_uint8_hwc(smooth_images(batch, size)))).permute(0, 3, 1, 2).float().div(255)
     x = x.contiguous()  # 8-bit images as float k / 255, as in bench_size
-    default = registry.CPU_CHUNK_ELEMENTS
+    default, unchunked = registry.CPU_CHUNK_ELEMENTS, registry.UNCHUNKED
 
     def call(name: str, g: torch.Generator, chunk: int) -> None:
-        registry.CPU_CHUNK_ELEMENTS = chunk
+        registry.CPU_CHUNK_ELEMENTS, registry.UNCHUNKED = chunk, frozenset()
         try:
             corrupt(x, name, SEVERITY, generator=g)
         finally:
-            registry.CPU_CHUNK_ELEMENTS = default
+            registry.CPU_CHUNK_ELEMENTS, registry.UNCHUNKED = default, unchunked
 
     rows = []
     for name in names:
@@ -302,6 +303,7 @@ def bench_large_batch(size: int, batch: int, repeats: int, names: tuple[str, ...
         )
         chunked, whole = (batch / timings[k].median_s for k in ("chunked", "one_call"))
         rows.append({"corruption": name, "image_size": size, "batch": batch,
+                     "shipped": "one_call" if name in unchunked else "chunked",
                      "images_per_call": min(batch, max(1, default // x[0].numel())),
                      "chunked_images_per_s": chunked, "one_call_images_per_s": whole, "ratio": chunked / whole})
         print(f"  {size:>3}px batch {batch} {name:<18} chunked {chunked:10.1f} img/s  one call {whole:10.1f} img/s"

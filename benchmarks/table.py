@@ -174,13 +174,16 @@ def render_corruptions(res: dict[str, Any]) -> list[str]:
     if res.get("large_batch"):
         lb = res["large_batch"]
         ratios = [r["ratio"] for r in lb]
+        shipped = any("shipped" in r for r in lb)
         out += ["", f"One large batch ({lb[0]['batch']} images at {lb[0]['image_size']} px), ours only: `corrupt` "
                 f"in cache-sized chunks ({lb[0]['images_per_call']} images a call, the default on CPU) vs the "
-                "whole batch in one call, timed round-robin:", ""]
-        out += _table(["corruption", "chunked img/s", "one call img/s", "chunked / one call"],
+                "whole batch in one call, timed round-robin" + (
+                    " (the last column: what `corrupt` does with such a batch)" if shipped else "") + ":", ""]
+        out += _table(["corruption", "chunked img/s", "one call img/s", "chunked / one call"]
+                      + (["`corrupt` uses"] if shipped else []),
                       [[r["corruption"], _f(r["chunked_images_per_s"], 1), _f(r["one_call_images_per_s"], 1),
-                        _f(r["ratio"])] for r in lb]
-                      + [["**geometric mean**", "", "", f"**{_f(_geomean(ratios))}**"]])
+                        _f(r["ratio"])] + ([r.get("shipped", "").replace("_", " ")] if shipped else []) for r in lb]
+                      + [["**geometric mean**", "", "", f"**{_f(_geomean(ratios))}**"] + ([""] if shipped else [])])
     return out
 
 

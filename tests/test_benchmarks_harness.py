@@ -551,3 +551,13 @@ def test_jpeg_stages_prints_each_stage_and_needs_a_gpu_for_cuda(capsys):
         with pytest.raises(SystemExit):
             jpeg_stages.main(["--device", "cuda"])
         assert "needs a GPU" in capsys.readouterr().err
+
+
+def test_large_batch_rows_time_both_ways_and_say_which_corrupt_uses():
+    from robustmix.corruptions import registry
+
+    before = (registry.CPU_CHUNK_ELEMENTS, registry.UNCHUNKED)
+    rows = corruptions.bench_large_batch(16, 3, 1, ("jpeg_compression", "contrast"))
+    assert [(r["corruption"], r["shipped"]) for r in rows] == [("jpeg_compression", "one_call"), ("contrast", "chunked")]
+    assert all(r["ratio"] == pytest.approx(r["chunked_images_per_s"] / r["one_call_images_per_s"]) for r in rows)
+    assert (registry.CPU_CHUNK_ELEMENTS, registry.UNCHUNKED) == before  # the switch is put back
