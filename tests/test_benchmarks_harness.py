@@ -329,16 +329,22 @@ def test_corruption_bench_alternates_batches_of_ours_and_the_reference_and_repor
         ("ours", "broken")] * 5
 
 
-def test_corruption_bench_can_time_one_reference_image_per_round(monkeypatch):
+def _recording_sides(monkeypatch, ref_entry):
+    """Ours and a fake reference for ``bench_size`` that log their calls into one list."""
     calls = []
     monkeypatch.setattr(corruptions, "corrupt", lambda x, name, severity, generator=None: calls.append("ours"))
 
     class FakeReference:
         @staticmethod
         def corrupt(image, corruption_name, severity):
-            calls.append("ref")
+            calls.append(ref_entry(image))
 
-    (row,) = corruptions.bench_size(32, 2, torch.device("cpu"), 5, FakeReference(), names=("fine",),
+    return calls, FakeReference()
+
+
+def test_corruption_bench_can_time_one_reference_image_per_round(monkeypatch):
+    calls, reference = _recording_sides(monkeypatch, lambda image: "ref")
+    (row,) = corruptions.bench_size(32, 2, torch.device("cpu"), 5, reference, names=("fine",),
                                     reference_rounds="one")
     assert calls == ["ours", "ref"] * 6  # warm-up, then 5 rounds: one reference image each
     assert row["reference"]["images_per_s"] == pytest.approx(1 / (row["reference"]["timing"]["median_ms"] / 1e3))
@@ -346,16 +352,9 @@ def test_corruption_bench_can_time_one_reference_image_per_round(monkeypatch):
 
 
 def test_corruption_bench_can_give_the_reference_the_first_images_of_the_batch(monkeypatch):
-    calls = []
-    monkeypatch.setattr(corruptions, "corrupt", lambda x, name, severity, generator=None: calls.append("ours"))
-
-    class FakeReference:
-        @staticmethod
-        def corrupt(image, corruption_name, severity):
-            calls.append(("ref", int(image[0, 0, 0])))
-
+    calls, reference = _recording_sides(monkeypatch, lambda image: ("ref", int(image[0, 0, 0])))
     first = corruptions.to_uint8_hwc(corruptions.smooth_images(3, 32))[0]
-    (row,) = corruptions.bench_size(32, 3, torch.device("cpu"), 4, FakeReference(), names=("fine",),
+    (row,) = corruptions.bench_size(32, 3, torch.device("cpu"), 4, reference, names=("fine",),
                                     reference_images=1)
     assert calls == ["ours", ("ref", int(first[0, 0, 0]))] * 5  # warm-up, then 4 rounds: the first image only
     assert row["reference_images"] == 1 and row["batch"] == 3
@@ -363,7 +362,7 @@ def test_corruption_bench_can_give_the_reference_the_first_images_of_the_batch(m
     assert row["ours"]["images_per_s"] == pytest.approx(3 / (row["ours"]["timing"]["median_ms"] / 1e3))
     for bad in (0, 4):
         with pytest.raises(ValueError, match="reference_images must be in"):
-            corruptions.bench_size(32, 3, torch.device("cpu"), 4, FakeReference(), names=("fine",),
+            corruptions.bench_size(32, 3, torch.device("cpu"), 4, reference, names=("fine",),
                                    reference_images=bad)
 
 
