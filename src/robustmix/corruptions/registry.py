@@ -217,8 +217,9 @@ caches every pass streams from memory, so a large CPU batch goes through in chun
 UNCHUNKED = frozenset({"jpeg_compression"})
 """Corruptions that take a large CPU batch in one call: JPEG's work is the codec, per image in the
 worker threads, and a whole batch hands each thread more images per hand-off; its large
-buffers come from the pool (no page faults once warm). 64 images at 224 px: 1,346 images/s in
-one call against 733 in chunks of 8 (medians of 15 alternating calls, 2 cores, by hand)."""
+buffers come from the pool (no page faults once warm). 64 images at 224 px: 1,331 images/s in
+one call against 881 in chunks of 8 (``benchmarks/corruptions.py``'s large-batch rows, which time
+both ways for every corruption; 2-core AVX2 host, commit 7c023fb)."""
 
 
 def _chunk_images(images: Tensor, name: str | None = None) -> int:
