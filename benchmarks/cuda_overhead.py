@@ -1,8 +1,8 @@
 """Where the Robustmix op's time goes on a GPU: host syncs, CUDA-graph memory, eager vs graphs.
 
 Not a peer comparison (``mixing.py`` is): a diagnosis, printed, for the figures the docs quote
-about the CUDA path (syncs per call, the graphs' memory, the kernels' share of a call). Needs
-CUDA; writes nothing.
+about the CUDA path (syncs per call, the graphs' memory, the kernels' share of a call, and the
+kernels with the most GPU time, graph and eager). Needs CUDA; writes nothing.
 
     python benchmarks/cuda_overhead.py            # B128x3x224^2 bfloat16 and B256x1x28^2 float32
 """
@@ -88,13 +88,35 @@ def main() -> None:
                 print(f"{label} {mode:6s} {name:9s} median {median_ms(fn):.3f} ms, {len(syncs)} host sync(s)")
                 for where in syncs:
                     print(f"    sync at {where}")
+        for graphs in (True, False):
+            _graphs.ENABLED = graphs
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(PROFILED_CALLS):
+                    calls["op"]()
+                torch.cuda.synchronize()
+            mode = "graphs" if graphs else "eager"
+            print(f"{label} {mode}: the op's kernels take {gpu_ms_per_call(prof.key_averages()):.3f} ms of GPU "
+                  "time a call (torch.profiler); the largest:")
+            for name, count, ms in top_kernels(prof.key_averages()):
+                print(f"    {ms:7.3f} ms  x{count:<3d} {name}")
         _graphs.ENABLED = True
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                calls["op"]()
-            torch.cuda.synchronize()
-        kernels = sum(e.self_device_time_total for e in prof.key_averages()) / 5 / 1e3
-        print(f"{label}: the op's kernels take {kernels:.3f} ms of GPU time a call (torch.profiler)")
+
+
+PROFILED_CALLS = 5
+TOP_KERNELS = 12
+
+
+def gpu_ms_per_call(events: Any) -> float:
+    """GPU time of the profiled calls (kernels and copies), per call, in ms."""
+    return sum(e.self_device_time_total for e in events) / PROFILED_CALLS / 1e3
+
+
+def top_kernels(events: Any) -> list[tuple[str, int, float]]:
+    """``(name, launches a call, ms a call)`` of the profiled events with the most GPU time: what
+    to look at first to shorten the op's GPU work."""
+    timed = sorted((e for e in events if e.self_device_time_total > 0), key=lambda e: -e.self_device_time_total)
+    return [(e.key[:90], e.count // PROFILED_CALLS, e.self_device_time_total / PROFILED_CALLS / 1e3)
+            for e in timed[:TOP_KERNELS]]
 
 
 if __name__ == "__main__":

@@ -560,3 +560,21 @@ def test_large_batch_rows_time_both_ways_and_say_which_corrupt_uses():
     assert [(r["corruption"], r["shipped"]) for r in rows] == [("jpeg_compression", "one_call"), ("contrast", "chunked")]
     assert all(r["ratio"] == pytest.approx(r["chunked_images_per_s"] / r["one_call_images_per_s"]) for r in rows)
     assert (registry.CPU_CHUNK_ELEMENTS, registry.UNCHUNKED) == before  # the switch is put back
+
+
+def test_cuda_overhead_ranks_kernels_by_gpu_time_per_call():
+    from types import SimpleNamespace as Event
+
+    n = cuda_overhead.PROFILED_CALLS
+    events = [Event(key="gemm", count=2 * n, self_device_time_total=400.0 * n),
+              Event(key="host only", count=n, self_device_time_total=0.0),
+              Event(key="lerp", count=n, self_device_time_total=100.0 * n)]
+    assert cuda_overhead.gpu_ms_per_call(events) == pytest.approx(0.5)
+    assert cuda_overhead.top_kernels(events) == [("gemm", 2, pytest.approx(0.4)), ("lerp", 1, pytest.approx(0.1))]
+    # The names the script reads exist on torch.profiler's averaged events (here on the CPU).
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.ones(4).add(1)
+    first = prof.key_averages()[0]
+    assert isinstance(first.key, str) and first.count >= 1 and first.self_device_time_total >= 0
