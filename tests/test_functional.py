@@ -580,6 +580,28 @@ def test_graph_core_equals_eager_op(dtype, energy, shape, cutoff):
         torch.testing.assert_close(got_soft, want_y, atol=1e-6 if dtype != torch.float64 else 1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_graph_core_half_build_with_equal_weights_is_mixup_exactly(dtype, monkeypatch):
+    # The graph path of a GPU with native half GEMMs builds the output in the half dtype (a fp32
+    # lerp rounded once, then the band's inverse added); on this CPU that path is forced. With
+    # lam_low == lam_high the band adds exact zeros, so the output is Mixup's to the bit.
+    from robustmix import _graphs, freq
+
+    monkeypatch.setattr(freq, "matmul_dtype", lambda images_dtype, device: images_dtype)
+    x = rand((4, 3, 24, 20), seed=41).to(dtype)
+    ids, index = torch.tensor([0, 3, 1, 2]), torch.tensor([2, 0, 3, 1])
+    ks = freq.band_sizes(0.5, [24, 20])
+    out, soft, checks = _graphs.graph_core(
+        x, ids, index, torch.tensor([0.35, 0.35, *ks], dtype=torch.float64),
+        block=tuple(_graphs.bucket(k, n) for k, n in zip(ks, (24, 20))), dims=(2, 3), energy="batch",
+        out_dtype=dtype, soft_dtype=torch.float32, num_classes=4,
+        share_of=F._low_band_share, mix_targets=F._mix_targets, sq_norms_of=F._sq_norms,
+    )
+    want, want_soft = F.mixup(x, ids, lam=0.35, index=index, num_classes=4)
+    assert out.dtype == dtype and torch.equal(out, want) and checks.all()
+    torch.testing.assert_close(soft, want_soft, atol=1e-7, rtol=0)
+
+
 def test_graph_core_checks_flag_bad_values_in_the_eager_order():
     from robustmix import _graphs
 

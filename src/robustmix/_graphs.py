@@ -103,7 +103,9 @@ def graph_core(
     checks.append(torch.isfinite(sq_norms).all())
     delta_coef = ((coef - coef[index]) * (lam_low - lam_high).to(compute)).to(x1.dtype)
     if x1.dtype in (torch.float16, torch.bfloat16):
-        out = torch.lerp(x1[index].float(), x1.float(), lam_high.float()).to(x1.dtype)
+        # x_c is x1 in fp32 already (compute): its rows are x1[index].float() and x1.float()
+        # exactly, without two more conversions and a half gather of the batch.
+        out = torch.lerp(x_c[index], x_c, lam_high.float()).to(x1.dtype)
     else:
         out = torch.lerp(x1[index], x1, lam_high.to(x1.dtype))
     freq.coefficients_to_signal(delta_coef, sizes, add_to=out)
