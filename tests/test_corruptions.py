@@ -1197,6 +1197,19 @@ def test_accelerator_batches_run_whole():
     assert common._cpu_group(cpu, 256 * 256) == 1
 
 
+def test_jpeg_from_pooled_buffers_equals_jpeg_from_fresh_ones(monkeypatch):
+    # Large batches take the bytes, the codec output and the levels from the buffer pool (and
+    # the codec threads write into a pooled array through NumPy): forced here for a small batch.
+    from robustmix import _memory
+    from robustmix.corruptions import store
+
+    x = natural(3, 3, 48)
+    fresh, stored = corrupt(x, "jpeg_compression", 2), store(x, "release")
+    monkeypatch.setattr(_memory, "MIN_BYTES", 1)
+    for _ in range(2):  # the second call gets buffers back from the first
+        assert torch.equal(corrupt(x, "jpeg_compression", 2), fresh) and torch.equal(store(x, "release"), stored)
+
+
 def test_jpeg_takes_a_large_cpu_batch_in_one_call(monkeypatch):
     # The codec threads get more images per hand-off; the bytes are the chunked call's.
     from robustmix.corruptions import digital, registry
