@@ -9,6 +9,7 @@ import datetime as dt
 import importlib.util
 import json
 import math
+import os
 import re
 import sys
 import tempfile
@@ -578,3 +579,13 @@ def test_cuda_overhead_ranks_kernels_by_gpu_time_per_call():
         torch.ones(4).add(1)
     first = prof.key_averages()[0]
     assert isinstance(first.key, str) and first.count >= 1 and first.self_device_time_total >= 0
+
+
+def test_gpu_checks_script_says_it_needs_a_gpu():
+    import subprocess
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the script would run the checks")
+    done = subprocess.run(["bash", str(BENCH_DIR / "gpu_checks.sh"), "unused-out"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+    assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr
