@@ -5,7 +5,7 @@
 # the first results. Results and logs go to OUT (default $TMPDIR/robustmix-gpu-checks); copy the
 # *-cuda.json files to benchmarks/results/ and run table.py --write-readme to publish them.
 #
-#   bash benchmarks/gpu_checks.sh [OUT]
+#   bash benchmarks/gpu_checks.sh [OUT]     # the limits add up to 560 s
 #
 # Peers the machine lacks (torch-dct, imagecorruptions) can come as source on PYTHONPATH.
 set -uo pipefail
@@ -31,9 +31,9 @@ step() {  # step NAME LIMIT_S COMMAND...: run, log, and say how it ended
 mkdir -p "$out"
 : > "$out/summary.txt"
 "$python" -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" | tee -a "$out/summary.txt"
-step tests 150 "$python" -m pytest -q -n 6 -p no:cacheprovider -k "cuda or graph" tests
-step mixing 120 "$python" benchmarks/mixing.py --device cuda --out "$out/mixing-cuda.json"
-step corruptions 300 "$python" benchmarks/corruptions.py --device cuda --runs 1 --out "$out/corruptions-cuda.json"
-step train_step 90 "$python" benchmarks/train_step.py --device cuda --out "$out/train_step-cuda.json"
-step cuda_overhead 60 "$python" benchmarks/cuda_overhead.py
-step jpeg_stages 60 "$python" benchmarks/jpeg_stages.py --device cuda
+step tests 110 "$python" -m pytest -q -n 6 -p no:cacheprovider -k "cuda or graph" tests
+step mixing 80 "$python" benchmarks/mixing.py --device cuda --out "$out/mixing-cuda.json"
+step corruptions 220 "$python" benchmarks/corruptions.py --device cuda --runs 1 --out "$out/corruptions-cuda.json"
+step train_step 60 "$python" benchmarks/train_step.py --device cuda --out "$out/train_step-cuda.json"
+step cuda_overhead 45 "$python" benchmarks/cuda_overhead.py
+step jpeg_stages 45 "$python" benchmarks/jpeg_stages.py --device cuda
