@@ -553,6 +553,18 @@ def test_load_cifar_c(tmp_path: Path, labels_5n: bool) -> None:
     assert rdata.list_cifar_c(tmp_path) == ["gaussian_noise"]
 
 
+@pytest.mark.parametrize("labels_5n", [True, False])
+def test_load_cifar_c_limit_reads_the_first_images_of_the_slice(tmp_path: Path, labels_5n: bool) -> None:
+    _write_cifar_c(tmp_path, n=4, labels_5n=labels_5n)
+    images, labels = load_cifar_c(tmp_path, "gaussian_noise", 3, limit=2)
+    assert images[:, 0, 0, 0].tolist() == [30, 31] and labels.tolist() == [1, 2]
+    images, labels = load_cifar_c(tmp_path, "gaussian_noise", 5, limit=9)  # more than the slice holds
+    assert images[:, 0, 0, 0].tolist() == [50, 51, 52, 53] and labels.tolist() == [1, 2, 3, 4]
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="limit: expected a positive int or None"):
+            load_cifar_c(tmp_path, "gaussian_noise", 1, limit=bad)  # type: ignore[arg-type]
+
+
 def test_open_cifar_c_maps_without_reading_images(tmp_path: Path) -> None:
     _write_cifar_c(tmp_path, n=3, gray=True)
     images, labels = rdata.open_cifar_c(tmp_path, "gaussian_noise")

@@ -303,6 +303,19 @@ def test_cifar_c_source_matches_direct_evaluation(checkpoint, model_and_data, tm
         assert results["corrupted"]["shot_noise"][str(s)] == direct["error"]
 
 
+def test_cifar_c_source_with_a_limit_evaluates_the_first_images_of_each_slice(
+    checkpoint, model_and_data, tmp_path
+) -> None:
+    model, images, labels = model_and_data
+    versions = _write_cifar_c(tmp_path / "c", images, labels, "fog")
+    half = LIMIT // 2
+    results = evaluate_checkpoint(
+        checkpoint, source=tmp_path / "c", severities="3", limit=half, progress=False
+    )
+    direct = evaluate_model(model, versions[2][:half], labels[:half])
+    assert results["corrupted"]["fog"]["3"] == direct["error"]
+
+
 def test_imagenet_c_source(tmp_path) -> None:
     from PIL import Image
 

@@ -539,9 +539,8 @@ def evaluate_checkpoint(
                         generator=gen, store=store, on_batch=bar.update, **run,
                     )  # fmt: skip
                 elif fmt == "cifar-c":
-                    c_images, c_labels = load_cifar_c(root, corruption, severity)  # checked
-                    if limit is not None:
-                        c_images, c_labels = c_images[:limit], c_labels[:limit]
+                    # Checked above; only the first `limit` images of the slice are read.
+                    c_images, c_labels = load_cifar_c(root, corruption, severity, limit=limit)
                     bar.grow(len(c_labels) - n_clean)
                     result = evaluate_model(model, c_images, c_labels, on_batch=bar.update, **run)
                 else:

@@ -40,30 +40,35 @@ def list_cifar_c(root: str | os.PathLike) -> list[str]:
 
 
 def load_cifar_c(
-    root: str | os.PathLike, corruption: str, severity: int
+    root: str | os.PathLike, corruption: str, severity: int, *, limit: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load one (corruption, severity) slice of a CIFAR-10-C style set.
 
     Only the requested slice is read (the file is memory-mapped), so evaluating one severity of
-    a 5 x 10,000-image file does not load the other four.
+    a 5 x 10,000-image file does not load the other four; with ``limit`` only its first
+    ``limit`` images are read.
 
     Args:
         root: Folder holding ``<corruption>.npy`` and ``labels.npy``.
         corruption: e.g. ``"gaussian_noise"``.
         severity: 1..5.
+        limit: read at most this many images of the slice (its first ones); None reads all.
 
     Returns:
         ``(images, labels)``: uint8 ``(N, H, W, C)`` (a grayscale ``(5N, H, W)`` file gets
         ``C = 1``) and int64 ``(N,)``.
     """
     severity = _check_severity(severity)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit: expected a positive int or None, got {limit!r}")
     images, labels = open_cifar_c(root, corruption)
     n = images.shape[0] // len(SEVERITIES)
-    rows = slice((severity - 1) * n, severity * n)
+    rows = slice((severity - 1) * n, (severity - 1) * n + min(n, limit or n))
     out = np.array(images[rows])
     if out.ndim == 3:
         out = out[..., None]
-    out_labels = np.array(labels[rows] if labels.shape[0] == images.shape[0] else labels, dtype=np.int64)
+    out_labels = np.array(labels[rows] if labels.shape[0] == images.shape[0] else labels[: rows.stop - rows.start],
+                          dtype=np.int64)
     return out, out_labels
 
 
