@@ -384,12 +384,13 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         cv2_threads = None
 
+    # Images the reference corrupts per round, by size: the full cases' setting, else the whole batch.
+    reference_images = {} if sizes or args.quick else REFERENCE_IMAGES[device.type]
     runs = []
     for run in range(args.runs):
         print(f"run {run + 1} of {args.runs}", flush=True)
-        ref_images = {} if sizes or args.quick else REFERENCE_IMAGES[device.type]
         runs.append([row for size, batch in cases for row in bench_size(
-            size, batch, device, repeats, reference, names, args.reference_rounds, ref_images.get(size))])
+            size, batch, device, repeats, reference, names, args.reference_rounds, reference_images.get(size))])
     rows = median_run_rows(runs)
     samplers = [] if device.type != "cpu" else bench_samplers(*cases[0], repeats)
     large = [] if device.type != "cpu" or sizes else bench_large_batch(
@@ -411,8 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                    "max_rounds": repeats, "min_rounds": MIN_ROUNDS, "warmup": 1,
                    "case_budget_s": CASE_BUDGET_S, "timing": "interleaved rounds: one call of ours on the batch, " + (
                        "then one reference call per image of the same batch" + (
-                           " (its first reference_images, given per row)" if REFERENCE_IMAGES[device.type]
-                           and not (sizes or args.quick) else "") if args.reference_rounds == "batch"
+                           " (its first reference_images, given per row)" if reference_images else ""
+                       ) if args.reference_rounds == "batch"
                        else "one reference call on the next image"),
                    "images": "smooth random field (bicubic-upsampled noise), seed 0",
                    "reference_call": "imagecorruptions.corrupt(uint8 HWC, corruption_name=, severity=) per image",

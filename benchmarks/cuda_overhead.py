@@ -10,7 +10,6 @@ kernels with the most GPU time, graph and eager). Needs CUDA; writes nothing.
 from __future__ import annotations
 
 import argparse
-import time
 import traceback
 import warnings
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+import _harness as H
 import robustmix.functional as F
 from robustmix import RobustMix, _graphs
 
@@ -26,16 +26,7 @@ CASES = (((128, 3, 224, 224), torch.bfloat16), ((256, 1, 28, 28), torch.float32)
 
 
 def median_ms(fn: Callable[[], Any], repeats: int = 30) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[repeats // 2] * 1e3
+    return H.measure(fn, device="cuda", warmup=5, repeats=repeats).median_ms
 
 
 def host_syncs(fn: Callable[[], Any]) -> list[str]:

@@ -12,33 +12,19 @@ On a GPU batch the old transfers cost more than the codec (an H200, B64x3x224^2:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-import corruptions as bench  # the suite's images (a script sibling, as _harness is for the others)
+import _harness as H
+import corruptions as bench  # the suite's images (a script sibling, as _harness is)
 from robustmix.corruptions import corrupt, digital
 
 
 def median_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(3):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return H.measure(fn, device=device, warmup=3, repeats=repeats).median_ms
 
 
 def old_bytes_hwc(x: torch.Tensor) -> torch.Tensor:

@@ -346,11 +346,6 @@ def _folder_loader(dataset: Any, limit: int | None, batch_size: int) -> tuple[An
     return loader, len(dataset)
 
 
-def _check_limit(limit: int | None) -> None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit: expected a positive int or None, got {limit!r}")
-
-
 def _folder_classes(dataset: Any) -> list[str]:
     """Class folder names of an ImageFolder, or of the one under a Subset."""
     return list(getattr(dataset, "dataset", dataset).classes)
@@ -456,6 +451,7 @@ def evaluate_checkpoint(
         load_split_tensors,
         open_cifar_c,
     )
+    from robustmix.data.corrupted import check_limit
     from robustmix.train.checkpoint import load_checkpoint_model
     from robustmix.train.distributed import resolve_device
 
@@ -466,7 +462,7 @@ def evaluate_checkpoint(
         )
     severities = parse_severities(severities)
     check_storage_mode(store)
-    _check_limit(limit)
+    check_limit(limit)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     fmt = source_format(source)

@@ -31,6 +31,12 @@ def _check_severity(severity: int) -> int:
     return int(severity)
 
 
+def check_limit(limit: int | None) -> None:
+    """``limit`` (images to evaluate or read) must be a positive int or None; raise naming it."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit: expected a positive int or None, got {limit!r}")
+
+
 def list_cifar_c(root: str | os.PathLike) -> list[str]:
     """Corruption names present in a CIFAR-10-C style folder (``*.npy`` except ``labels``)."""
     root = Path(root)
@@ -59,16 +65,15 @@ def load_cifar_c(
         ``C = 1``) and int64 ``(N,)``.
     """
     severity = _check_severity(severity)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit: expected a positive int or None, got {limit!r}")
+    check_limit(limit)
     images, labels = open_cifar_c(root, corruption)
     n = images.shape[0] // len(SEVERITIES)
-    rows = slice((severity - 1) * n, (severity - 1) * n + min(n, limit or n))
+    count = min(n, limit or n)
+    rows = slice((severity - 1) * n, (severity - 1) * n + count)
     out = np.array(images[rows])
     if out.ndim == 3:
         out = out[..., None]
-    out_labels = np.array(labels[rows] if labels.shape[0] == images.shape[0] else labels[: rows.stop - rows.start],
-                          dtype=np.int64)
+    out_labels = np.array(labels[rows] if labels.shape[0] == images.shape[0] else labels[:count], dtype=np.int64)
     return out, out_labels
 
 
