@@ -4,7 +4,8 @@ A diagnosis, printed, not a peer comparison (``corruptions.py`` is). The JPEG co
 one whose work is the reference's own (libjpeg per image), so its speed is decided by what
 surrounds the codec: moving the bytes to the host, the codec threads, and moving them back.
 On a GPU batch the old transfers cost more than the codec (an H200, B64x3x224^2: bytes 35 ms
--> 1.0 ms, upload 17 ms -> 0.9 ms, from this script's first form, run at 5baa57a).
+-> 1.0 ms, upload 17 ms -> 0.9 ms, timed at 5baa57a by an uncommitted predecessor of this
+script; this one has not run on a GPU yet).
 
     python benchmarks/jpeg_stages.py --device cuda     # B64x3x224^2 (CPU default: B8)
 """
