@@ -53,6 +53,25 @@ def test_mixup_and_cutmix_class_equal_functional():
 
 
 @pytest.mark.parametrize("cls", [RobustMix, MixUp, CutMix])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_mixers_hand_class_ids_to_the_op_only_without_smoothing(cls, smoothing, monkeypatch):
+    # Without smoothing the op gets the ids and builds the one-hot rows itself (it does not check
+    # the mixer's own rows again as soft targets); the values are those of the soft-target call.
+    seen = []
+    op = {RobustMix: "robustmix", MixUp: "mixup", CutMix: "cutmix"}[cls]
+    real = getattr(F, op)
+    monkeypatch.setattr(F, op, lambda images, targets, **kw: seen.append(targets.dtype) or real(images, targets, **kw))
+    options = {"per_sample": True} if cls is not CutMix else {}
+    mixer, twin = cls(5, seed=7, label_smoothing=smoothing, **options), cls(5, seed=7, label_smoothing=smoothing, **options)
+    got = [mixer(X, Y) for _ in range(3)]
+    monkeypatch.setattr(twin, "_op_targets", twin._soft_targets)  # the soft-target path
+    want = [twin(X, Y) for _ in range(3)]
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert seen[:3] == [torch.int64 if smoothing == 0 else torch.float32] * 3
+    assert seen[3:] == [torch.float32] * 3
+
+
+@pytest.mark.parametrize("cls", [RobustMix, MixUp, CutMix])
 def test_seeded_reproducible_and_pickle_round_trip(cls):
     a, b = cls(5, seed=42), cls(5, seed=42)
     first = [a(X, Y) for _ in range(3)]

@@ -283,7 +283,7 @@ def _soft_targets(
         return targets.to(device) if device is not None else targets
     dtype = _one_hot_dtype(images_dtype)
     soft = one_hot(targets, num_classes, dtype=dtype)
-    return soft.to(device) if device is not None else soft
+    return to_device(soft, torch.device(device)) if device is not None else soft
 
 
 def _as_column(value: float | Tensor, ndim: int, dtype: torch.dtype, device: torch.device) -> float | Tensor:
