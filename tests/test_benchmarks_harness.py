@@ -589,3 +589,32 @@ def test_gpu_checks_script_says_it_needs_a_gpu():
     done = subprocess.run(["bash", str(BENCH_DIR / "gpu_checks.sh"), "unused-out"], capture_output=True, text=True,
                           env={**os.environ, "PYTHON": sys.executable}, timeout=120)
     assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr
+
+
+def _in_git_checkout() -> bool:
+    import subprocess
+
+    root = BENCH_DIR.parent
+    done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(not _in_git_checkout(), reason="revisions.py reads git revisions: needs a git checkout")
+def test_revisions_imports_a_revision_beside_the_tree_and_compares_like_for_like(tmp_path, capsys):
+    import robustmix
+
+    revisions = _load("bench_revisions", "revisions.py")
+    base = revisions.import_revision("HEAD", tmp_path)
+    assert base.__name__ == "robustmix_base" and base is not robustmix
+    assert Path(base.functional.__file__).is_relative_to(tmp_path)  # not the tree's module
+    assert base.functional.freq.__name__ == "robustmix_base.freq"  # its own imports renamed too
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    kw = dict(lam_low=0.7, lam_high=0.2, cutoff=0.5, num_classes=4)
+    assert revisions.same(base.functional.robustmix(x, y, **kw), robustmix.functional.robustmix(x, y, **kw))
+    assert not revisions.same(base.functional.robustmix(x, y, **kw), robustmix.functional.mixup(x, y, lam=0.7, num_classes=4))
+    ticks = iter(range(1000))
+    r = revisions.paired(lambda: next(ticks), lambda: None, rounds=4, calls=1)
+    assert set(r) == {"base_ms", "head_ms", "speedup", "q1", "q3"} and r["q1"] <= r["speedup"] <= r["q3"]
+    assert revisions.main(["--base", "HEAD", "--quick", "--calls", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "vs HEAD" in printed and "RobustMix B8x3x32^2" in printed and "DIFFERENT VALUES" not in printed
