@@ -1,5 +1,8 @@
 """Where the Robustmix op's time goes on a GPU: host syncs, CUDA-graph memory, eager vs graphs.
 
+Also the mixers with and without ``check_values`` (one host sync a call, or none), each timed
+alone and queued 20 calls back to back.
+
 Not a peer comparison (``mixing.py`` is): a diagnosis, printed, for the figures the docs quote
 about the CUDA path (syncs per call, the graphs' memory, the kernels' share of a call, and the
 kernels with the most GPU time, graph and eager). Needs CUDA; writes nothing.
@@ -20,13 +23,19 @@ from torch.profiler import ProfilerActivity, profile
 
 import _harness as H
 import robustmix.functional as F
-from robustmix import RobustMix, _graphs
+from robustmix import MixUp, RobustMix, _graphs
 
 CASES = (((128, 3, 224, 224), torch.bfloat16), ((256, 1, 28, 28), torch.float32))
 
 
 def median_ms(fn: Callable[[], Any], repeats: int = 30) -> float:
     return H.measure(fn, device="cuda", warmup=5, repeats=repeats).median_ms
+
+
+def queued_ms(fn: Callable[[], Any], calls: int = 20) -> float:
+    """Time a call when ``calls`` of them are queued back to back and synced once (as in a
+    training loop, where the host runs ahead of the GPU unless a call syncs)."""
+    return median_ms(lambda: [fn() for _ in range(calls)], repeats=10) / calls
 
 
 def host_syncs(fn: Callable[[], Any]) -> list[str]:
@@ -58,11 +67,15 @@ def main() -> None:
         x = torch.randn(shape, generator=g).to("cuda", dtype)
         y = torch.randint(0, 1000, (shape[0],), generator=g).to("cuda")
         index = torch.randperm(shape[0], generator=g).to("cuda")
-        mixer = RobustMix(1000, seed=0)
+        mixer, unchecked = RobustMix(1000, seed=0), RobustMix(1000, seed=0, check_values=False)
+        mixup, mixup_unchecked = MixUp(1000, seed=0), MixUp(1000, seed=0, check_values=False)
         calls = {
             "op": lambda x=x, y=y, index=index: F.robustmix(
                 x, y, lam_low=0.7, lam_high=0.2, cutoff=0.5, index=index, num_classes=1000),
             "RobustMix": lambda x=x, y=y, mixer=mixer: mixer(x, y),
+            "RobustMix check_values=False": lambda x=x, y=y, mixer=unchecked: mixer(x, y),
+            "MixUp": lambda x=x, y=y, mixer=mixup: mixer(x, y),
+            "MixUp check_values=False": lambda x=x, y=y, mixer=mixup_unchecked: mixer(x, y),
         }  # fmt: skip
         label = f"{'x'.join(map(str, shape))} {str(dtype).removeprefix('torch.')}"
         _graphs.clear()
@@ -76,7 +89,8 @@ def main() -> None:
             for name, fn in calls.items():
                 mode = "graphs" if graphs else "eager"
                 syncs = host_syncs(fn)
-                print(f"{label} {mode:6s} {name:9s} median {median_ms(fn):.3f} ms, {len(syncs)} host sync(s)")
+                print(f"{label} {mode:6s} {name:28s} median {median_ms(fn):.3f} ms, {queued_ms(fn):.3f} ms a call "
+                      f"queued back to back, {len(syncs)} host sync(s)")
                 for where in syncs:
                     print(f"    sync at {where}")
         for graphs in (True, False):

@@ -341,3 +341,42 @@ def test_import_robustmix_stays_light():
     added = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     for heavy in ("torchvision", "matplotlib", "scipy", "PIL", "tqdm"):
         assert f"'{heavy}'" not in added, added
+
+
+@pytest.mark.parametrize("cls", [RobustMix, MixUp, CutMix])
+@pytest.mark.parametrize("deferred", [False, True])
+def test_check_values_false_skips_value_checks_and_changes_no_value(cls, deferred, monkeypatch):
+    if deferred:  # the CPU answering checks as an accelerator does: queued, resolved by one sync
+        monkeypatch.setattr(F, "_IMMEDIATE_DEVICES", frozenset())
+    options = {"per_sample": True} if cls is RobustMix else {}
+    for kw in ({}, {"label_smoothing": 0.1}, {"p": 0.0}):
+        checked, unchecked = cls(5, seed=3, **options, **kw), cls(5, seed=3, check_values=False, **options, **kw)
+        for _ in range(2):
+            torch.testing.assert_close(checked(X, Y), unchecked(X, Y), rtol=0, atol=0)
+    bad_images = X.clone()
+    bad_images[1, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        cls(5, seed=3)(bad_images, Y)
+    out, soft = cls(5, seed=3, check_values=False)(bad_images, Y)  # no error: unspecified values
+    assert out.shape == X.shape and soft.shape == (6, 5)
+    with pytest.raises(ValueError, match="targets must lie in"):
+        cls(5, seed=3)(X, Y + 7)
+    out, soft = cls(5, seed=3, check_values=False)(X, Y + 7)  # ids clamped before use: no index error
+    assert soft.shape == (6, 5) and bool(torch.isfinite(soft).all())
+    # types and shapes are still checked
+    with pytest.raises(ValueError, match=r"targets must have shape \(6,\)"):
+        cls(5, check_values=False)(X, Y[:3])
+    with pytest.raises(TypeError, match="check_values must be True or False"):
+        cls(5, check_values="no")
+
+
+def test_check_values_round_trips_and_old_pickles_default_to_checking():
+    mixer = RobustMix(5, seed=1, check_values=False)
+    assert pickle.loads(pickle.dumps(mixer)).check_values is False
+    assert "check_values=False" in repr(mixer) and "check_values" not in repr(RobustMix(5))
+    assert build_mixer("mixup", 5, check_values=False).check_values is False
+    state = RobustMix(5, seed=1).__getstate__()
+    del state["check_values"]  # as pickled before the option existed
+    old = RobustMix.__new__(RobustMix)
+    old.__setstate__(state)
+    assert old.check_values is True

@@ -52,6 +52,20 @@ _IMMEDIATE_DEVICES = frozenset({"cpu"})  # where a check's answer is free (tests
 _PENDING: ContextVar[list[tuple[Tensor, list[Callable[[], Exception]]]] | None] = ContextVar(
     "robustmix_pending_checks", default=None
 )
+_CHECK_VALUES: ContextVar[bool] = ContextVar("robustmix_check_values", default=True)
+
+
+@contextmanager
+def _values_unchecked() -> Iterator[None]:
+    """Skip the checks of tensor values inside the block (a mixer's ``check_values=False``):
+    no host sync for them on an accelerator. Checks of types and shapes still run; indices
+    and class ids are still clamped before use on an accelerator (so a bad value cannot trip a
+    device-side assert), and invalid values give unspecified results instead of an error."""
+    token = _CHECK_VALUES.set(False)
+    try:
+        yield
+    finally:
+        _CHECK_VALUES.reset(token)
 
 
 @contextmanager
@@ -88,7 +102,11 @@ def _resolves_checks(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _deferring(device: torch.device) -> bool:
-    """Whether checks of tensors on ``device`` are queued (inside ``_checked()``, off the CPU)."""
+    """Whether a check of tensors on ``device`` is not answered before their values are used:
+    queued (inside ``_checked()``, off the CPU) or skipped (``_values_unchecked()``). Indices
+    and class ids are then clamped first, so a bad value cannot trip an out-of-range access."""
+    if not _CHECK_VALUES.get():
+        return True
     return device.type not in _IMMEDIATE_DEVICES and _PENDING.get() is not None
 
 
@@ -99,6 +117,8 @@ def _require(ok: Tensor, error: Callable[[], Exception]) -> None:
 
 def _require_each(flags: Tensor, errors: list[Callable[[], Exception]]) -> None:
     """:func:`_require` for a 1-d bool tensor of checks, ``errors[i]`` raised for the first false."""
+    if not _CHECK_VALUES.get():
+        return
     pending = _PENDING.get()
     if pending is not None and flags.device.type not in _IMMEDIATE_DEVICES:
         pending.append((flags, errors))

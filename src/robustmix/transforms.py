@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import numbers
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ class _BatchMixer:
         label_smoothing: float,
         seed: int | None,
         generator: torch.Generator | None,
+        check_values: bool = True,
     ) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -55,6 +57,7 @@ class _BatchMixer:
         self.p = P.check_probability(p, "p")
         self.label_smoothing = P.check_probability(label_smoothing, "label_smoothing", upper_open=True)
         self.generator = P.make_generator(seed, generator)
+        self.check_values = _check_flag(check_values, "check_values")
 
     def _soft_targets(self, images: Tensor, targets: Tensor) -> Tensor:
         if not isinstance(targets, Tensor):
@@ -103,7 +106,9 @@ class _BatchMixer:
         # the next call gets the parameters this one would have had.
         state = self.generator.get_state()
         try:
-            with F._checked():  # the value checks of the whole call: one host sync on an accelerator
+            # The value checks of the whole call: one host sync on an accelerator, or none at all
+            # with check_values=False (types and shapes are checked either way).
+            with F._checked(), (F._values_unchecked() if not self.check_values else contextlib.nullcontext()):
                 op_targets = self._op_targets(images, targets)
                 params = self.make_params(images)
                 if not params.apply:
@@ -125,6 +130,7 @@ class _BatchMixer:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         device, rng_state = state.pop("_generator_state")
+        state.setdefault("check_values", True)  # mixers pickled before the option existed
         self.__dict__.update(state)
         self.generator = torch.Generator(device=device)
         self.generator.set_state(rng_state)
@@ -135,6 +141,8 @@ class _BatchMixer:
     def __repr__(self) -> str:
         opts = {"num_classes": self.num_classes, **self._options(), "p": self.p,
                 "label_smoothing": self.label_smoothing}
+        if not self.check_values:
+            opts["check_values"] = False
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in opts.items())})"
 
 
@@ -159,6 +167,12 @@ class RobustMix(_BatchMixer):
         seed: seed of a private generator. generator: or use this one.
         lam_low, lam_high: fixed values instead of Beta draws (an ablation; default: draw).
         transform: ``"dct"`` (the paper) or ``"fft"`` band (an ablation).
+        check_values: check the values of the inputs (NaN or inf images, class ids in range,
+            soft targets in [0, 1]) and raise on bad ones. On an accelerator this costs one host
+            sync a call, which keeps the host from queueing work ahead of the GPU; ``False``
+            skips these checks on every device (no sync; bad values then give unspecified
+            results, never a device-side assert). Types and shapes are always checked.
+            ``MixUp`` and ``CutMix`` take it too.
     """
 
     def __init__(
@@ -174,11 +188,13 @@ class RobustMix(_BatchMixer):
         dims: Sequence[int] = (-2, -1),
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        check_values: bool = True,
         lam_low: float | None = None,
         lam_high: float | None = None,
         transform: str = "dct",
     ) -> None:
-        super().__init__(num_classes, p=p, label_smoothing=label_smoothing, seed=seed, generator=generator)
+        super().__init__(num_classes, p=p, label_smoothing=label_smoothing, seed=seed, generator=generator,
+                         check_values=check_values)
         self.alpha = P._check_alpha(alpha)
         self.tau = P.check_probability(tau, "tau")
         self.transform = freq.check_transform(transform)
@@ -224,8 +240,10 @@ class MixUp(_BatchMixer):
         per_sample: bool = False,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        check_values: bool = True,
     ) -> None:
-        super().__init__(num_classes, p=p, label_smoothing=label_smoothing, seed=seed, generator=generator)
+        super().__init__(num_classes, p=p, label_smoothing=label_smoothing, seed=seed, generator=generator,
+                         check_values=check_values)
         self.alpha = P._check_alpha(alpha)
         self.per_sample = _check_flag(per_sample, "per_sample")
 
@@ -253,8 +271,10 @@ class CutMix(_BatchMixer):
         label_smoothing: float = 0.0,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        check_values: bool = True,
     ) -> None:
-        super().__init__(num_classes, p=p, label_smoothing=label_smoothing, seed=seed, generator=generator)
+        super().__init__(num_classes, p=p, label_smoothing=label_smoothing, seed=seed, generator=generator,
+                         check_values=check_values)
         self.alpha = P._check_alpha(alpha)
 
     def make_params(self, images: Tensor) -> P.CutMixParams:
