@@ -7,7 +7,9 @@ One step is: mix the batch (if any), forward, soft-target cross entropy, backwar
 in the same rounds for reference.
 
 Mixers are the library's ``MixUp(alpha=1)`` and ``RobustMix(alpha=1, tau=0)`` (cutoff ~ U[0, 1]
-per call, batch energy), i.e. the training defaults.
+per call, batch energy), i.e. the training defaults. On CUDA also both with ``check_values=False``
+(no host sync a call), and every step variant 10 times back to back with one sync at the end (a
+lone step is synced before and after, which hides what a mixer's sync costs a training loop).
 
 Run: ``python benchmarks/train_step.py [--device cuda] [--quick]``.
 """
@@ -30,6 +32,7 @@ from robustmix import MixUp, RobustMix
 FULL_CASES = {"cpu": ((224, 16), (32, 128)), "cuda": ((224, 128), (32, 512))}
 QUICK_CASES = ((64, 4), (32, 8))
 NUM_CLASSES = 10
+LOOP_STEPS = 10  # CUDA: steps queued back to back, synced once
 
 
 def soft_cross_entropy(logits: Tensor, soft_targets: Tensor) -> Tensor:
@@ -59,16 +62,27 @@ def make_step(
     return step
 
 
-def bench_case(size: int, batch: int, device: torch.device, repeats: int) -> dict[str, Any]:
+def bench_case(size: int, batch: int, device: torch.device, repeats: int, *, gpu_cases: bool | None = None) -> dict[str, Any]:
+    """One image size: the step variants and the mixers alone. ``gpu_cases`` (default: on CUDA)
+    adds the ``check_values=False`` mixers and the back-to-back loops."""
+    gpu_cases = device.type == "cuda" if gpu_cases is None else gpu_cases
     g = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=g).to(device)
     targets = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(device)
     model = torchvision.models.resnet18(num_classes=NUM_CLASSES).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     mixers = {"none": None, "mixup": MixUp(NUM_CLASSES, seed=0), "robustmix": RobustMix(NUM_CLASSES, seed=0)}
+    if gpu_cases:  # the mixers without their one host sync a call
+        mixers["mixup check_values=False"] = MixUp(NUM_CLASSES, seed=0, check_values=False)
+        mixers["robustmix check_values=False"] = RobustMix(NUM_CLASSES, seed=0, check_values=False)
     cases: dict[str, Callable[[], Any]] = {
         f"step {name}": make_step(model, optimizer, images, targets, mixer) for name, mixer in mixers.items()
     }
+    if gpu_cases:
+        # Each timed call is synced before and after, so a mixer's own sync costs a lone step
+        # nothing; in a training loop it stops the host queueing the next step ahead of the GPU.
+        for name in mixers:
+            cases[f"{LOOP_STEPS}steps {name}"] = lambda step=cases[f"step {name}"]: [step() for _ in range(LOOP_STEPS)]
     for name, mixer in mixers.items():
         if mixer is not None:
             cases[f"mixer {name}"] = lambda mixer=mixer: mixer(images, targets)
@@ -77,11 +91,13 @@ def bench_case(size: int, batch: int, device: torch.device, repeats: int) -> dic
     rows = []
     for name, timing in timings.items():
         row: dict[str, Any] = {"case": name, "timing": timing.to_dict()}
-        if name.startswith("step ") and name != "step none":
-            row["overhead_pct"] = 100.0 * (timing.median_s / base - 1.0)
+        kind = name.split(" ", 1)[0]
+        if kind != "mixer" and not name.endswith(" none"):
+            reference = timings[f"{kind} none"]
+            row["overhead_pct"] = 100.0 * (timing.median_s / reference.median_s - 1.0)
             # Rounds are interleaved, so round r of each variant saw the same machine state:
             # the median of the per-round ratios cancels slow drift that the ratio of medians keeps.
-            paired = np.asarray(timing.times_s) / np.asarray(timings["step none"].times_s) - 1.0
+            paired = np.asarray(timing.times_s) / np.asarray(reference.times_s) - 1.0
             q1, med, q3 = np.percentile(100.0 * paired, [25, 50, 75])
             row["paired_overhead_pct"] = {"median": float(med), "q1": float(q1), "q3": float(q3)}
         elif name.startswith("mixer "):
@@ -89,7 +105,7 @@ def bench_case(size: int, batch: int, device: torch.device, repeats: int) -> dic
         rows.append(row)
         extra = (f" overhead {row['overhead_pct']:+.2f} % (paired {row['paired_overhead_pct']['median']:+.2f} %)"
                  if "overhead_pct" in row else "")
-        print(f"  {size:>3}px B{batch:<4} {name:<16} {timing.median_ms:9.2f} ms "
+        print(f"  {size:>3}px B{batch:<4} {name:<36} {timing.median_ms:9.2f} ms "
               f"(IQR {timing.stats['iqr_s'] * 1e3:.2f}){extra}", flush=True)
     return {"image_size": size, "batch": batch, "model": "torchvision resnet18", "num_classes": NUM_CLASSES,
             "rows": rows}

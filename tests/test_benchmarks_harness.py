@@ -618,3 +618,19 @@ def test_revisions_imports_a_revision_beside_the_tree_and_compares_like_for_like
     assert revisions.main(["--base", "HEAD", "--quick", "--calls", "1"]) == 0
     printed = capsys.readouterr().out
     assert "vs HEAD" in printed and "RobustMix B8x3x32^2" in printed and "DIFFERENT VALUES" not in printed
+
+
+def test_train_step_gpu_cases_compare_loops_with_loops_and_name_the_unchecked_mixers():
+    train_step = _load("bench_train_step", "train_step.py")
+    case = train_step.bench_case(8, 2, torch.device("cpu"), 1, gpu_cases=True)
+    rows = {r["case"]: r for r in case["rows"]}
+    loops = f"{train_step.LOOP_STEPS}steps"
+    assert {"step robustmix check_values=False", f"{loops} robustmix check_values=False",
+            "mixer mixup check_values=False", f"{loops} none"} <= set(rows)
+    # a loop's overhead is against the loop without mixing, not against one step
+    loop, lone = rows[f"{loops} robustmix"], rows[f"{loops} none"]
+    want = 100.0 * (loop["timing"]["median_ms"] / lone["timing"]["median_ms"] - 1.0)
+    assert loop["overhead_pct"] == pytest.approx(want)
+    assert "overhead_pct" not in lone and "share_of_step_pct" in rows["mixer robustmix"]
+    plain = {r["case"] for r in train_step.bench_case(8, 2, torch.device("cpu"), 1)["rows"]}
+    assert plain == {"step none", "step mixup", "step robustmix", "mixer mixup", "mixer robustmix"}
