@@ -229,3 +229,23 @@ def test_ablation_fields_reach_the_mixer() -> None:
         TrainConfig(band="wavelet")
     with pytest.raises(ValueError, match="lam_low"):
         TrainConfig(lam_low=1.5)
+
+
+def test_check_values_reaches_the_mixer_and_may_change_on_resume(tmp_path):
+    import torch
+
+    from robustmix.train import run
+    from robustmix.train.config import RUNTIME_FIELDS, TrainConfig, config_to_dict
+    from robustmix.transforms import build_mixer
+
+    cfg = TrainConfig(mixer="robustmix", check_values=False, output_dir=str(tmp_path))
+    options = run._mixer_options(cfg, torch.Generator().manual_seed(0))
+    assert options["check_values"] is False
+    assert build_mixer(cfg.mixer, 10, **options).check_values is False
+    assert TrainConfig().check_values is True
+    # it changes no value, so a run may resume with it changed (and from a config saved before it existed)
+    assert "check_values" in RUNTIME_FIELDS
+    saved = config_to_dict(TrainConfig(mixer="robustmix", output_dir=str(tmp_path)))
+    run._check_resumable(saved, cfg, tmp_path / "checkpoint.pt")
+    del saved["check_values"]
+    run._check_resumable(saved, cfg, tmp_path / "checkpoint.pt")

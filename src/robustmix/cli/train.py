@@ -35,6 +35,7 @@ _HELP = {
     "band": "Robustmix band transform",
     "lam_low": "fixed Robustmix low-band weight instead of Beta draws (ablation)",
     "lam_high": "fixed Robustmix high-band weight instead of Beta draws (ablation)",
+    "check_values": "the mixer checks batch values (NaN images, labels in range): one host sync a step on a GPU",
     "augment": "per-image augmentation",
     "amp": "autocast (bf16: CPU or CUDA, fp16: CUDA)",
     "channels_last": "channels-last memory format",

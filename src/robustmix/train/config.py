@@ -42,7 +42,7 @@ ENERGY_MODES = ("batch", "sample", "uniform")  # or a float in [0, 1]
 # Fields that may differ between an interrupted run and its resumption: they change where or
 # how fast the run executes, never what it computes.
 RUNTIME_FIELDS = frozenset(
-    {"resume", "output_dir", "data_dir", "workers", "progress", "device", "compile"}
+    {"resume", "output_dir", "data_dir", "workers", "progress", "device", "compile", "check_values"}
 )
 
 
@@ -71,6 +71,9 @@ class TrainConfig:
         band: Robustmix band transform: "dct" (the paper) or "fft" (ablation).
         lam_low, lam_high: fixed Robustmix band weights instead of Beta draws (ablation).
         label_smoothing: smoothing of the (soft) targets.
+        check_values: the mixer checks the values of each batch (NaN images, labels in range);
+            on a GPU that is one host sync a step. ``False`` skips them (same values for valid
+            data; see ``RobustMix(check_values=...)``).
         augment: per-image augmentation passed to the dataset ("standard", "none", ...).
         amp: autocast mode: "none", "bf16" (CPU and CUDA) or "fp16" (CUDA, with a grad scaler).
         channels_last: use the channels-last memory format for the network.
@@ -106,6 +109,7 @@ class TrainConfig:
     lam_low: float | None = None
     lam_high: float | None = None
     label_smoothing: float = 0.0
+    check_values: bool = True
     augment: str = "standard"
     amp: str = "none"
     channels_last: bool = False

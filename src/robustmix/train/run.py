@@ -117,6 +117,7 @@ def _mixer_options(config: TrainConfig, generator: torch.Generator) -> dict[str,
         "transform": config.band,
         "lam_low": config.lam_low,
         "lam_high": config.lam_high,
+        "check_values": config.check_values,
         "generator": generator,
     }
     if config.tau is not None:  # None keeps the mixer's own default
