@@ -380,3 +380,28 @@ def test_check_values_round_trips_and_old_pickles_default_to_checking():
     old = RobustMix.__new__(RobustMix)
     old.__setstate__(state)
     assert old.check_values is True
+
+
+@pytest.mark.parametrize("cls", [RobustMix, MixUp, CutMix])
+def test_check_values_false_does_not_even_compute_the_checks(cls):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    seen = {}
+    for check in (True, False):
+        mixer = cls(5, seed=3, check_values=check)
+        with Ops() as ops:
+            mixer(X, Y)
+        seen[check] = ops.names
+    # the checks' own ops: isfinite (abs/ne/eq), the permutation's sort, the range comparisons
+    assert "sort" in seen[True] and "sort" not in seen[False]
+    assert not {"ne", "le", "lt", "bitwise_and"} & set(seen[False])
+    assert len(seen[False]) < len(seen[True])

@@ -156,12 +156,15 @@ def _nonfinite_samples_error(per_sample: Tensor) -> Callable[[], Exception]:
 def _check_finite_norms(sq_norms: Tensor) -> None:
     # The per-sample squared norms are computed anyway (energy weighting); a NaN or inf pixel
     # makes its sample's norm non-finite, so this checks the images at no extra pass.
-    _require(torch.isfinite(sq_norms).all(), _nonfinite_samples_error(sq_norms))
+    if _CHECK_VALUES.get():  # (each value check below skips even computing its flag when off)
+        _require(torch.isfinite(sq_norms).all(), _nonfinite_samples_error(sq_norms))
 
 
 def _check_finite_images(images: Tensor) -> None:
     # A sum is non-finite iff some value is (fp32/fp64 accumulation cannot overflow on
     # finite image data), and it reads the batch once without a full-size boolean temporary.
+    if not _CHECK_VALUES.get():
+        return
     acc = torch.float64 if images.dtype == torch.float64 else torch.float32
     _require(torch.isfinite(images.sum(dtype=acc)), lambda: ValueError("images contain NaN or inf values"))
 
@@ -180,10 +183,13 @@ def _index_structure(index: Tensor | None, n: int) -> Tensor | None:
 
 
 def _require_index_values(index: Tensor, n: int) -> None:
-    _require((torch.sort(index).values == torch.arange(n, device=index.device)).all(), _index_error(index, n))
+    if _CHECK_VALUES.get():
+        _require((torch.sort(index).values == torch.arange(n, device=index.device)).all(), _index_error(index, n))
 
 
 def _require_soft_values(targets: Tensor) -> None:
+    if not _CHECK_VALUES.get():
+        return
     _require(torch.isfinite(targets).all(), _soft_nan_error)
     if targets.numel():
         _require(((targets >= 0) & (targets <= 1)).all(), _soft_range_error(targets))
@@ -230,7 +236,8 @@ def one_hot(
     ids = targets.long()
     with _checked():
         if ids.numel():
-            _require(((ids >= 0) & (ids < num_classes)).all(), _ids_range_error(ids, num_classes))
+            if _CHECK_VALUES.get():
+                _require(((ids >= 0) & (ids < num_classes)).all(), _ids_range_error(ids, num_classes))
             if _deferring(ids.device):  # scatter_ must not see an out-of-range id before the check
                 ids = ids.clamp(0, num_classes - 1)
         off = label_smoothing / num_classes
