@@ -405,3 +405,16 @@ def test_check_values_false_does_not_even_compute_the_checks(cls):
     assert "sort" in seen[True] and "sort" not in seen[False]
     assert not {"ne", "le", "lt", "bitwise_and"} & set(seen[False])
     assert len(seen[False]) < len(seen[True])
+
+
+def test_readme_integration_forms_give_the_soft_target_loss():
+    # README: the mixer as timm's mixup_fn with timm's SoftTargetCrossEntropy, and in a
+    # Lightning-style training_step with cross_entropy on probabilities; both are the loss
+    # -sum(soft * log_softmax) of the README's plain loop.
+    logits_net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 12 * 10, 5))
+    images, soft = RobustMix(num_classes=5, label_smoothing=0.1, seed=0)(X, Y)
+    logits = logits_net(images)
+    plain = torch.sum(-soft * logits.log_softmax(-1), dim=-1).mean()
+    torch.testing.assert_close(torch.nn.functional.cross_entropy(logits, soft), plain)
+    timm_loss = pytest.importorskip("timm.loss", reason="timm not installed (optional)")
+    torch.testing.assert_close(timm_loss.SoftTargetCrossEntropy()(logits, soft), plain)
