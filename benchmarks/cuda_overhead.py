@@ -69,11 +69,13 @@ def main() -> None:
         index = torch.randperm(shape[0], generator=g).to("cuda")
         mixer, unchecked = RobustMix(1000, seed=0), RobustMix(1000, seed=0, check_values=False)
         mixup, mixup_unchecked = MixUp(1000, seed=0), MixUp(1000, seed=0, check_values=False)
+        per_sample = RobustMix(1000, seed=0, per_sample=True)  # eager on CUDA: per-sample tensors
         calls = {
             "op": lambda x=x, y=y, index=index: F.robustmix(
                 x, y, lam_low=0.7, lam_high=0.2, cutoff=0.5, index=index, num_classes=1000),
             "RobustMix": lambda x=x, y=y, mixer=mixer: mixer(x, y),
             "RobustMix check_values=False": lambda x=x, y=y, mixer=unchecked: mixer(x, y),
+            "RobustMix per_sample=True": lambda x=x, y=y, mixer=per_sample: mixer(x, y),
             "MixUp": lambda x=x, y=y, mixer=mixup: mixer(x, y),
             "MixUp check_values=False": lambda x=x, y=y, mixer=mixup_unchecked: mixer(x, y),
         }  # fmt: skip
