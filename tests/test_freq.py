@@ -151,3 +151,15 @@ def test_properties(spec, c1, c2):
     # nested boxes: the smaller band of the larger band is the smaller band
     lo, hi = sorted((c1, c2))
     torch.testing.assert_close(freq.lowpass(freq.lowpass(x, hi), lo), freq.lowpass(x, lo))
+
+
+def test_low_band_block_is_sized_from_the_host_cutoffs_when_given():
+    # The mixers draw per-sample cutoffs on the CPU; the op sizes the block from that copy, so
+    # a GPU batch's block needs no read of a device tensor. Same block, same mask.
+    x = torch.rand(5, 3, 20, 12)
+    cutoff = torch.tensor([0.1, 0.8, 0.33, 0.5, 0.05], dtype=torch.float64)
+    plain = freq.low_band_block(x, cutoff, (2, 3), torch.float32)
+    hosted = freq.low_band_block(x, cutoff, (2, 3), torch.float32, host_cutoff=cutoff.float())
+    assert plain[0] == hosted[0] == (16, 10) and torch.equal(plain[1], hosted[1])
+    # the block follows the host copy (it is the only one read for the size)
+    assert freq.low_band_block(x, cutoff, (2, 3), torch.float32, host_cutoff=cutoff * 0.5)[0] == (8, 5)

@@ -239,17 +239,21 @@ def check_unit_weight(value: float | Tensor, name: str, batch: int, device: torc
 
 
 def low_band_block(
-    x: Tensor, cutoff: float | Tensor, dims: tuple[int, ...], dtype: torch.dtype
+    x: Tensor, cutoff: float | Tensor, dims: tuple[int, ...], dtype: torch.dtype, *,
+    host_cutoff: Tensor | None = None,
 ) -> tuple[tuple[int, ...], Tensor | None]:
     """Size of the kept coefficient block per dim, and for per-sample cutoffs a 0/1 mask.
 
     For per-sample cutoffs the block is that of the largest band, and the mask (broadcastable
-    against the block) keeps sample ``i``'s own band.
+    against the block) keeps sample ``i``'s own band. ``host_cutoff``, the same cutoffs on the
+    CPU (as the mixers draw them), sizes the block without reading a device tensor (a host
+    sync per dim on an accelerator).
     """
     sizes = [x.shape[d] for d in dims]
     if isinstance(cutoff, Tensor):
         ks_per_dim = [_band_sizes_tensor(cutoff, n) for n in sizes]
-        block = tuple(int(k.max()) for k in ks_per_dim)
+        sized_by = ks_per_dim if host_cutoff is None else [_band_sizes_tensor(host_cutoff, n) for n in sizes]
+        block = tuple(int(k.max()) for k in sized_by)
         return block, _per_sample_mask(ks_per_dim, dims, block, x.ndim, dtype)
     return band_sizes(cutoff, sizes), None
 

@@ -554,6 +554,8 @@ def robustmix(
     device = images.device
     lam_low = freq.check_unit_weight(lam_low, "lam_low", n, device)
     lam_high = freq.check_unit_weight(lam_high, "lam_high", n, device)
+    # Per-sample cutoffs drawn on the CPU (the mixers') size the band there: no host sync.
+    host_cutoff = cutoff if isinstance(cutoff, Tensor) and cutoff.device.type == "cpu" else None
     cutoff = freq.check_unit_weight(cutoff, "cutoff", n, device)
     energy = _check_energy(energy)
     freq.check_transform(transform)
@@ -580,7 +582,9 @@ def robustmix(
     # which bf16 products would bias by up to ~0.5 % (the constant DC basis row alone rounds
     # by 1e-3 in bf16). Half chunks are converted on the fly, a cache-sized piece at a time.
     compute = freq._compute_dtype(images.dtype)
-    block, mask = freq.low_band_block(x1, cutoff, dims_t, compute)
+    block, mask = freq.low_band_block(
+        x1, cutoff, dims_t, compute, host_cutoff=host_cutoff if isinstance(cutoff, Tensor) else None
+    )
     chunks = _batch_chunks(x1)
 
     # Pass 1: Low(x1) once, as coefficients of the kept block only (Low(x2) is a permutation of
