@@ -418,3 +418,15 @@ def test_readme_integration_forms_give_the_soft_target_loss():
     torch.testing.assert_close(torch.nn.functional.cross_entropy(logits, soft), plain)
     timm_loss = pytest.importorskip("timm.loss", reason="timm not installed (optional)")
     torch.testing.assert_close(timm_loss.SoftTargetCrossEntropy()(logits, soft), plain)
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.0, 1.0), (0.3, 1.0), (0.123456789, 0.987654321)])
+def test_scalar_uniform_draw_is_the_float64_tensor_formula(low, high):
+    # The batch-wide cutoff is computed in Python floats (host time a call); it must be the value
+    # the float64 tensor formula gives for the same draw, so seeded runs keep their cutoffs.
+    g, twin = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    got = [P._sample_uniform(low, high, None, g) for _ in range(2000)]
+    u = torch.rand(2000, generator=twin, dtype=torch.float64)  # one draw per call, in order
+    want = (low + (high - low) * u).tolist()
+    assert got == want
+    assert P._sample_uniform(low, high, 3, g).dtype == torch.float64

@@ -86,8 +86,9 @@ def sample_beta(alpha: float, size: int | None, generator: torch.Generator) -> f
 
 def _sample_uniform(low: float, high: float, size: int | None, generator: torch.Generator) -> float | Tensor:
     u = torch.rand(1 if size is None else size, generator=generator, dtype=torch.float64, device=generator.device)
-    u = (low + (high - low) * u).cpu()
-    return float(u[0]) if size is None else u
+    if size is None:  # the same two float64 roundings in Python, without three tensor ops (host time a call)
+        return low + (high - low) * float(u)
+    return (low + (high - low) * u).cpu()
 
 
 def _bernoulli(p: float, generator: torch.Generator) -> bool:
