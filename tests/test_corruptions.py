@@ -336,6 +336,40 @@ def test_bernoulli_rows_edge_cases():
         common.bernoulli_rows(2, 5, 1.5, gen(0))
 
 
+def test_map_groups_hands_each_core_one_contiguous_group_in_order(monkeypatch):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-groups")
+    monkeypatch.setattr(common, "worker_pool", lambda: pool)
+    monkeypatch.setattr(common, "usable_cores", lambda: 3)
+    try:
+        got = common.map_groups(lambda g: (list(g), threading.current_thread().name), range(10))
+    finally:
+        pool.shutdown()
+    assert [g for g, _ in got] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+    assert got[0][1] == threading.current_thread().name and got[2][1].startswith("test-groups")
+    monkeypatch.setattr(common, "worker_pool", lambda: None)
+    assert common.map_groups(list, [4, 5]) == [[4, 5]] and common.map_groups(list, []) == []
+
+
+@pytest.mark.parametrize(("n", "channels", "side"), [(5, 3, 40), (3, 1, 28), (1, 3, 17)])
+def test_jpeg_round_trip_by_groups_equals_one_image_at_a_time(n, channels, side):
+    # Each core's group goes to the codec as one list (torchvision >= 0.19): the bytes must be
+    # those of encoding and decoding each image on its own.
+    from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+    from robustmix.corruptions import digital
+
+    codec_in = torch.randint(0, 256, (n, side, side, channels), dtype=torch.uint8, generator=gen(3))
+    codec_in = codec_in.permute(0, 3, 1, 2)  # CHW views of HWC bytes, as jpeg_compression makes them
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        want = torch.stack([decode_jpeg(encode_jpeg(im, quality=40), mode=mode).permute(1, 2, 0) for im in codec_in])
+    assert torch.equal(digital._jpeg_roundtrip(codec_in, 40), want)
+
+
 def test_map_split_keeps_order_and_runs_the_first_group_in_the_caller(monkeypatch):
     import threading
     from concurrent.futures import ThreadPoolExecutor

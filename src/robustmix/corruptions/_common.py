@@ -55,6 +55,7 @@ __all__ = [
     "hsv_to_rgb",
     "imagemagick_8bit",
     "linear_resample_matrix",
+    "map_groups",
     "map_split",
     "motion_blur_offsets",
     "motion_blur_taps",
@@ -225,8 +226,8 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def map_split(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-    """``[fn(item) for item in items]``, the items cut into one contiguous group per core.
+def map_groups(fn: Callable[[Sequence[Any]], Any], items: Sequence[Any]) -> list[Any]:
+    """``[fn(group) for group in groups]``, the items cut into one contiguous group per core.
 
     The caller's thread runs the first group while the :func:`worker_pool` threads (one per
     extra core) run the others: one hand-off per extra core, not one per item (waking a thread
@@ -236,14 +237,17 @@ def map_split(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
     pool = worker_pool()
     workers = 1 if pool is None else min(usable_cores(), len(items))
     if workers <= 1:
-        return [fn(item) for item in items]
+        return [fn(items)] if len(items) else []
     bounds = [len(items) * i // workers for i in range(workers + 1)]
     groups = [items[a:b] for a, b in itertools.pairwise(bounds)]
-    futures = [pool.submit(lambda group=group: [fn(item) for item in group]) for group in groups[1:]]
-    out = [fn(item) for item in groups[0]]
-    for future in futures:
-        out += future.result()
-    return out
+    futures = [pool.submit(fn, group) for group in groups[1:]]
+    out = [fn(groups[0])]
+    return out + [future.result() for future in futures]
+
+
+def map_split(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """``[fn(item) for item in items]``, run as :func:`map_groups` (same threads, same rules)."""
+    return [y for ys in map_groups(lambda group: [fn(item) for item in group], items) for y in ys]
 
 
 NORMAL_BLOCK = 16
