@@ -110,9 +110,11 @@ def _deferring(device: torch.device) -> bool:
     return device.type not in _IMMEDIATE_DEVICES and _PENDING.get() is not None
 
 
-def _require(ok: Tensor, error: Callable[[], Exception]) -> None:
-    """Raise ``error()`` unless the 0-d bool tensor ``ok`` is true: now, or queued (see above)."""
-    _require_each(ok.reshape(1), [error])
+def _require(check: Callable[[], Tensor], error: Callable[[], Exception]) -> None:
+    """Raise ``error()`` unless the 0-d bool tensor ``check()`` is true: now, or queued (see
+    above). ``check`` is not even called inside ``_values_unchecked()``."""
+    if _CHECK_VALUES.get():
+        _require_each(check().reshape(1), [error])
 
 
 def _require_each(flags: Tensor, errors: list[Callable[[], Exception]]) -> None:
@@ -156,17 +158,14 @@ def _nonfinite_samples_error(per_sample: Tensor) -> Callable[[], Exception]:
 def _check_finite_norms(sq_norms: Tensor) -> None:
     # The per-sample squared norms are computed anyway (energy weighting); a NaN or inf pixel
     # makes its sample's norm non-finite, so this checks the images at no extra pass.
-    if _CHECK_VALUES.get():  # (each value check below skips even computing its flag when off)
-        _require(torch.isfinite(sq_norms).all(), _nonfinite_samples_error(sq_norms))
+    _require(lambda: torch.isfinite(sq_norms).all(), _nonfinite_samples_error(sq_norms))
 
 
 def _check_finite_images(images: Tensor) -> None:
     # A sum is non-finite iff some value is (fp32/fp64 accumulation cannot overflow on
     # finite image data), and it reads the batch once without a full-size boolean temporary.
-    if not _CHECK_VALUES.get():
-        return
     acc = torch.float64 if images.dtype == torch.float64 else torch.float32
-    _require(torch.isfinite(images.sum(dtype=acc)), lambda: ValueError("images contain NaN or inf values"))
+    _require(lambda: torch.isfinite(images.sum(dtype=acc)), lambda: ValueError("images contain NaN or inf values"))
 
 
 def _index_structure(index: Tensor | None, n: int) -> Tensor | None:
@@ -183,16 +182,13 @@ def _index_structure(index: Tensor | None, n: int) -> Tensor | None:
 
 
 def _require_index_values(index: Tensor, n: int) -> None:
-    if _CHECK_VALUES.get():
-        _require((torch.sort(index).values == torch.arange(n, device=index.device)).all(), _index_error(index, n))
+    _require(lambda: (torch.sort(index).values == torch.arange(n, device=index.device)).all(), _index_error(index, n))
 
 
 def _require_soft_values(targets: Tensor) -> None:
-    if not _CHECK_VALUES.get():
-        return
-    _require(torch.isfinite(targets).all(), _soft_nan_error)
+    _require(lambda: torch.isfinite(targets).all(), _soft_nan_error)
     if targets.numel():
-        _require(((targets >= 0) & (targets <= 1)).all(), _soft_range_error(targets))
+        _require(lambda: ((targets >= 0) & (targets <= 1)).all(), _soft_range_error(targets))
 
 
 def _index_error(index: Tensor, n: int) -> Callable[[], Exception]:
@@ -236,8 +232,7 @@ def one_hot(
     ids = targets.long()
     with _checked():
         if ids.numel():
-            if _CHECK_VALUES.get():
-                _require(((ids >= 0) & (ids < num_classes)).all(), _ids_range_error(ids, num_classes))
+            _require(lambda: ((ids >= 0) & (ids < num_classes)).all(), _ids_range_error(ids, num_classes))
             if _deferring(ids.device):  # scatter_ must not see an out-of-range id before the check
                 ids = ids.clamp(0, num_classes - 1)
         off = label_smoothing / num_classes
@@ -582,9 +577,7 @@ def robustmix(
     # which bf16 products would bias by up to ~0.5 % (the constant DC basis row alone rounds
     # by 1e-3 in bf16). Half chunks are converted on the fly, a cache-sized piece at a time.
     compute = freq._compute_dtype(images.dtype)
-    block, mask = freq.low_band_block(
-        x1, cutoff, dims_t, compute, host_cutoff=host_cutoff if isinstance(cutoff, Tensor) else None
-    )
+    block, mask = freq.low_band_block(x1, cutoff, dims_t, compute, host_cutoff=host_cutoff)
     chunks = _batch_chunks(x1)
 
     # Pass 1: Low(x1) once, as coefficients of the kept block only (Low(x2) is a permutation of
