@@ -509,6 +509,42 @@ def test_scale_saturation_equals_the_hsv_round_trip(a, b):
         assert digital.scale_saturation(x, a, b)[n, :, i, j].tolist() == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_colour_shifts_equal_their_select_formulas_bit_for_bit(dtype):
+    """shift_value / scale_saturation select per pixel by 0/1 weights instead of torch.where
+    (slow on CPU); the floats must be those of the where form, black and grey pixels included."""
+    x = _hsv_test_pixels().to(dtype)
+    x[2, :, 1, :4] = 0.0  # black pixels (v = 0)
+
+    def where_shift(rgb, c):
+        v = rgb.amax(dim=-3, keepdim=True)
+        v_new = (v + c).clamp(0.0, 1.0)
+        return torch.where(v > 0, rgb * (v_new / v), v_new)
+
+    def where_saturation(rgb, a, b):
+        v = rgb.amax(dim=-3, keepdim=True)
+        delta = v - rgb.amin(dim=-3, keepdim=True)
+        s = torch.where(v > 0, delta / torch.where(v > 0, v, 1.0), 0.0)
+        s_new = (s * a + b).clamp(0.0, 1.0)
+        coloured = v - (v - rgb) * (s_new * v / torch.where(delta > 0, delta, 1.0))
+        grey = torch.cat((v, v * (1 - s_new), v * (1 - s_new)), dim=-3)
+        return torch.where(delta > 0, coloured, grey)
+
+    for c in (0.1, 0.5, -0.2):
+        assert torch.equal(digital.shift_value(x, c), where_shift(x, c))
+    for a, b in ((0.3, 0.0), (2.0, 0.0), (5.0, 0.1)):
+        assert torch.equal(digital.scale_saturation(x, a, b), where_saturation(x, a, b))
+
+
+def test_positive_weight_and_nonzero_where():
+    v = torch.tensor([-1.0, -0.0, 0.0, 1e-40, 0.25, 3.0])
+    w = common.positive_weight(v)
+    assert w.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    assert common.nonzero_where(v, w).tolist() == [1.0, 1.0, 1.0, v[3].item(), 0.25, 3.0]
+    a, b = torch.tensor([0.3, -2.0, 7.5, 1e-30, 0.1, 1.0]), torch.full((6,), 0.7)
+    assert torch.equal(torch.lerp(b, a, w), torch.where(v > 0, a, b))
+
+
 def test_contrast_formula():
     x = torch.zeros(1, 2 + 1, 32, 32)
     x[:, :, :16] = 0.8

@@ -319,6 +319,33 @@ def test_frost_blend_coefficients(side: int, severity: int) -> None:
     assert unclipped.float().mean() > 0.9
 
 
+@pytest.mark.parametrize(("side", "n"), [(224, 3), (32, 5)])
+def test_frost_crops_are_the_drawn_windows(side: int, n: int) -> None:
+    """Each image's window is bank[photo, :, top : top + crop, left : left + crop] for its three
+    draws floor(u * bound) (the reference's randint bounds), read here from the same uniforms."""
+    from robustmix.corruptions._common import per_image_draws
+    from robustmix.corruptions.weather import (
+        FROST_PHOTO_SIDE,
+        FROST_PHOTO_ZOOM,
+        _frost_bank,
+        _frost_bank_shrunk,
+        _frost_crops,
+    )
+
+    which = "imagenet" if side > 32 else "cifar"
+    like = torch.zeros(1)
+    crops = _frost_crops(n, which, side, side, _gen(11), like)
+    zoom = FROST_PHOTO_ZOOM[which]
+    bank = _frost_bank(like.device) if zoom == 1.0 else _frost_bank_shrunk(like.device, max(side, round(FROST_PHOTO_SIDE * zoom)))
+    (u,) = per_image_draws(n, [(3,)], _gen(11), like=like, dtype=torch.float64)
+    assert crops.shape == (n, 3, side, side)
+    for i in range(n):
+        bounds = (bank.shape[0], max(bank.shape[-2] - side, 1), max(bank.shape[-1] - side, 1))
+        p, t, lft = (math.floor(float(u[i, k]) * bounds[k]) for k in range(3))
+        assert torch.equal(crops[i], bank[p, :, t : t + side, lft : lft + side])
+    assert not torch.equal(crops[0], crops[1])  # the windows differ
+
+
 def test_frost_bank_has_the_reference_photos_statistics() -> None:
     """Each synthetic photo carries one reference photo's per-channel mean and std (figures measured
     from ImageNet-C's frost1-5), so the blend brightens and tints images as the reference does."""

@@ -461,6 +461,24 @@ def eight_bit_images(x: Tensor, *, tolerance: float = EIGHT_BIT_TOLERANCE) -> Te
     return scratch.sub_(x, alpha=255).abs_().flatten(1).amax(dim=1) <= tolerance
 
 
+def positive_weight(values: Tensor) -> Tensor:
+    """1.0 where ``values > 0``, else 0.0 (same dtype): a 0/1 weight for exact selections.
+
+    On CPU ``torch.where`` and ``masked_fill`` run element by element (~4 ns a value on one
+    core, 20-30x an add: 3.5 ms for B8x3x224^2 against 0.17 ms for a lerp), and so does a bool
+    -> float cast; this is two vectorised passes. A selection ``where(m, a, b)`` of finite ``a``,
+    ``b`` is then ``torch.lerp(b, a, w)`` (weight 0 gives ``b + 0 (a - b)``, weight 1
+    ``a - (a - b) 0``: exactly ``b`` and ``a``), or a multiplication by ``w`` when ``b`` is 0.
+    """
+    return torch.sign(values).clamp_(min=0.0)
+
+
+def nonzero_where(values: Tensor, weight: Tensor) -> Tensor:
+    """``values`` where ``weight`` is 1, else 1.0: a divisor that is never 0 (``weight`` from
+    :func:`positive_weight`)."""
+    return torch.lerp(torch.ones_like(values), values, weight)
+
+
 def random_poisson_levels(levels: Tensor, scale: float, generator: torch.Generator) -> Tensor:
     """Poisson draws of rate ``scale * k / 255`` for 8-bit levels ``k`` (float32 counts).
 

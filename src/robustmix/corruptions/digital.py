@@ -58,7 +58,9 @@ from ._common import (
     finish,
     gaussian_filter,
     map_groups,
+    nonzero_where,
     per_image_draws,
+    positive_weight,
     reference_size,
     resize_layer,
     resolve_generator,
@@ -132,7 +134,11 @@ def shift_value(rgb: Tensor, c: float) -> Tensor:
     """
     v = rgb.amax(dim=-3, keepdim=True)
     v_new = (v + c).clamp_(0.0, 1.0)
-    return torch.where(v > 0, rgb * (v_new / v), v_new)
+    # torch.where(v > 0, rgb * (v_new / v), v_new) as one fused multiply-add of the image with
+    # per-pixel factors: the same floats, without a full-size select (see positive_weight)
+    lit = positive_weight(v)
+    scale = (v_new / nonzero_where(v, lit)).mul_(lit)
+    return torch.addcmul(v_new * (1 - lit), rgb, scale)
 
 
 def contrast(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
@@ -167,11 +173,17 @@ def scale_saturation(rgb: Tensor, a: float, b: float) -> Tensor:
     """
     v = rgb.amax(dim=-3, keepdim=True)
     delta = v - rgb.amin(dim=-3, keepdim=True)
-    s = torch.where(v > 0, delta / torch.where(v > 0, v, 1.0), 0.0)
+    # The same floats as the torch.where form of these formulas, without a full-size select
+    # (see positive_weight): s = delta / v where v > 0 else 0, and grey pixels (delta = 0)
+    # take (v, v (1 - s'), v (1 - s')) by a lerp with a 0/1 weight.
+    lit, chroma = positive_weight(v), positive_weight(delta)
+    s = (delta / nonzero_where(v, lit)).mul_(lit)
     s_new = (s * a + b).clamp_(0.0, 1.0)
-    coloured = v - (v - rgb) * (s_new * v / torch.where(delta > 0, delta, 1.0))
-    grey = torch.cat((v, v * (1 - s_new), v * (1 - s_new)), dim=-3)
-    return torch.where(delta > 0, coloured, grey)
+    out = v - (v - rgb) * (s_new * v / nonzero_where(delta, chroma))
+    # Red of a grey pixel: v - 0 * k = v, already the grey value; green and blue: v (1 - s').
+    green_blue = out.narrow(-3, 1, 2)
+    green_blue.copy_(torch.lerp((v * (1 - s_new)).expand_as(green_blue), green_blue, chroma))
+    return out
 
 
 def _pixel_grid(x: Tensor, y: Tensor, h: int, w: int, *, align_corners: bool) -> Tensor:

@@ -261,6 +261,14 @@ def _frost_crops(n: int, which: str, rh: int, rw: int, generator: torch.Generato
     bounds = torch.tensor([bank.shape[0], max(bank.shape[-2] - rh, 1), max(bank.shape[-1] - rw, 1)],
                           dtype=torch.float64, device=like.device)
     which_photo, top, left = u.mul_(bounds).floor_().long().unbind(1)
+    if bank.device.type == "cpu":
+        # One slice copy per image: the same values as the gather below, which on CPU is an
+        # element-by-element index computation (~6 ms against ~0.3 ms for 8 windows of 224 px).
+        # On an accelerator the gather needs no host copy of the draws (no sync).
+        out = bank.new_empty(n, 3, rh, rw)
+        for i, (p, t, lft) in enumerate(zip(which_photo.tolist(), top.tolist(), left.tolist())):
+            out[i] = bank[p, :, t : t + rh, lft : lft + rw]
+        return out
     rows = (top.view(n, 1) + torch.arange(rh, device=like.device)).view(n, 1, rh, 1)
     cols = (left.view(n, 1) + torch.arange(rw, device=like.device)).view(n, 1, 1, rw)
     channels = torch.arange(3, device=like.device).view(1, 3, 1, 1)
