@@ -542,6 +542,38 @@ def test_canny_outlines_a_square() -> None:
     assert edges[6:18].any(dim=1).all() and edges[:, 6:18].any(dim=0).all()  # closed
 
 
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+def test_canny_equals_opencv(sigma: float) -> None:
+    """Edges of blurred liquid layers (the spatter input) equal cv2.Canny's pixel for pixel."""
+    cv2 = pytest.importorskip("cv2", reason="OpenCV is a benchmark extra, not a test dependency")
+    from robustmix.corruptions._common import gaussian_filter
+
+    liquid = gaussian_filter(torch.randn(3, 1, 80, 80, generator=_gen(5)) * 0.3 + 0.65, sigma)
+    gray = torch.floor(liquid.clamp_min(0.0) * 255).remainder_(256)
+    edges = weather._canny(gray, low=50, high=150)
+    assert edges.any()
+    for i in range(3):
+        want = cv2.Canny(gray[i, 0].numpy().astype(np.uint8), 50, 150) > 0
+        assert torch.equal(edges[i, 0], torch.from_numpy(want))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_below_equals_where(dtype: torch.dtype) -> None:
+    """zero_below(x, t) == where(x < t, 0, x), values at and next to the threshold included."""
+    from robustmix.corruptions._common import zero_below
+
+    for t in (0.8, 0.69, 1 / 3):
+        at = torch.tensor(t, dtype=dtype)
+        x = torch.cat((
+            torch.rand(200, generator=_gen(1), dtype=torch.float64).to(dtype),
+            torch.stack((at, torch.nextafter(at, at - 1), torch.nextafter(at, at + 1))),
+        ))
+        want = torch.where(x < t, torch.zeros_like(x), x)
+        assert torch.equal(zero_below(x, t), want)
+        y = x.clone()
+        assert zero_below(y, t, inplace=True) is y and torch.equal(y, want)
+
+
 def test_spatter_water_color_and_peak() -> None:
     """Black image, water: out = m * (175, 238, 238) / 255 with max(m) = tabled intensity."""
     intensity = REFERENCE["spatter"][1][0][4]

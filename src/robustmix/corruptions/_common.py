@@ -473,6 +473,19 @@ def positive_weight(values: Tensor) -> Tensor:
     return torch.sign(values).clamp_(min=0.0)
 
 
+def zero_below(values: Tensor, threshold: float, *, inplace: bool = False) -> Tensor:
+    """``torch.where(values < threshold, 0, values)``, as one vectorised pass.
+
+    ``F.threshold`` keeps ``x > t``; with ``t`` the float just below ``threshold`` in the
+    tensor's dtype (where the comparison with a Python float happens) that is ``x >= threshold``
+    exactly. ``torch.where``/``masked_fill`` run element by element on CPU (see
+    :func:`positive_weight`): ~30x slower here.
+    """
+    bound = torch.tensor(threshold, dtype=values.dtype)
+    below = float(torch.nextafter(bound, torch.tensor(-math.inf, dtype=values.dtype)))
+    return (F.threshold_ if inplace else F.threshold)(values, below, 0.0)
+
+
 def nonzero_where(values: Tensor, weight: Tensor) -> Tensor:
     """``values`` where ``weight`` is 1, else 1.0: a divisor that is never 0 (``weight`` from
     :func:`positive_weight`)."""

@@ -69,6 +69,7 @@ from ._common import (
     to_work,
     truncate_to_8bit,
     with_rgb,
+    zero_below,
 )
 from ._textures import frost_texture, motion_blur_magick, plasma_fractal
 
@@ -168,7 +169,7 @@ def snow(images: Tensor, severity: int, generator: torch.Generator | None = None
     layer, angle_z = per_image_draws(n, [(rh, rw), (1,)], generator, like=x, kind="normal")
     layer = scaled_draws(layer, loc, scale)
     layer = clipped_zoom(layer, zoom)
-    layer = torch.where(layer < threshold, torch.zeros_like(layer), layer)
+    layer = zero_below(layer, threshold)
     layer = truncate_to_8bit(layer)  # uint8 PNG handed to ImageMagick
     low, high = SNOW_ANGLE_RANGE
     angle = (torch.special.ndtr(angle_z.flatten().double()) * (high - low) + low).float()
@@ -350,12 +351,11 @@ def _canny(gray: Tensor, *, low: float, high: float) -> Tensor:
     same_sign = (gx * gy) >= 0  # OpenCV: s = +1 unless the signs differ
     keep_h = (mag > at(0, -1)) & (mag >= at(0, 1))
     keep_v = (mag > at(-1, 0)) & (mag >= at(1, 0))
-    keep_d = torch.where(
-        same_sign,
-        (mag > at(-1, -1)) & (mag > at(1, 1)),
-        (mag > at(-1, 1)) & (mag > at(1, -1)),
+    # Selections of bools as bool logic: torch.where runs element by element on CPU (~20x).
+    keep_d = (same_sign & (mag > at(-1, -1)) & (mag > at(1, 1))) | (
+        ~same_sign & (mag > at(-1, 1)) & (mag > at(1, -1))
     )
-    local_max = torch.where(horizontal, keep_h, torch.where(vertical, keep_v, keep_d))
+    local_max = (horizontal & keep_h) | (~horizontal & ((vertical & keep_v) | (~vertical & keep_d)))
     weak = local_max & (mag > low)
     edges = weak & (mag > high)
     for _ in range(h * w):
@@ -422,7 +422,9 @@ def _chamfer_distance(edges: Tensor, *, cap: float) -> Tensor:
     Integers below 2**24: exact in float32.
     """
     limit = round(cap * (1 << CHAMFER_SHIFT))
-    dist = torch.where(edges, 0.0, float(limit + 1))  # beyond the cap is as good as unreachable
+    # 0 on edges, limit + 1 elsewhere (beyond the cap is as good as unreachable); a bool -> float
+    # cast is slow on CPU, a uint8 -> float one is not
+    dist = (~edges).view(torch.uint8).to(torch.float32).mul_(float(limit + 1))
     h, w = dist.shape[-2:]
     for (dy, dx), weight in CHAMFER_STEPS:
         steps = 1
@@ -508,11 +510,11 @@ def spatter(images: Tensor, severity: int, generator: torch.Generator | None = N
     _, rh, rw = _reference_shape(x)
     liquid = random_normal((x.shape[0], 1, rh, rw), generator, like=x, mean=loc, std=scale)
     liquid = gaussian_filter(liquid, sigma)
-    liquid.masked_fill_(liquid < threshold, 0.0)
+    zero_below(liquid, threshold, inplace=True)
     size = tuple(x.shape[-2:])
     if mud:
         m = gaussian_filter((liquid > threshold).float(), extra)
-        m = torch.where(m < 0.8, torch.zeros_like(m), m)
+        m = zero_below(m, 0.8)
         m = resize_layer(m, size).to(x.dtype)
         color = torch.tensor(MUD_RGB, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return finish(with_rgb(x, lambda rgb: rgb * (1 - m) + color * m), images)
