@@ -444,6 +444,16 @@ def test_speckle_noise_is_multiplicative():
     assert rel.std().item() == pytest.approx(0.15, rel=0.03)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gaussian_and_speckle_noise_are_their_formulas_with_the_draws(dtype):
+    """clip(x + n) and clip(x + x n) to the bit, n = std * the normals random_normal draws."""
+    x = torch.rand(3, 3, 40, 40, generator=gen(8), dtype=torch.float64).to(dtype)
+    for name, formula in (("gaussian_noise", lambda n: x + n), ("speckle_noise", lambda n: x + x * n)):
+        std = REFERENCE_IMAGENET[name][2]
+        n = common.random_normal(x.shape, gen(6), like=x, std=std).to(dtype)
+        assert torch.equal(corrupt(x, name, 3, generator=gen(6)), formula(n).clamp(0, 1))
+
+
 # --------------------------------------------------------------------------------------------
 # Colour and intensity
 
