@@ -1107,6 +1107,21 @@ def test_reference_gaussian_float64_is_scipys_to_the_bit(sigma):
     np.testing.assert_array_equal(got.numpy(), _skimage_blur(levels.numpy() / 255.0, sigma))
 
 
+def test_reference_gaussian_float64_takes_levels_image_by_image():
+    """In a mixed batch only the 8-bit images become exact levels k / 255. (float64 inputs are
+    not written to); each image's result is the one it gets alone."""
+    levels = torch.randint(0, 256, (4, 3, 16, 16), generator=gen(32), dtype=torch.float64)
+    x = levels / 255
+    x[1] += 0.3 / 255  # not 8-bit
+    before = x.clone()
+    mixed = blur.reference_gaussian_float64(x, 0.7)
+    assert torch.equal(x, before)
+    for i in range(4):
+        assert torch.equal(mixed[i], blur.reference_gaussian_float64(x[i : i + 1], 0.7)[0])
+    np.testing.assert_array_equal(mixed[[0, 2, 3]].numpy(), _skimage_blur(levels[[0, 2, 3]].numpy() / 255.0, 0.7))
+    np.testing.assert_array_equal(mixed[1].numpy(), _skimage_blur(x[1:2].numpy(), 0.7)[0])
+
+
 @pytest.mark.parametrize(
     ("side", "severity"), [(32, 2), (32, 3), (32, 4), (32, 5), (224, 1), (224, 2), (224, 4), (224, 5)]
 )

@@ -253,7 +253,14 @@ def reference_gaussian_float64(images: Tensor, sigma: float, *, truncate: float 
         (N, C, H, W) -> (N, C, H, W), float64
     """
     x = images.double()
-    x = torch.where(eight_bit_images(images).view(-1, 1, 1, 1), x.mul(255).round_().div_(255), x)
+    eight_bit = eight_bit_images(images)
+    if x.device.type != "cpu":  # no host sync
+        x = torch.where(eight_bit.view(-1, 1, 1, 1), x.mul(255).round_().div_(255), x)
+    elif bool(eight_bit.all()):  # whole images, without torch.where (element by element on CPU)
+        x = x.mul(255).round_().div_(255)
+    elif bool(eight_bit.any()):
+        x = x.clone() if x is images else x
+        x[eight_bit] = x[eight_bit].mul_(255).round_().div_(255)
     if sigma <= 0:
         return x
     taps = _scipy_gaussian_taps(sigma, truncate)
