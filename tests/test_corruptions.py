@@ -958,15 +958,37 @@ def test_motion_blur_equals_imagemagick_where_installed():
     except ImportError as err:
         pytest.skip(f"Wand/ImageMagick is a cross-check extra, not a test dependency ({err})")
     x = natural(3, 3, 40)
+    x = list(x) + list(F.interpolate(x, size=72, mode="bilinear").clamp(0, 1))  # 72 px: the direct sum
     # -30 degrees at radius 10: taps on half-integer ties, decided by ImageMagick's float steps.
-    for i, (angle, radius) in enumerate(((-31.5, 6.0), (0.0, 6.0), (40.25, 6.0), (-30.0, 10.0), (30.0, 10.0))):
-        image = (x[i % 3] * 255).round().byte().permute(1, 2, 0).numpy()
+    cases = ((-31.5, 6.0), (0.0, 6.0), (40.25, 6.0), (-30.0, 10.0), (30.0, 10.0), (-30.0, 10.0), (12.0, 15.0))
+    for i, (angle, radius) in enumerate(cases):
+        image = (x[i % 3 + 3 * (i >= 5)] * 255).round().byte().permute(1, 2, 0).numpy()
         want = _magick_motion_blur(image, radius, 2.5, angle)
         levels = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).double() / 255
         blurred = common.apply_motion_blur(levels, radius=radius, sigma=2.5,
                                            angles=torch.tensor([angle], dtype=torch.float64))
         got = (common.imagemagick_8bit(blurred)[0] * 255).round().byte().permute(1, 2, 0).numpy()
         assert np.array_equal(got, want), np.abs(got.astype(int) - want).max()
+
+
+def test_motion_blur_large_images_take_the_direct_sum(monkeypatch):
+    """Above MOTION_DIRECT_MIN_PIXELS the CPU sums the taps directly: the formula, checked
+    against NumPy (edge-padded shifts), and the FFT route to float rounding."""
+    side = 72
+    assert side * side > common.MOTION_DIRECT_MIN_PIXELS
+    x = torch.rand(3, 2, side, side, generator=gen(12), dtype=torch.float64)
+    angles = torch.tensor([-45.0, -30.0, 17.5], dtype=torch.float64)
+    got = common.apply_motion_blur(x, radius=6, sigma=2.5, angles=angles)
+    taps = common.motion_blur_taps(6, 2.5).tolist()
+    dx, dy = common.motion_blur_offsets(len(taps), angles)
+    for k in range(3):
+        padded = np.pad(x[k].numpy(), ((0, 0), (13, 13), (13, 13)), mode="edge")
+        want = sum(w * padded[:, 13 + j : 13 + j + side, 13 + i : 13 + i + side]
+                   for w, i, j in zip(taps, dx[k].tolist(), dy[k].tolist()))
+        np.testing.assert_allclose(got[k].numpy(), want, rtol=0, atol=1e-13)
+    monkeypatch.setattr(common, "MOTION_DIRECT_MIN_PIXELS", 10**9)
+    by_fft = common.apply_motion_blur(x.float(), radius=6, sigma=2.5, angles=angles)
+    torch.testing.assert_close(by_fft.double(), got, rtol=0, atol=2e-6)
 
 
 def test_motion_blur_kernel_is_imagemagick_line():

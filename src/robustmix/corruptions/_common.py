@@ -985,6 +985,31 @@ def _fft_size(n: int) -> int:
         m += 1
 
 
+MOTION_DIRECT_MIN_PIXELS = 64 * 64
+"""Above this many pixels an image is motion-blurred on CPU tap by tap (one shifted add per tap)
+rather than by FFT. Timed by hand, round-robin, on the 2-core EPYC (median ms, FFT vs taps):
+ImageNet-C radius 15 and sigma 8 scaled by side / 224, B8x3x224^2 13.1 vs 8.7, B8x3x112^2 3.4 vs
+2.6, B16x3x64^2 2.7 vs 2.7; the CIFAR-10-C radius 10, B32x3x32^2 3.7 vs 7.9, B64x3x28^2 6.8 vs
+14.9 (the per-tap call overhead of small images). Whole corruptions at B8x3x224^2 (``corrupt``,
+paired rounds): motion blur 1.27x, snow 1.14x faster by taps."""
+
+
+def _motion_blur_direct(images: Tensor, taps: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
+    """``out(y, x) = sum_i w_i * in(y + dy_i, x + dx_i)`` (edge border) image by image, the taps
+    summed in order: the formula itself, where the FFT route equals it up to float rounding."""
+    h, w = images.shape[-2:]
+    out = torch.empty_like(images, memory_format=torch.contiguous_format)
+    weights = taps.tolist()
+    for k, (xs, ys) in enumerate(zip(dx.tolist(), dy.tolist())):
+        r = max(max(map(abs, xs)), max(map(abs, ys)))
+        padded = pad2d(images[k : k + 1], (r, r, r, r), mode="nearest")[0]
+        shifted = [padded[:, r + y : r + y + h, r + x : r + x + w] for x, y in zip(xs, ys)]
+        acc = torch.mul(shifted[0], weights[0], out=out[k])
+        for view, weight in zip(shifted[1:], weights[1:]):
+            acc.add_(view, alpha=weight)
+    return out
+
+
 def apply_motion_blur(images: Tensor, *, radius: float, sigma: float, angles: Tensor) -> Tensor:
     """Motion-blur each image along its own angle (degrees), as ImageMagick's ``-motion-blur``.
 
@@ -992,7 +1017,8 @@ def apply_motion_blur(images: Tensor, *, radius: float, sigma: float, angles: Te
     (ImageMagick's default virtual pixels). Every image has its own sparse line kernel, so this is
     one FFT convolution of the edge-padded batch with a per-image kernel image: the padding is as
     wide as the longest offset, so the circular wrap never reaches the cropped result and the
-    output equals the direct sum (up to float rounding), at the cost of three FFTs.
+    output equals the direct sum (up to float rounding), at the cost of three FFTs. On CPU,
+    images above :data:`MOTION_DIRECT_MIN_PIXELS` take the direct sum, one shifted add per tap.
 
     Shape:
         images (N, C, H, W), angles (N,) -> (N, C, H, W)
@@ -1003,6 +1029,8 @@ def apply_motion_blur(images: Tensor, *, radius: float, sigma: float, angles: Te
     r = int(torch.maximum(dx.abs().max(), dy.abs().max())) if taps.numel() else 0
     if r == 0:
         return images * taps.sum()
+    if images.device.type == "cpu" and h * w > MOTION_DIRECT_MIN_PIXELS:
+        return _motion_blur_direct(images, taps, dx, dy)
     # FFT sizes with small prime factors only (h + 2r can be 4 x 71); the extra zeros change
     # nothing in the cropped result, which never reads across the wrap.
     hp, wp = _fft_size(h + 2 * r), _fft_size(w + 2 * r)
