@@ -40,6 +40,7 @@ sys.modules.setdefault("corruptions", corruptions)  # agreement.py imports it as
 agreement = _load("bench_agreement", "agreement.py")
 cuda_overhead = _load("bench_cuda_overhead", "cuda_overhead.py")
 jpeg_stages = _load("bench_jpeg_stages", "jpeg_stages.py")
+cpu_ops = _load("bench_cpu_ops", "cpu_ops.py")
 
 
 class ScriptedClock:
@@ -551,6 +552,18 @@ def test_jpeg_stages_prints_each_stage_and_needs_a_gpu_for_cuda(capsys):
         with pytest.raises(SystemExit):
             jpeg_stages.main(["--device", "cuda"])
         assert "needs a GPU" in capsys.readouterr().err
+
+
+def test_cpu_ops_pairs_give_the_same_values():
+    """Each printed pair times two forms of one result: they must agree to the bit."""
+    for name, slow, fast in cpu_ops.cases(2, 16, torch.Generator().manual_seed(3)):
+        assert torch.equal(slow(), fast()), name
+
+
+def test_cpu_ops_prints_every_pair(capsys):
+    assert cpu_ops.main(["--batch", "1", "--size", "8", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("x\n") == len(cpu_ops.cases(1, 8, torch.Generator())) and "ns per value" in out
 
 
 def test_large_batch_rows_time_both_ways_and_say_which_corrupt_uses():

@@ -464,9 +464,9 @@ def eight_bit_images(x: Tensor, *, tolerance: float = EIGHT_BIT_TOLERANCE) -> Te
 def positive_weight(values: Tensor) -> Tensor:
     """1.0 where ``values > 0``, else 0.0 (same dtype): a 0/1 weight for exact selections.
 
-    On CPU ``torch.where`` and ``masked_fill`` run element by element (~4 ns a value on one
-    core, 20-30x an add: 3.5 ms for B8x3x224^2 against 0.17 ms for a lerp), and so does a bool
-    -> float cast; this is two vectorised passes. A selection ``where(m, a, b)`` of finite ``a``,
+    On CPU ``torch.where`` and ``masked_fill`` run element by element (4-5.5 ns a value on one
+    core, ~10x a lerp and ~20x an add; ``benchmarks/cpu_ops.py`` prints them side by side), and
+    a bool -> float cast is 5-7x a uint8 -> float one; this is two vectorised passes. A selection ``where(m, a, b)`` of finite ``a``,
     ``b`` is then ``torch.lerp(b, a, w)`` (weight 0 gives ``b + 0 (a - b)``, weight 1
     ``a - (a - b) 0``: exactly ``b`` and ``a``), or a multiplication by ``w`` when ``b`` is 0.
     """
@@ -479,7 +479,7 @@ def zero_below(values: Tensor, threshold: float, *, inplace: bool = False) -> Te
     ``F.threshold`` keeps ``x > t``; with ``t`` the float just below ``threshold`` in the
     tensor's dtype (where the comparison with a Python float happens) that is ``x >= threshold``
     exactly. ``torch.where``/``masked_fill`` run element by element on CPU (see
-    :func:`positive_weight`): ~30x slower here.
+    :func:`positive_weight`): 15-25x slower here (``benchmarks/cpu_ops.py``).
     """
     bound = torch.tensor(threshold, dtype=values.dtype)
     below = float(torch.nextafter(bound, torch.tensor(-math.inf, dtype=values.dtype)))
@@ -489,7 +489,8 @@ def zero_below(values: Tensor, threshold: float, *, inplace: bool = False) -> Te
 def nonzero_where(values: Tensor, weight: Tensor) -> Tensor:
     """``values`` where ``weight`` is 1, else 1.0: a divisor that is never 0 (``weight`` from
     :func:`positive_weight`)."""
-    return torch.lerp(torch.ones_like(values), values, weight)
+    one = torch.ones((), dtype=values.dtype, device=values.device).expand_as(values)  # no buffer
+    return torch.lerp(one, values, weight)
 
 
 def random_poisson_levels(levels: Tensor, scale: float, generator: torch.Generator) -> Tensor:

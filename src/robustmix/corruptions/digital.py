@@ -179,10 +179,12 @@ def scale_saturation(rgb: Tensor, a: float, b: float) -> Tensor:
     lit, chroma = positive_weight(v), positive_weight(delta)
     s = (delta / nonzero_where(v, lit)).mul_(lit)
     s_new = (s * a + b).clamp_(0.0, 1.0)
-    out = v - (v - rgb) * (s_new * v / nonzero_where(delta, chroma))
-    # Red of a grey pixel: v - 0 * k = v, already the grey value; green and blue: v (1 - s').
+    # v - (v - rgb) k in one full-size buffer: -((v - rgb) k) + v is the same subtraction
+    out = torch.sub(v, rgb).mul_(s_new * v / nonzero_where(delta, chroma)).neg_().add_(v)
+    # Red of a grey pixel: v - 0 * k = v, already the grey value; green and blue: v (1 - s'),
+    # put in place by a lerp towards it with weight 1 - chroma (0 keeps the colour, 1 takes it).
     green_blue = out.narrow(-3, 1, 2)
-    green_blue.copy_(torch.lerp((v * (1 - s_new)).expand_as(green_blue), green_blue, chroma))
+    green_blue.lerp_((v * (1 - s_new)).expand_as(green_blue), 1 - chroma)
     return out
 
 

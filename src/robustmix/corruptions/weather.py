@@ -264,7 +264,8 @@ def _frost_crops(n: int, which: str, rh: int, rw: int, generator: torch.Generato
     which_photo, top, left = u.mul_(bounds).floor_().long().unbind(1)
     if bank.device.type == "cpu":
         # One slice copy per image: the same values as the gather below, which on CPU is an
-        # element-by-element index computation (~6 ms against ~0.3 ms for 8 windows of 224 px).
+        # element-by-element index computation (17-23x slower for 8 windows of 224 px,
+        # benchmarks/cpu_ops.py).
         # On an accelerator the gather needs no host copy of the draws (no sync).
         out = bank.new_empty(n, 3, rh, rw)
         for i, (p, t, lft) in enumerate(zip(which_photo.tolist(), top.tolist(), left.tolist())):
@@ -351,7 +352,7 @@ def _canny(gray: Tensor, *, low: float, high: float) -> Tensor:
     same_sign = (gx * gy) >= 0  # OpenCV: s = +1 unless the signs differ
     keep_h = (mag > at(0, -1)) & (mag >= at(0, 1))
     keep_v = (mag > at(-1, 0)) & (mag >= at(1, 0))
-    # Selections of bools as bool logic: torch.where runs element by element on CPU (~20x).
+    # Selections of bools as bool logic: torch.where runs element by element on CPU.
     keep_d = (same_sign & (mag > at(-1, -1)) & (mag > at(1, 1))) | (
         ~same_sign & (mag > at(-1, 1)) & (mag > at(1, -1))
     )
