@@ -466,9 +466,10 @@ def positive_weight(values: Tensor) -> Tensor:
 
     On CPU ``torch.where`` and ``masked_fill`` run element by element (4-5.5 ns a value on one
     core, ~10x a lerp and ~20x an add; ``benchmarks/cpu_ops.py`` prints them side by side), and
-    a bool -> float cast is 5-7x a uint8 -> float one; this is two vectorised passes. A selection ``where(m, a, b)`` of finite ``a``,
-    ``b`` is then ``torch.lerp(b, a, w)`` (weight 0 gives ``b + 0 (a - b)``, weight 1
-    ``a - (a - b) 0``: exactly ``b`` and ``a``), or a multiplication by ``w`` when ``b`` is 0.
+    a bool -> float cast is 5-7x a uint8 -> float one; this is two vectorised passes. A
+    selection ``where(m, a, b)`` of finite ``a``, ``b`` is then ``torch.lerp(b, a, w)`` (weight
+    0 gives ``b + 0 (a - b)``, weight 1 ``a - (a - b) 0``: exactly ``b`` and ``a``), or a
+    multiplication by ``w`` when ``b`` is 0.
     """
     return torch.sign(values).clamp_(min=0.0)
 

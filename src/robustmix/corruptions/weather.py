@@ -265,8 +265,8 @@ def _frost_crops(n: int, which: str, rh: int, rw: int, generator: torch.Generato
     if bank.device.type == "cpu":
         # One slice copy per image: the same values as the gather below, which on CPU is an
         # element-by-element index computation (17-23x slower for 8 windows of 224 px,
-        # benchmarks/cpu_ops.py).
-        # On an accelerator the gather needs no host copy of the draws (no sync).
+        # benchmarks/cpu_ops.py). On an accelerator the gather stays: it needs no host copy of
+        # the draws (no sync).
         out = bank.new_empty(n, 3, rh, rw)
         for i, (p, t, lft) in enumerate(zip(which_photo.tolist(), top.tolist(), left.tolist())):
             out[i] = bank[p, :, t : t + rh, lft : lft + rw]
