@@ -121,8 +121,9 @@ def motion_blur_magick(layer: Tensor, *, radius: float, sigma: float, angle_deg:
     """
     if not (radius > 0 and sigma > 0):
         return layer
-    # The same kernel and offsets as the motion-blur corruption: one FFT convolution of the
-    # edge-padded layer instead of a gather per tap.
+    # The same kernel, offsets and arithmetic as the motion-blur corruption (apply_motion_blur:
+    # an FFT convolution of the edge-padded layer, or the direct sum of the taps for large
+    # layers on CPU), instead of a gather per tap.
     return apply_motion_blur(layer.unsqueeze(1), radius=radius, sigma=sigma, angles=angle_deg)[:, 0]
 
 
