@@ -59,8 +59,10 @@ __all__ = [
     "map_split",
     "motion_blur_offsets",
     "motion_blur_taps",
+    "nonzero_where",
     "pad2d",
     "per_image_draws",
+    "positive_weight",
     "random_integers",
     "random_normal",
     "random_poisson",
@@ -77,6 +79,7 @@ __all__ = [
     "truncate_to_8bit",
     "with_rgb",
     "worker_pool",
+    "zero_below",
 ]
 
 IMAGENET_SIDE = 224
