@@ -352,7 +352,10 @@ def bernoulli_rows(n: int, length: int, p: float, generator: torch.Generator) ->
     pos = _geometric_gaps(gaps, p).cumsum_(1).sub_(1.0)  # a row's success columns, increasing
     keep = pos < length
     rows = torch.arange(n, device=device).view(n, 1).expand(n, m)
-    flat, uniforms = (rows * length + pos.long())[keep], extra[keep]
+    # One nonzero for both selections (a bool-mask index runs its own), gathered by index_select
+    chosen = keep.view(-1).nonzero().view(-1)
+    flat = (rows * length + pos.long()).view(-1).index_select(0, chosen)
+    uniforms = extra.reshape(-1).index_select(0, chosen)
     short = (pos[:, -1] < length - 1).nonzero().flatten().tolist()  # rows whose gaps ran out early
     if short:
         more = [_row_tail(float(pos[r, -1]), length, p, float(seeds[r, 0]), device) for r in short]
