@@ -455,7 +455,9 @@ def cutmix(
     y1 = _soft_targets(targets, n, num_classes, images.dtype, images.device)
     _check_finite_images(images)
     out = images.clone()
-    out[..., top : top + h, left : left + w] = images[index][..., top : top + h, left : left + w]
+    # Gather only the partners' boxes (index_select of the box view), not whole partner images
+    box_view = (..., slice(top, top + h), slice(left, left + w))
+    out[box_view] = images[box_view].index_select(0, index)
     area = height_img * width_img
     lam = 1.0 - (h * w) / float(area) if area else 1.0  # an empty image has nothing pasted
     return _restore_format(out, images), _mix_targets(y1, index, lam)
