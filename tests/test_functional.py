@@ -182,6 +182,28 @@ def test_cutmix_hand_computed():
     torch.testing.assert_close(soft, torch.tensor([[0.75, 0.25], [0.25, 0.75]]))
 
 
+def test_mixup_and_cutmix_of_large_batches_equal_their_formulas():
+    """Batches above the buffer pool's threshold get pooled outputs: the same values, new storage,
+    and a second call (which may reuse the first output's buffer once it is dropped) agrees."""
+    from robustmix._memory import MIN_BYTES
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(8, 3, 300, 300, generator=g)
+    assert x.numel() * x.element_size() >= MIN_BYTES
+    y, idx = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), torch.randperm(8, generator=g)
+    want_mix = x[idx] + 0.3 * (x - x[idx])
+    want_cut = x.clone()
+    want_cut[..., 10:110, 20:70] = x[idx][..., 10:110, 20:70]
+    for _ in range(2):
+        mixed, _ = F.mixup(x, y, lam=0.3, index=idx, num_classes=4)
+        torch.testing.assert_close(mixed, want_mix, rtol=0, atol=1e-6)
+        assert torch.equal(mixed, torch.lerp(x[idx], x, 0.3))
+        cut, _ = F.cutmix(x, y, box=(10, 20, 100, 50), index=idx, num_classes=4)
+        assert torch.equal(cut, want_cut)
+        assert cut.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+        del mixed, cut
+
+
 # ----------------------------------------------------------------------------------------------
 # Identities and invariants (hypothesis)
 

@@ -5,7 +5,8 @@ anything above its 32 MiB ceiling afresh and unmaps it on free), and its first w
 per 4 KiB page. On the VMs this project is measured on, that costs several times the write
 itself: filling a fresh 77 MB buffer (a B128x3x224² float32 batch) took 31.8 ms against 3.8 ms
 for a reused one (``benchmarks/mixing.py``, its buffer-pool table), a quarter of the op. torch has no caching allocator on the CPU, so the op keeps its own,
-for its own few large buffers only (output, coefficients, dtype conversions):
+for its own few large buffers only (output, coefficients, dtype conversions; also the outputs of
+``functional.mixup`` and ``cutmix``, and the corruptions' chunked outputs):
 
 * a **pool** of host buffers lent by size class (quarter steps between powers of two, so a
   random cutoff's coefficient block finds a buffer; at most 25 % unused). A lent buffer is

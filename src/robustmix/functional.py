@@ -26,7 +26,7 @@ from torch import Tensor
 
 from robustmix import _graphs, freq
 from robustmix._device import to_device
-from robustmix._memory import empty_output
+from robustmix._memory import MIN_BYTES, empty_output
 
 __all__ = ["cutmix", "energy_modes", "mixup", "one_hot", "robustmix"]
 
@@ -366,6 +366,30 @@ def _sq_norms(x: Tensor, acc: torch.dtype) -> Tensor:
     return out
 
 
+def _pooled(images: Tensor) -> bool:
+    """Whether a new tensor like ``images`` should come from the CPU buffer pool: a large
+    contiguous CPU batch (a fresh one page-faults on every call; smaller ones are cheaper as is)."""
+    return (
+        images.device.type == "cpu"
+        and images.is_contiguous()
+        and images.numel() * images.element_size() >= MIN_BYTES
+    )
+
+
+def _gathered(images: Tensor, index: Tensor) -> Tensor:
+    """``images[index]`` in a new tensor, pooled where :func:`_pooled`."""
+    if not _pooled(images):
+        return images.index_select(0, index)
+    return torch.index_select(images, 0, index, out=empty_output(images.shape, dtype=images.dtype, device=images.device))
+
+
+def _copied(images: Tensor) -> Tensor:
+    """``images.clone()``, pooled where :func:`_pooled`."""
+    if not _pooled(images):
+        return images.clone()
+    return empty_output(images.shape, dtype=images.dtype, device=images.device).copy_(images)
+
+
 def _restore_format(out: Tensor, like: Tensor) -> Tensor:
     if like.ndim == 4 and like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
         return out.contiguous(memory_format=torch.channels_last)
@@ -411,7 +435,7 @@ def mixup(
     index = _check_index(index, n, images.device)
     y1 = _soft_targets(targets, n, num_classes, images.dtype, images.device)
     _check_finite_images(images)
-    out = images.index_select(0, index).lerp_(images, _as_column_weight(lam, images))  # x2 + lam (x1 - x2)
+    out = _gathered(images, index).lerp_(images, _as_column_weight(lam, images))  # x2 + lam (x1 - x2)
     return _restore_format(out, images), _mix_targets(y1, index, lam)
 
 
@@ -454,7 +478,7 @@ def cutmix(
     index = _check_index(index, n, images.device)
     y1 = _soft_targets(targets, n, num_classes, images.dtype, images.device)
     _check_finite_images(images)
-    out = images.clone()
+    out = _copied(images)
     # Gather only the partners' boxes (index_select of the box view), not whole partner images
     box_view = (..., slice(top, top + h), slice(left, left + w))
     out[box_view] = images[box_view].index_select(0, index)
