@@ -204,6 +204,27 @@ def test_mixup_and_cutmix_of_large_batches_equal_their_formulas():
         del mixed, cut
 
 
+@pytest.mark.parametrize("shape", [(4, 3, 8, 8), (8, 3, 300, 300)])  # below / above the pool's threshold
+def test_mixup_and_cutmix_pass_gradients_and_robustmix_says_it_does_not(shape):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    y = torch.arange(shape[0]) % 4
+    idx = torch.roll(torch.arange(shape[0]), 1)
+    mixed, _ = F.mixup(x, y, lam=0.3, index=idx, num_classes=4)
+    mixed.sum().backward()
+    # d/dx of sum(x[idx] + 0.3 (x - x[idx])): every element appears once as x (0.3) and once as
+    # a partner (0.7)
+    torch.testing.assert_close(x.grad, torch.ones_like(x))
+    x.grad = None
+    cut, _ = F.cutmix(x, y, box=(1, 2, 3, 4), index=idx, num_classes=4)
+    cut.sum().backward()
+    torch.testing.assert_close(x.grad, torch.ones_like(x))
+    with pytest.raises(ValueError, match="images requires grad"):
+        F.robustmix(x, y, lam_low=0.3, lam_high=0.6, cutoff=0.5, num_classes=4)
+    with torch.no_grad():
+        out, _ = F.robustmix(x, y, lam_low=0.3, lam_high=0.6, cutoff=0.5, num_classes=4)
+    assert torch.equal(out, F.robustmix(x.detach(), y, lam_low=0.3, lam_high=0.6, cutoff=0.5, num_classes=4)[0])
+
+
 # ----------------------------------------------------------------------------------------------
 # Identities and invariants (hypothesis)
 

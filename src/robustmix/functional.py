@@ -373,6 +373,7 @@ def _pooled(images: Tensor) -> bool:
         images.device.type == "cpu"
         and images.is_contiguous()
         and images.numel() * images.element_size() >= MIN_BYTES
+        and not (images.requires_grad and torch.is_grad_enabled())  # out= is not differentiable
     )
 
 
@@ -580,6 +581,13 @@ def robustmix(
     cutoff = freq.check_unit_weight(cutoff, "cutoff", n, device)
     energy = _check_energy(energy)
     freq.check_transform(transform)
+    if transform == "dct" and images.requires_grad and torch.is_grad_enabled():
+        # The DCT path writes into pooled buffers in place (out=), which autograd cannot follow.
+        raise ValueError(
+            "images requires grad: robustmix (transform='dct') is not differentiable with respect to "
+            "the images (it mixes data, not activations); pass images.detach() or call it under "
+            "torch.no_grad()"
+        )
     if (
         _graphs.ENABLED
         and _graphable(images, lam_low, lam_high, cutoff, transform)
