@@ -38,6 +38,14 @@ def _check_flag(value: Any, name: str) -> bool:
     return bool(value)
 
 
+def _check_ids_shape(images: Tensor, targets: Tensor) -> None:
+    """Integer class ids must be one per image."""
+    if targets.ndim != 1 or targets.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"targets must have shape ({images.shape[0]},) to match images, got {tuple(targets.shape)}"
+        )
+
+
 class _BatchMixer:
     """Shared plumbing: options, generator, soft targets, pickling."""
 
@@ -67,10 +75,7 @@ class _BatchMixer:
             if self.label_smoothing:
                 soft = soft * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes
             return soft
-        if targets.ndim != 1 or targets.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"targets must have shape ({images.shape[0]},) to match images, got {tuple(targets.shape)}"
-            )
+        _check_ids_shape(images, targets)
         dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
         soft = F.one_hot(targets, self.num_classes, label_smoothing=self.label_smoothing, dtype=dtype)
         return to_device(soft, images.device)
@@ -80,10 +85,7 @@ class _BatchMixer:
         builds the same one-hot rows, on CUDA inside its graph, and does not check its own rows
         again as soft targets: ~10 small ops a call fewer), else the (smoothed) soft targets."""
         if isinstance(targets, Tensor) and not targets.is_floating_point() and not self.label_smoothing:
-            if targets.ndim != 1 or targets.shape[0] != images.shape[0]:
-                raise ValueError(
-                    f"targets must have shape ({images.shape[0]},) to match images, got {tuple(targets.shape)}"
-                )
+            _check_ids_shape(images, targets)
             return targets
         return self._soft_targets(images, targets)
 
