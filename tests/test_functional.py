@@ -205,7 +205,7 @@ def test_mixup_and_cutmix_of_large_batches_equal_their_formulas():
 
 
 @pytest.mark.parametrize("shape", [(4, 3, 8, 8), (8, 3, 300, 300)])  # below / above the pool's threshold
-def test_mixup_and_cutmix_pass_gradients_and_robustmix_says_it_does_not(shape):
+def test_mixup_and_cutmix_pass_gradients(shape):
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(2), requires_grad=True)
     y = torch.arange(shape[0]) % 4
     idx = torch.roll(torch.arange(shape[0]), 1)
@@ -218,11 +218,66 @@ def test_mixup_and_cutmix_pass_gradients_and_robustmix_says_it_does_not(shape):
     cut, _ = F.cutmix(x, y, box=(1, 2, 3, 4), index=idx, num_classes=4)
     cut.sum().backward()
     torch.testing.assert_close(x.grad, torch.ones_like(x))
-    with pytest.raises(ValueError, match="images requires grad"):
-        F.robustmix(x, y, lam_low=0.3, lam_high=0.6, cutoff=0.5, num_classes=4)
+
+
+@pytest.mark.parametrize("transform", ["dct", "fft"])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_robustmix_gradient_matches_finite_differences(transform, per_sample):
+    """The mixed images are a linear map of the images: autograd's Jacobian equals the numerical one."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 2, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2])
+    if per_sample:
+        kw = dict(lam_low=torch.tensor([0.9, 0.2, 0.5], dtype=torch.float64),
+                  lam_high=torch.tensor([0.1, 0.7, 0.3], dtype=torch.float64),
+                  cutoff=torch.tensor([0.3, 0.8, 0.5], dtype=torch.float64))
+    else:
+        kw = dict(lam_low=0.8, lam_high=0.25, cutoff=0.45)
+    fn = lambda images: F.robustmix(images, y, num_classes=3, index=torch.tensor([2, 0, 1]), transform=transform, **kw)[0]
+    assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("energy", ["batch", "sample", "uniform", 0.4])
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_robustmix_with_grad_equals_no_grad_call(energy, per_sample, dtype):
+    """Images that require grad take the out-of-place path: the same images and targets as the
+    fast path (up to rounding), and a gradient that is the transposed map applied to the upstream one."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.rand(6, 3, 12, 10, generator=g).to(dtype)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    idx = torch.tensor([3, 0, 5, 1, 2, 4])
+    if per_sample:
+        kw = dict(lam_low=torch.rand(6, generator=g, dtype=torch.float64),
+                  lam_high=torch.rand(6, generator=g, dtype=torch.float64),
+                  cutoff=torch.rand(6, generator=g, dtype=torch.float64))
+    else:
+        kw = dict(lam_low=0.7, lam_high=0.1, cutoff=0.6)
+    want, want_soft = F.robustmix(x, y, num_classes=4, index=idx, energy=energy, **kw)
+    leaf = x.clone().requires_grad_()
+    got, soft = F.robustmix(leaf, y, num_classes=4, index=idx, energy=energy, **kw)
+    assert got.dtype == dtype and got.requires_grad and not soft.requires_grad
+    tol = dict(rtol=0, atol=1e-2) if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(got.detach(), want, **tol)
+    torch.testing.assert_close(soft, want_soft, rtol=0, atol=1e-6)
+    # <out(x), u> = <x, out^T(u)>: check the backward against the forward of a float64 copy.
+    u = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    (got.double() * u).sum().backward()
+    x64 = x.double()
+    lhs = (F.robustmix(x64, y, num_classes=4, index=idx, energy=energy, **kw)[0] * u).sum()
+    rhs = (x64 * leaf.grad.double()).sum()
+    torch.testing.assert_close(rhs, lhs, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-6)
+
+
+def test_robustmix_grad_path_keeps_channels_last_and_no_grad_path_unchanged():
+    x = torch.rand(4, 3, 9, 9, generator=torch.Generator().manual_seed(7)).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(4)
+    kw = dict(lam_low=0.3, lam_high=0.6, cutoff=0.5, num_classes=4)
+    out, _ = F.robustmix(x.clone().requires_grad_(), y, **kw)
+    assert out.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        out, _ = F.robustmix(x, y, lam_low=0.3, lam_high=0.6, cutoff=0.5, num_classes=4)
-    assert torch.equal(out, F.robustmix(x.detach(), y, lam_low=0.3, lam_high=0.6, cutoff=0.5, num_classes=4)[0])
+        plain, _ = F.robustmix(x.clone().requires_grad_(), y, **kw)
+    assert not plain.requires_grad and torch.equal(plain, F.robustmix(x, y, **kw)[0])
 
 
 # ----------------------------------------------------------------------------------------------

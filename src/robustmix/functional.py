@@ -558,6 +558,9 @@ def robustmix(
         ``(mixed_images, soft_targets)``; images keep shape, dtype, device and memory format,
         soft targets are ``(N, K)``.
 
+    Gradients flow to images that require grad (an out-of-place path with the same values up
+    to rounding); the label weight ``lam_c`` is measured without gradient.
+
     Shape:
         images ``(N, *)``, targets ``(N,)`` or ``(N, K)``.
 
@@ -581,13 +584,6 @@ def robustmix(
     cutoff = freq.check_unit_weight(cutoff, "cutoff", n, device)
     energy = _check_energy(energy)
     freq.check_transform(transform)
-    if transform == "dct" and images.requires_grad and torch.is_grad_enabled():
-        # The DCT path writes into pooled buffers in place (out=), which autograd cannot follow.
-        raise ValueError(
-            "images requires grad: robustmix (transform='dct') is not differentiable with respect to "
-            "the images (it mixes data, not activations); pass images.detach() or call it under "
-            "torch.no_grad()"
-        )
     if (
         _graphs.ENABLED
         and _graphable(images, lam_low, lam_high, cutoff, transform)
@@ -600,8 +596,12 @@ def robustmix(
     y1 = _soft_targets(targets, n, num_classes, images.dtype, images.device)
 
     sizes = {d: images.shape[d] for d in dims_t}
-    if transform == "fft":
-        out, lam_c = _robustmix_fft(images, lam_low, lam_high, cutoff, index, energy, dims_t)
+    if transform == "fft" or (images.requires_grad and torch.is_grad_enabled()):
+        mix = _robustmix_fft if transform == "fft" else _robustmix_differentiable
+        out, lam_c = mix(images, lam_low, lam_high, cutoff, index, energy, dims_t)
+        # The label weight is a statistic of the batch: no gradient flows through it (as through
+        # mixup's lam), whatever the cutoff's kind.
+        lam_c = lam_c.detach() if isinstance(lam_c, Tensor) else lam_c
         lam = lam_c * lam_low + (1 - lam_c) * lam_high
         return _restore_format(out, images), _mix_targets(y1, index, lam)
     # Contiguous, in the dtype of the inverse product (the input's own half dtype where the
@@ -825,6 +825,39 @@ def _batch_share_per_cutoff(
     return _safe_ratio(prefix[tuple(ks)], total.expand(cutoff.shape[0]))
 
 
+def _robustmix_differentiable(
+    images: Tensor,
+    lam_low: float | Tensor,
+    lam_high: float | Tensor,
+    cutoff: float | Tensor,
+    index: Tensor,
+    energy: str | float,
+    dims: tuple[int, ...],
+) -> tuple[Tensor, float | Tensor]:
+    """The DCT path out of place, for images that require grad (e.g. feature maps, or inputs of
+    an attack): autograd follows the products and the lerp, while the fast path writes into
+    pooled buffers in place. The same sums as the fast path, in the forward transform's dtype
+    (fp32 for half inputs), so the values agree with it up to rounding. The label weight is
+    measured on detached tensors."""
+    compute = freq._compute_dtype(images.dtype)
+    device = images.device
+    x1 = images.to(compute)
+    block, mask = freq.low_band_block(x1, cutoff, dims, compute)
+    coef = freq.block_coefficients(x1, dims, block)
+    delta_coef = (coef - coef.index_select(0, index)) * _as_column(lam_low - lam_high, coef.ndim, compute, device)
+    if mask is not None:
+        delta_coef = delta_coef * mask
+    x2 = x1.index_select(0, index)
+    mixed_high = torch.lerp(x2, x1, _as_column(lam_high, x1.ndim, compute, device))
+    out = (mixed_high + freq.coefficients_to_signal(delta_coef, {d: x1.shape[d] for d in dims})).to(images.dtype)
+    with torch.no_grad():
+        sq_norms = _sq_norms(x1, compute)
+        _check_finite_norms(sq_norms)
+        low_sq = _sq_norms(coef, compute)
+        lam_c = _low_band_share(energy, coef, mask, sq_norms, low_sq, cutoff, index, lam_low, out, dims)
+    return out, lam_c
+
+
 def _robustmix_fft(
     images: Tensor,
     lam_low: float | Tensor,
@@ -847,6 +880,8 @@ def _robustmix_fft(
     delta = _as_column(lam_low - lam_high, x1.ndim, compute, device)
     low_diff = torch.fft.irfftn((spec - spec[index]) * keep * delta, s=sizes, dim=dims, norm="ortho")
     out = (torch.lerp(x1[index], x1, _as_column(lam_high, x1.ndim, compute, device)) + low_diff).to(images.dtype)
+    # The label weight below is measured without gradient (see robustmix).
+    spec, sq_norms, mixed = spec.detach(), sq_norms.detach(), out.detach()
 
     def band_energy(s: Tensor) -> Tensor:  # per sample, Parseval on the half spectrum
         return (s.abs().square() * weights * keep).flatten(1).sum(1).double()
@@ -859,7 +894,7 @@ def _robustmix_fft(
     if energy == "sample":
         partner = spec[index]
         low_out = partner + _as_column(lam_low, x1.ndim, compute, device) * (spec - partner)
-        den = torch.linalg.vector_norm(out.to(compute).flatten(1), dim=1).square().double()
+        den = torch.linalg.vector_norm(mixed.to(compute).flatten(1), dim=1).square().double()
         return out, _safe_ratio(band_energy(low_out), den)
     total = sq_norms.double().sum()
     other = [d for d in range(spec.ndim) if d not in dims]
