@@ -58,8 +58,22 @@ def test_load_uses_weights_only(tmp_path: Path) -> None:
     torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "obj": _NotAllowed()}, path)
     # Plain torch.load would happily run the pickle; ours must refuse it.
     assert isinstance(torch.load(path, weights_only=False)["obj"], _NotAllowed)
-    with pytest.raises(ValueError, match="could not be read as a torch file"):
+    with pytest.raises(ValueError, match="could not be read as a torch file") as info:
         load_checkpoint(path)
+    message = str(info.value)
+    # The refused object is named, and torch's advice to load with weights_only=False is not passed on.
+    assert "_NotAllowed" in message and "never runs code" in message
+    assert "likely succeed" not in message and "weights_only` set to `False`" not in message
+
+
+def test_rejects_truncated_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "whole.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(64, 64)}})
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"could not be read as a torch file \(truncated, corrupted, or not a torch file\)"):
+        load_checkpoint(cut)
+    assert load_checkpoint(path)["model"]["w"].sum() == 64 * 64
 
 
 def test_rejects_foreign_and_missing_files(tmp_path: Path) -> None:
@@ -75,8 +89,9 @@ def test_rejects_foreign_and_missing_files(tmp_path: Path) -> None:
         load_checkpoint(future)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a zip file at all")
-    with pytest.raises(ValueError, match="could not be read as a torch file"):
+    with pytest.raises(ValueError, match=r"could not be read as a torch file \(corrupted, or not a torch file\)") as info:
         load_checkpoint(garbage)
+    assert "likely succeed" not in str(info.value)
 
 
 def test_state_dict_sha256_matches_hand_hash() -> None:

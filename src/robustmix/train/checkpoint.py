@@ -68,7 +68,7 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"checkpoint {str(path)!r} could not be read as a torch file: {exc}") from exc
+        raise ValueError(f"checkpoint {str(path)!r} could not be read as a torch file{_load_failure(exc)}") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"checkpoint {str(path)!r} is not a robustmix checkpoint "
@@ -80,6 +80,23 @@ def load_checkpoint(
             f"this robustmix reads version {CHECKPOINT_VERSION}"
         )
     return state
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a line: torch's own message advises
+    re-running with ``weights_only=False``, which is wrong for a corrupt file and unsafe for an
+    untrusted one, so only its diagnosis is kept."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n", 1)[0].strip()
+        if reason.startswith("Unsupported global"):
+            reason = reason.split(" Please use", 1)[0]
+            return (": it holds Python objects that loading with weights_only=True refuses (robustmix never "
+                    f"runs code from a checkpoint): {reason}")
+        return f" (corrupted, or not a torch file): {reason}"
+    first = text.strip().split("\n", 1)[0]
+    first = first.split(". This is an internal miniz error", 1)[0]
+    return f" (truncated, corrupted, or not a torch file): {first}"
 
 
 def load_checkpoint_model(
