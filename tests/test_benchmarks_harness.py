@@ -41,6 +41,7 @@ agreement = _load("bench_agreement", "agreement.py")
 cuda_overhead = _load("bench_cuda_overhead", "cuda_overhead.py")
 jpeg_stages = _load("bench_jpeg_stages", "jpeg_stages.py")
 cpu_ops = _load("bench_cpu_ops", "cpu_ops.py")
+motion_route = _load("bench_motion_route", "motion_route.py")
 
 
 class ScriptedClock:
@@ -564,6 +565,31 @@ def test_cpu_ops_prints_every_pair(capsys):
     assert cpu_ops.main(["--batch", "1", "--size", "8", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert out.count("x\n") == len(cpu_ops.cases(1, 8, torch.Generator())) and "ns per value" in out
+
+
+def test_motion_route_forces_each_route_and_restores_the_threshold(monkeypatch):
+    from robustmix.corruptions import _common, blur
+
+    calls = []
+    direct = _common._motion_blur_direct
+    monkeypatch.setattr(_common, "_motion_blur_direct", lambda *a: calls.append(1) or direct(*a))
+    images = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(4))
+    before = _common.MOTION_DIRECT_MIN_PIXELS
+    for name, want in (("fft", 0), ("taps", 1)):
+        calls.clear()
+        with motion_route.route(name):
+            blur.motion_blur(images, 3, torch.Generator().manual_seed(1))
+        assert len(calls) == want, name
+    assert _common.MOTION_DIRECT_MIN_PIXELS == before
+
+
+def test_motion_route_prints_each_case_and_the_library_choice(capsys):
+    assert motion_route.main(["--cases", "40:1,72:1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "B1x3x40^2" in out and "(library: fft;" in out
+    assert "B1x3x72^2" in out and "(library: taps;" in out
+    with pytest.raises(SystemExit):
+        motion_route.main(["--cases", "72"])
 
 
 def test_large_batch_rows_time_both_ways_and_say_which_corrupt_uses():
