@@ -95,7 +95,12 @@ def _resolves_checks(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with _checked(), torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+        with _checked():
+            # Entering the two autocast contexts costs ~30 us a call, as much as a small batch's
+            # products: only where autocast is on.
+            if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
+                with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+                    return fn(*args, **kwargs)
             return fn(*args, **kwargs)
 
     return wrapper
@@ -359,8 +364,12 @@ def _sq_norms(x: Tensor, acc: torch.dtype) -> Tensor:
     ``vector_norm(..., dtype=acc)`` on a half input is ~10x slower on CPU than converting a
     cache-sized chunk and reducing it, so half inputs are converted here a chunk at a time.
     """
+    chunks = _batch_chunks(x)
+    if len(chunks) == 1:
+        flat = x.flatten(1)
+        return torch.linalg.vector_norm(flat if flat.dtype == acc else flat.to(acc), dim=1).square_()
     out = torch.empty(x.shape[0], dtype=acc, device=x.device)
-    for s, e in _batch_chunks(x):
+    for s, e in chunks:
         flat = x[s:e].flatten(1)
         out[s:e] = torch.linalg.vector_norm(flat if flat.dtype == acc else flat.to(acc), dim=1).square()
     return out
@@ -617,9 +626,14 @@ def robustmix(
     # Pass 1: Low(x1) once, as coefficients of the kept block only (Low(x2) is a permutation of
     # them), and per-sample energies of the image and of its low band (Parseval).
     coef_shape = (n, *(block[dims_t.index(d)] if d in dims_t else x1.shape[d] for d in range(1, x1.ndim)))
-    coef = empty_output(coef_shape, dtype=compute, device=device)
-    sq_norms = torch.empty(n, dtype=compute, device=device)
-    for s, e in chunks:
+    if len(chunks) == 1:  # one cache-sized piece (small batches): no staging buffers
+        part = x1.to(compute)
+        coef = freq.block_coefficients(part, dims_t, block)
+        sq_norms = torch.linalg.vector_norm(part.flatten(1), dim=1).square_()
+    else:
+        coef = empty_output(coef_shape, dtype=compute, device=device)
+        sq_norms = torch.empty(n, dtype=compute, device=device)
+    for s, e in chunks if len(chunks) > 1 else ():
         part = x1[s:e].to(compute)
         coef[s:e].copy_(freq.block_coefficients(part, dims_t, block))
         sq_norms[s:e] = torch.linalg.vector_norm(part.flatten(1), dim=1).square()
