@@ -633,10 +633,10 @@ def robustmix(
     else:
         coef = empty_output(coef_shape, dtype=compute, device=device)
         sq_norms = torch.empty(n, dtype=compute, device=device)
-    for s, e in chunks if len(chunks) > 1 else ():
-        part = x1[s:e].to(compute)
-        coef[s:e].copy_(freq.block_coefficients(part, dims_t, block))
-        sq_norms[s:e] = torch.linalg.vector_norm(part.flatten(1), dim=1).square()
+        for s, e in chunks:
+            part = x1[s:e].to(compute)
+            coef[s:e].copy_(freq.block_coefficients(part, dims_t, block))
+            sq_norms[s:e] = torch.linalg.vector_norm(part.flatten(1), dim=1).square()
     low_sq = _sq_norms(coef, compute)
     _check_finite_norms(sq_norms)
 
