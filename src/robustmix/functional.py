@@ -135,6 +135,14 @@ def _require_each(flags: Tensor, errors: list[Callable[[], Exception]]) -> None:
             raise error()
 
 
+def _answered_now(t: Tensor) -> bool:
+    """Whether a value check of ``t`` runs now and reads its answer on the host (value checks on,
+    ``t`` on the CPU): the checks below then take one reduction and plain Python comparisons
+    instead of their device forms (``torch.isfinite`` alone is four elementwise ops in torch;
+    each op is a few microseconds, which adds up at small batch sizes)."""
+    return _CHECK_VALUES.get() and t.device.type in _IMMEDIATE_DEVICES
+
+
 def _check_images(images: Tensor, min_dims: int) -> None:
     if not isinstance(images, Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
@@ -163,6 +171,11 @@ def _nonfinite_samples_error(per_sample: Tensor) -> Callable[[], Exception]:
 def _check_finite_norms(sq_norms: Tensor) -> None:
     # The per-sample squared norms are computed anyway (energy weighting); a NaN or inf pixel
     # makes its sample's norm non-finite, so this checks the images at no extra pass.
+    if _answered_now(sq_norms) and sq_norms.dtype != torch.float64:
+        # A float64 sum of float32 squares cannot overflow: it is finite iff every norm is.
+        if not math.isfinite(float(sq_norms.detach().sum(dtype=torch.float64))):
+            raise _nonfinite_samples_error(sq_norms)()
+        return
     _require(lambda: torch.isfinite(sq_norms).all(), _nonfinite_samples_error(sq_norms))
 
 
@@ -170,7 +183,12 @@ def _check_finite_images(images: Tensor) -> None:
     # A sum is non-finite iff some value is (fp32/fp64 accumulation cannot overflow on
     # finite image data), and it reads the batch once without a full-size boolean temporary.
     acc = torch.float64 if images.dtype == torch.float64 else torch.float32
-    _require(lambda: torch.isfinite(images.sum(dtype=acc)), lambda: ValueError("images contain NaN or inf values"))
+    error = lambda: ValueError("images contain NaN or inf values")
+    if _answered_now(images):
+        if not math.isfinite(float(images.detach().sum(dtype=acc))):
+            raise error()
+        return
+    _require(lambda: torch.isfinite(images.sum(dtype=acc)), error)
 
 
 def _index_structure(index: Tensor | None, n: int) -> Tensor | None:
@@ -191,6 +209,14 @@ def _require_index_values(index: Tensor, n: int) -> None:
 
 
 def _require_soft_values(targets: Tensor) -> None:
+    if _answered_now(targets):
+        if targets.numel():
+            low, high = (float(v) for v in torch.aminmax(targets.detach()))  # NaN propagates to both
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise _soft_nan_error()
+            if low < 0 or high > 1:
+                raise _soft_range_error(targets)()
+        return
     _require(lambda: torch.isfinite(targets).all(), _soft_nan_error)
     if targets.numel():
         _require(lambda: ((targets >= 0) & (targets <= 1)).all(), _soft_range_error(targets))
@@ -237,7 +263,12 @@ def one_hot(
     ids = targets.long()
     with _checked():
         if ids.numel():
-            _require(lambda: ((ids >= 0) & (ids < num_classes)).all(), _ids_range_error(ids, num_classes))
+            if _answered_now(ids):
+                low, high = (int(v) for v in torch.aminmax(ids))
+                if low < 0 or high >= num_classes:
+                    raise _ids_range_error(ids, num_classes)()
+            else:
+                _require(lambda: ((ids >= 0) & (ids < num_classes)).all(), _ids_range_error(ids, num_classes))
             if _deferring(ids.device):  # scatter_ must not see an out-of-range id before the check
                 ids = ids.clamp(0, num_classes - 1)
         off = label_smoothing / num_classes
