@@ -5,9 +5,10 @@ tree's as ``robustmix_base`` (its absolute imports renamed), so both run in one 
 same inputs. Each case first checks that both give the same values to the bit, then times them
 in alternating rounds and reports the median of the per-round ratios: on the shared VMs this
 project is measured on, the speed drifts by tens of percent within minutes, which two separate
-runs cannot tell from a change. Cases: the op at the three mixing sizes and the MixUp and
-RobustMix mixers (RobustMix also per sample) at the two small ones (the sizes where per-call overhead shows). A
-diagnosis for one change, printed; the peer comparisons are ``mixing.py`` and friends.
+runs cannot tell from a change. Cases: the op at the three mixing sizes and on a 2x1x4x4 batch
+(its fixed cost a call: checks and dispatch), and the MixUp and RobustMix mixers (RobustMix also
+per sample) at the two small sizes, where per-call overhead shows. A diagnosis for one change,
+printed; the peer comparisons are ``mixing.py`` and friends.
 
     python benchmarks/revisions.py --base 4d0d44f
 """
@@ -33,6 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 OP_SHAPES = ((128, 3, 224, 224), (512, 3, 32, 32), (256, 1, 28, 28))
 MIXER_SHAPES = OP_SHAPES[1:]
+FIXED_COST_SHAPE = (2, 1, 4, 4)  # almost no work: the op's fixed cost a call (checks, dispatch)
 
 
 def import_revision(rev: str, into: Path, name: str = "robustmix_base") -> Any:
@@ -82,7 +84,7 @@ def same(a: Any, b: Any) -> bool:
 def cases(base: Any, head: Any, quick: bool) -> list[tuple[str, Callable[[], Any], Callable[[], Any]]]:
     out = []
     g = torch.Generator().manual_seed(0)
-    for shape in ((8, 3, 32, 32),) if quick else OP_SHAPES:
+    for shape in ((8, 3, 32, 32),) if quick else (*OP_SHAPES, FIXED_COST_SHAPE):
         x, n = torch.rand(shape, generator=g), shape[0]
         y, index = torch.randint(0, 10, (n,), generator=g), torch.randperm(n, generator=g)
         kw = dict(lam_low=0.7, lam_high=0.2, cutoff=0.5, num_classes=10, index=index)
