@@ -205,6 +205,10 @@ def _index_structure(index: Tensor | None, n: int) -> Tensor | None:
 
 
 def _require_index_values(index: Tensor, n: int) -> None:
+    if _answered_now(index):
+        if not torch.equal(torch.sort(index).values, torch.arange(n, device=index.device)):
+            raise _index_error(index, n)()
+        return
     _require(lambda: (torch.sort(index).values == torch.arange(n, device=index.device)).all(), _index_error(index, n))
 
 
@@ -838,9 +842,9 @@ def _low_band_share(
             num[s:e] = _sum_over(low_out.square_(), keep_batch=True)
         den = _sq_norms(out, c.dtype)
         return _safe_ratio(num.double(), den.double())
-    total = sq_norms.double().sum()
+    total = sq_norms.sum(dtype=torch.float64)  # the float64 sum, without a float64 copy first
     if not isinstance(cutoff, Tensor):
-        low = low_sq.double().sum()
+        low = low_sq.sum(dtype=torch.float64)
         if low.device.type == "cpu":  # the same float64 division as _safe_ratio, without its tensor ops
             den = float(total)
             return float(low) / den if den > 0 else 1.0
