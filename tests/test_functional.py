@@ -287,6 +287,28 @@ batches = st.tuples(st.integers(1, 5), st.integers(1, 3), st.integers(1, 8), st.
 unit = st.floats(0, 1)
 
 
+@settings(max_examples=30, deadline=None)
+@given(batches, unit, unit, unit, st.sampled_from(["batch", "sample", "uniform"]), st.booleans())
+def test_differentiable_path_equals_fast_path(spec, lam_low, lam_high, cutoff, energy, per_sample):
+    """Any shape, weights and band: images that require grad give the fast path's images and
+    targets (float64: to rounding), and a gradient of the images' own shape."""
+    n, c, h, w, seed = spec
+    x = rand((n, c, h, w), seed)
+    y = torch.arange(n) % 4
+    index = torch.roll(torch.arange(n), 1)
+    if per_sample:
+        shifts = torch.linspace(0, 0.5, n, dtype=torch.float64)
+        lam_low, lam_high, cutoff = ((v + shifts) % 1.0 for v in (torch.tensor(lam_low), torch.tensor(lam_high), torch.tensor(cutoff)))
+    kw = {"lam_low": lam_low, "lam_high": lam_high, "cutoff": cutoff, "index": index, "num_classes": 4, "energy": energy}
+    want, want_soft = F.robustmix(x, y, **kw)
+    leaf = x.clone().requires_grad_()
+    got, soft = F.robustmix(leaf, y, **kw)
+    torch.testing.assert_close(got.detach(), want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(soft, want_soft, rtol=1e-12, atol=1e-12)
+    got.square().sum().backward()
+    assert leaf.grad.shape == x.shape and torch.isfinite(leaf.grad).all()
+
+
 @settings(max_examples=40, deadline=None)
 @given(batches, unit, unit, unit, st.sampled_from(["batch", "sample"]))
 def test_identities(spec, lam_low, lam_high, cutoff, energy):
