@@ -401,10 +401,25 @@ def test_check_values_false_does_not_even_compute_the_checks(cls):
         with Ops() as ops:
             mixer(X, Y)
         seen[check] = ops.names
-    # the checks' own ops: isfinite (abs/ne/eq), the permutation's sort, the range comparisons
-    assert "sort" in seen[True] and "sort" not in seen[False]
+    # the checks' own ops on the CPU: the class ids' aminmax and the finite sums' reads; the
+    # mixer's own permutation (torch.randperm) is not checked either way
+    assert "aminmax" in seen[True] and "aminmax" not in seen[False]
+    assert "sort" not in seen[True] + seen[False]
     assert not {"ne", "le", "lt", "bitwise_and"} & set(seen[False])
     assert len(seen[False]) < len(seen[True])
+
+
+def test_only_the_drawn_permutation_object_skips_the_index_check():
+    from robustmix import functional as F
+
+    drawn = torch.tensor([1, 0, 3, 2, 5, 4])
+    with F._drawn_index(drawn):
+        out, _ = F.mixup(X, Y, lam=0.3, index=drawn, num_classes=5)  # trusted: no sort
+        with pytest.raises(ValueError, match="index must be a permutation"):
+            F.mixup(X, Y, lam=0.3, index=torch.tensor([0, 0, 1, 2, 3, 4]), num_classes=5)  # any other tensor is checked
+    torch.testing.assert_close(out, torch.lerp(X[drawn], X, 0.3))
+    with pytest.raises(ValueError, match="index must be a permutation"):
+        F.mixup(X, Y, lam=0.3, index=torch.tensor([0, 0, 1, 2, 3, 4]), num_classes=5)
 
 
 def test_readme_integration_forms_give_the_soft_target_loss():

@@ -53,6 +53,8 @@ _PENDING: ContextVar[list[tuple[Tensor, list[Callable[[], Exception]]]] | None] 
     "robustmix_pending_checks", default=None
 )
 _CHECK_VALUES: ContextVar[bool] = ContextVar("robustmix_check_values", default=True)
+# The partner permutation a mixer drew itself (torch.randperm): that very tensor needs no check.
+_DRAWN_INDEX: ContextVar[Tensor | None] = ContextVar("robustmix_drawn_index", default=None)
 
 
 @contextmanager
@@ -66,6 +68,17 @@ def _values_unchecked() -> Iterator[None]:
         yield
     finally:
         _CHECK_VALUES.reset(token)
+
+
+@contextmanager
+def _drawn_index(index: Tensor) -> Iterator[None]:
+    """Inside the block, ``index`` (this tensor object, as a mixer drew it by ``torch.randperm``)
+    is a permutation by construction: the op skips its value check (a sort and a compare)."""
+    token = _DRAWN_INDEX.set(index)
+    try:
+        yield
+    finally:
+        _DRAWN_INDEX.reset(token)
 
 
 @contextmanager
@@ -205,6 +218,8 @@ def _index_structure(index: Tensor | None, n: int) -> Tensor | None:
 
 
 def _require_index_values(index: Tensor, n: int) -> None:
+    if index is _DRAWN_INDEX.get():
+        return
     if _answered_now(index):
         if not torch.equal(torch.sort(index).values, torch.arange(n, device=index.device)):
             raise _index_error(index, n)()

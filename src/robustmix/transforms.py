@@ -118,7 +118,8 @@ class _BatchMixer:
                     if op_targets.is_floating_point():
                         return images, op_targets
                     return images, self._soft_targets(images, targets)
-                return self._mix(images, op_targets, params)
+                with F._drawn_index(params.index):  # our own randperm: no permutation check
+                    return self._mix(images, op_targets, params)
         except BaseException:
             self.generator.set_state(state)
             raise
