@@ -120,6 +120,19 @@ def render_train_step(res: dict[str, Any]) -> list[str]:
     return [*out, "", note]
 
 
+def render_mixers(res: dict[str, Any]) -> list[str]:
+    out = [f"### MixUp and CutMix vs their peers ({res['meta']['device']})", "", _meta_line(res["meta"]), ""]
+    rows = []
+    for r in res["cases"]:
+        ratios = ", ".join(f"{_f(v)}× {k}" for k, v in r.get("time_over_peer", {}).items())
+        rows.append(["×".join(map(str, r["shape"])), r["kind"], r["method"], _f(r["timing"]["median_ms"], 3),
+                     _f(r["timing"]["iqr_ms"], 3), str(r["timing"]["repeats"]), ratios])
+    out += _table(["batch", "kind", "mixer", "median ms", "IQR ms", "n", "ours ÷ peer"], rows)
+    note = ("One call of each mixer class, its draws included, float32; timm mixes in place and gets a fresh "
+            "clone outside the timed region. `ours ÷ peer` < 1: ours is faster.")
+    return [*out, "", note]
+
+
 def render_corruptions(res: dict[str, Any]) -> list[str]:
     out = [f"### Corruptions, severity {res['config']['severity']} ({res['meta']['device']})", "",
            _meta_line(res["meta"]), ""]
@@ -221,7 +234,7 @@ def render_agreement(res: dict[str, Any]) -> list[str]:
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
-    "mixing": render_mixing, "train_step": render_train_step, "corruptions": render_corruptions,
+    "mixing": render_mixing, "mixers": render_mixers, "train_step": render_train_step, "corruptions": render_corruptions,
     "agreement": render_agreement,
 }
 

@@ -42,6 +42,7 @@ cuda_overhead = _load("bench_cuda_overhead", "cuda_overhead.py")
 jpeg_stages = _load("bench_jpeg_stages", "jpeg_stages.py")
 cpu_ops = _load("bench_cpu_ops", "cpu_ops.py")
 motion_route = _load("bench_motion_route", "motion_route.py")
+mixers_bench = _load("bench_mixers", "mixers.py")
 
 
 class ScriptedClock:
@@ -448,6 +449,39 @@ def test_table_renders_train_step_overhead_and_skips_quick(tmp_path):
     text = table.render(tmp_path)
     assert "| 32² | 8 | step robustmix | 100.00 |" in text and "1.25 %" in text
     assert "Mixing" not in text  # the quick result is skipped
+
+
+def test_mixers_quick_run_times_ours_against_each_installed_peer(tmp_path):
+    out = tmp_path / "mixers.json"
+    assert mixers_bench.main(["--quick", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["benchmark"] == "mixers" and res["quick"] is True
+    kinds, missing = mixers_bench.mixers()
+    for kind, methods in kinds.items():
+        rows = [r for r in res["cases"] if r["kind"] == kind]
+        assert [r["method"] for r in rows] == list(methods)  # ours first, then every installed peer
+        ours, peers = rows[0], rows[1:]
+        assert ours["side"] == "ours" and all(r["side"] == "peer" for r in peers)
+        assert all(r["timing"]["repeats"] == mixers_bench.ROUNDS for r in rows)
+        for peer in peers:  # the ratio is of the two medians
+            want = ours["timing"]["median_ms"] / peer["timing"]["median_ms"]
+            assert ours["time_over_peer"][peer["method"]] == pytest.approx(want)
+    assert set(res["unavailable"]) == set(missing)
+    text = table.render(tmp_path, include_quick=True)
+    assert "MixUp and CutMix vs their peers" in text and "| MixUp (ours) |" in text
+
+
+def test_mixers_timing_gives_in_place_peers_a_fresh_clone():
+    x = torch.ones(4, 2)
+    calls = []
+
+    def mutate(images):
+        calls.append(float(images.sum()))
+        images.mul_(2)
+
+    timings = mixers_bench.timed_in_blocks({"timm Mixup": (mutate, lambda: x.clone())}, torch.device("cpu"), 10)
+    assert len(timings["timm Mixup"].times_s) == 10 and set(calls) == {8.0}  # every call saw the original
+    assert mixers_bench.in_place("timm Mixup (cutmix)") and not mixers_bench.in_place("MixUp (ours)")
 
 
 def test_corruption_samplers_measured_and_rendered(tmp_path):
