@@ -224,6 +224,16 @@ def measure_interleaved(
 # Metadata and results
 
 
+def dist_version(dist: str) -> str | None:
+    """Installed version of distribution ``dist`` (a peer, recorded with its result), or None."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _git_commit() -> str | None:
     # Read-only; a source tarball without .git simply records None.
     try:

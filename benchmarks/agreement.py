@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import _harness as H
-from corruptions import dist_version, load_imagecorruptions, parse_only, smooth_images, to_uint8_hwc
+from corruptions import load_imagecorruptions, parse_only, smooth_images, to_uint8_hwc
 from robustmix.corruptions import corrupt
 
 SIZE = 224
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "agreement",
         "quick": partial,
-        "meta": H.collect_metadata(torch.device("cpu"), extra={"imagecorruptions": dist_version("imagecorruptions")}),
+        "meta": H.collect_metadata(torch.device("cpu"), extra={"imagecorruptions": H.dist_version("imagecorruptions")}),
         "config": {"image_size": SIZE, "severities": list(severities), "images": n_images,
                    "images_override": {} if args.quick else IMAGES_OVERRIDE, "images_kind": "smooth random field, seed 1",
                    "quantisation": "both sides truncated to uint8 (np.uint8), as the reference"},

@@ -124,16 +124,6 @@ def load_imagecorruptions() -> tuple[Any, dict[str, str]]:
     return ic, shims
 
 
-def dist_version(dist: str) -> str | None:
-    """Installed version of distribution ``dist``, or None when it is not installed."""
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def parse_only(parser: argparse.ArgumentParser, only: str | None) -> tuple[str, ...]:
     """The corruptions named by ``--only NAME[,NAME...]`` (all when None); unknown names are a usage error."""
     if not only:
@@ -400,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         if "geomean_speedup" in entry:
             print(f"  {size}px: geometric-mean speedup {entry['geomean_speedup']:.2f}x over {entry['compared']}"
                   f" corruptions; slowest {entry['min_speedup']}")
-    versions = {d: dist_version(d) for d in ("imagecorruptions", "scikit-image", "opencv-python-headless", "scipy", "Pillow")}
+    versions = {d: H.dist_version(d) for d in ("imagecorruptions", "scikit-image", "opencv-python-headless", "scipy", "Pillow")}
     probe_end = H.machine_probe() if probe_start is not None else None
     result = {
         "benchmark": "corruptions",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any
 
 import torch
@@ -118,12 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for shape in QUICK_SHAPES if args.quick else SHAPES:
         rows += bench_shape(shape, device, repeats, kinds)
-    versions = {}
-    for dist in ("timm", "torchvision"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
+    versions = {dist: H.dist_version(dist) for dist in ("timm", "torchvision")}
     result = {
         "benchmark": "mixers",
         "quick": args.quick,

@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
-from importlib import metadata
 from typing import Any
 
 import torch
@@ -390,12 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     add_ratios_and_floor(rows, gemm, device)
     pool_rows = measure_buffer_pool(shapes[0], device, repeats) if device.type == "cpu" else []
 
-    versions = {}
-    for dist in ("timm", "torchvision", "torch-dct"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
+    versions = {dist: H.dist_version(dist) for dist in ("timm", "torchvision", "torch-dct")}
     probe_end = H.machine_probe() if probe_start is not None else None
     result = {
         "benchmark": "mixing",

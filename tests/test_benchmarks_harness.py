@@ -197,6 +197,11 @@ def test_collect_metadata_records_versions_threads_and_date():
     json.dumps(meta)
 
 
+def test_dist_version_of_installed_and_missing_distributions():
+    assert H.dist_version("numpy") == np.__version__
+    assert H.dist_version("no-such-distribution-robustmix") is None
+
+
 def test_cpu_model_read_from_cpuinfo(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Fake CPU 9000 @ 1GHz\nflags\t: avx2\n")
