@@ -833,6 +833,31 @@ def test_cuda_graph_path_under_inference_mode_then_outside():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available on this machine (CPU-only CI)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_cuda_images_requiring_grad_match_the_no_grad_call(dtype, per_sample):
+    """On CUDA a batch that requires grad leaves the graph path for the out-of-place one: the same
+    images and targets (to the half type's rounding) and a finite gradient."""
+    x = torch.rand(6, 3, 40, 40, generator=torch.Generator().manual_seed(8)).to("cuda", dtype)
+    y = torch.arange(6, device="cuda") % 4
+    kw = {"num_classes": 4, "index": torch.tensor([1, 2, 3, 4, 5, 0])}
+    if per_sample:
+        kw.update(lam_low=torch.linspace(0, 1, 6, dtype=torch.float64), lam_high=torch.linspace(1, 0, 6, dtype=torch.float64),
+                  cutoff=torch.linspace(0.1, 0.9, 6, dtype=torch.float64))
+    else:
+        kw.update(lam_low=0.7, lam_high=0.2, cutoff=0.5)
+    want, want_soft = F.robustmix(x, y, **kw)
+    leaf = x.clone().requires_grad_()
+    got, soft = F.robustmix(leaf, y, **kw)
+    assert got.device.type == "cuda" and got.dtype == dtype and got.requires_grad
+    tol = {"rtol": 0, "atol": 1e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(got.detach(), want, **tol)
+    torch.testing.assert_close(soft, want_soft, rtol=0, atol=1e-6)
+    got.float().square().sum().backward()
+    assert leaf.grad.shape == x.shape and torch.isfinite(leaf.grad).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available on this machine (CPU-only CI)")
 def test_cuda_graph_path_raises_the_eager_errors(monkeypatch):
     from robustmix import _graphs
 
