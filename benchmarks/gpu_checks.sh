@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check in one command, for a machine with a CUDA GPU (and possibly little time on it):
-# the CUDA tests, then the three --device cuda benchmarks and the two printed diagnoses, each
+# the CUDA tests, then the four --device cuda benchmarks and the two printed diagnoses, each
 # under its own time limit and in order of what matters most (the mixers' host syncs first,
 # the whole corruption suite last), so a cut-short run still leaves the first results. Results and logs go to OUT (default $TMPDIR/robustmix-gpu-checks); copy the
 # *-cuda.json files to benchmarks/results/ and run table.py --write-readme to publish them.
@@ -35,5 +35,6 @@ step tests 100 "$python" -m pytest -q -n 6 -p no:cacheprovider -k "cuda or graph
 step cuda_overhead 60 "$python" benchmarks/cuda_overhead.py
 step train_step 100 "$python" benchmarks/train_step.py --device cuda --out "$out/train_step-cuda.json"
 step mixing 70 "$python" benchmarks/mixing.py --device cuda --out "$out/mixing-cuda.json"
+step mixers 20 "$python" benchmarks/mixers.py --device cuda --out "$out/mixers-cuda.json"
 step jpeg_stages 40 "$python" benchmarks/jpeg_stages.py --device cuda
-step corruptions 190 "$python" benchmarks/corruptions.py --device cuda --runs 1 --out "$out/corruptions-cuda.json"
+step corruptions 170 "$python" benchmarks/corruptions.py --device cuda --runs 1 --out "$out/corruptions-cuda.json"
