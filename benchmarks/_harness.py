@@ -192,6 +192,33 @@ def measure(
     return Timing(times_s=tuple(times), warmup=warmup)
 
 
+def measure_blocks(
+    cases: Mapping[str, Callable[..., Any]],
+    *,
+    rounds: int,
+    repeats: int,
+    warmup: int,
+    device: torch.device | str = "cpu",
+    setups: Mapping[str, Callable[[], Any]] | None = None,
+) -> dict[str, list[Timing]]:
+    """Time each case in its own blocks, round-robin (A B A B ...): ``rounds`` blocks a case, each
+    ``warmup`` untimed then ``repeats`` timed calls (:func:`measure`, with the case's ``setups``
+    entry if any). One :class:`Timing` per block, in order.
+
+    Blocks, not single interleaved calls: two forms that free and take buffers of different
+    sizes page-fault each other's fresh memory when their calls alternate (the allocator would
+    be timed, not the forms), while consecutive blocks still see the same drift of the machine.
+    """
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    setups = setups or {}
+    blocks: dict[str, list[Timing]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            blocks[name].append(measure(fn, device=device, warmup=warmup, repeats=repeats, setup=setups.get(name)))
+    return blocks
+
+
 def measure_interleaved(
     cases: Mapping[str, Callable[[], Any]],
     *,

@@ -71,14 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"B{args.batch}x3x{args.size}^2 ({values:,} values) on cpu, {torch.get_num_threads()} torch threads;"
           " median ms (ns per value), each form timed in blocks A B A B")
     for name, slow, fast in cases(args.batch, args.size, torch.Generator().manual_seed(0)):
-        # Blocks A B A B, each its own warm-up and repeats (interleaving single calls would
-        # time the allocator instead: two forms that free and take buffers of different sizes
-        # page-fault each other's fresh memory); the median of each form's block medians.
-        blocks: dict[str, list[float]] = {"slow": [], "fast": []}
-        for _ in range(2):
-            for key, fn in (("slow", slow), ("fast", fast)):
-                blocks[key].append(H.measure(fn, warmup=3, repeats=args.repeats).median_ms)
-        a, b = (sorted(v)[len(v) // 2] for v in (blocks["slow"], blocks["fast"]))
+        # Blocks A B A B (H.measure_blocks); the median of each form's block medians.
+        blocks = H.measure_blocks({"slow": slow, "fast": fast}, rounds=2, repeats=args.repeats, warmup=3)
+        a, b = (sorted(t.median_ms for t in v)[len(v) // 2] for v in blocks.values())
         print(f"  {name:<48} {a:7.3f} ({a * 1e6 / values:5.2f})  {b:7.3f} ({b * 1e6 / values:5.2f})  {a / b:5.1f}x",
               flush=True)
     return 0

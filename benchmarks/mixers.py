@@ -32,7 +32,7 @@ SHAPES = ((128, 3, 224, 224), (512, 3, 32, 32), (256, 1, 28, 28))
 QUICK_SHAPES = ((8, 3, 32, 32),)
 ROUNDS = 5
 
-# (kind, method) -> constructor taking num_classes; "ours" and the peers of that kind
+# A mixer's constructor, given the number of classes.
 Factory = Callable[[int], Callable[[torch.Tensor, torch.Tensor], Any]]
 
 
@@ -73,12 +73,10 @@ def timed_in_blocks(
     calls: dict[str, tuple[Callable[[Any], Any], Callable[[], Any]]], device: torch.device, repeats: int
 ) -> dict[str, H.Timing]:
     """Each ``(fn, setup)`` timed as ``fn(setup())`` in ROUNDS round-robin blocks."""
-    per_block = max(1, repeats // ROUNDS)
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(ROUNDS):
-        for name, (fn, setup) in calls.items():
-            times[name] += H.measure(fn, setup=setup, device=device, warmup=1, repeats=per_block).times_s
-    return {name: H.Timing(times_s=tuple(t), warmup=1) for name, t in times.items()}
+    blocks = H.measure_blocks({name: fn for name, (fn, _) in calls.items()}, rounds=ROUNDS,
+                              repeats=max(1, repeats // ROUNDS), warmup=1, device=device,
+                              setups={name: setup for name, (_, setup) in calls.items()})
+    return {name: H.Timing(times_s=tuple(t for b in bs for t in b.times_s), warmup=1) for name, bs in blocks.items()}
 
 
 def bench_shape(shape: tuple[int, ...], device: torch.device, repeats: int,

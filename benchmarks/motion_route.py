@@ -2,7 +2,7 @@
 
 A diagnosis, printed: it backs ``robustmix.corruptions._common.MOTION_DIRECT_MIN_PIXELS``.
 ``motion_blur`` at severity 3 is timed both ways on one batch per size (the same angles: the
-generator is re-seeded per call), each route in its own blocks A B A B (see ``cpu_ops.py``), and
+generator is re-seeded per call), each route in its own blocks A B A B (``_harness.measure_blocks``), and
 the two outputs are checked first: the same 8-bit levels up to float rounding (a value
 on a level edge may land one level apart). Above the threshold the library
 takes the taps, at or below it the FFT.
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 
 import torch
 
@@ -34,6 +35,12 @@ def route(name: str) -> Iterator[None]:
         yield
     finally:
         _common.MOTION_DIRECT_MIN_PIXELS = saved
+
+
+def routed(name: str, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``fn()`` by route ``name``."""
+    with route(name):
+        return fn()
 
 
 def parse_cases(text: str) -> tuple[tuple[int, int], ...]:
@@ -70,12 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         # side of a level edge, one level apart, and nothing more.
         torch.testing.assert_close(outputs["taps"], outputs["fft"], rtol=0, atol=1.01 / 255)
         moved = (outputs["taps"] != outputs["fft"]).double().mean().item()
-        blocks: dict[str, list[float]] = {"fft": [], "taps": []}
-        for _ in range(2):
-            for name in blocks:
-                with route(name):
-                    blocks[name].append(H.measure(call, warmup=2, repeats=args.repeats).median_ms)
-        fft, taps = (sorted(v)[len(v) // 2] for v in blocks.values())
+        blocks = H.measure_blocks({name: partial(routed, name, call) for name in ("fft", "taps")},
+                                  rounds=2, repeats=args.repeats, warmup=2)
+        fft, taps = (sorted(t.median_ms for t in v)[len(v) // 2] for v in blocks.values())
         chosen = "taps" if size * size > _common.MOTION_DIRECT_MIN_PIXELS else "fft"
         print(f"  B{batch}x3x{size}^2  fft {fft:7.2f}  taps {taps:7.2f}  fft/taps {fft / taps:5.2f}x  (library: {chosen}; "
               f"{100 * moved:.3f} % of values a level apart)",

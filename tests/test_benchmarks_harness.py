@@ -166,6 +166,18 @@ def test_measure_interleaved_runs_round_robin_and_attributes_times():
         H.measure_interleaved({})
 
 
+def test_measure_blocks_times_each_case_in_whole_blocks_round_robin():
+    order = []
+    cases = {"a": lambda: order.append("a"), "b": lambda arg: order.append(("b", arg))}
+    blocks = H.measure_blocks(cases, rounds=2, repeats=3, warmup=1, setups={"b": lambda: 7})
+    # a's block (1 warm-up + 3 timed calls), then b's with its setup's argument, twice
+    assert order == (["a"] * 4 + [("b", 7)] * 4) * 2
+    assert [len(b.times_s) for b in blocks["a"] + blocks["b"]] == [3, 3, 3, 3]
+    assert all(b.warmup == 1 for b in blocks["a"] + blocks["b"])
+    with pytest.raises(ValueError, match="rounds must be an int >= 1"):
+        H.measure_blocks(cases, rounds=0, repeats=1, warmup=0)
+
+
 def test_timing_to_dict_reports_milliseconds_and_raw_times():
     d = H.Timing(times_s=(0.001, 0.003, 0.002), warmup=2).to_dict()
     assert d["median_ms"] == pytest.approx(2.0)
