@@ -679,7 +679,7 @@ def robustmix(
     if len(chunks) == 1:  # one cache-sized piece (small batches): no staging buffers
         part = x1.to(compute)
         coef = freq.block_coefficients(part, dims_t, block)
-        sq_norms = torch.linalg.vector_norm(part.flatten(1), dim=1).square_()
+        sq_norms = _sq_norms(part, compute)
     else:
         coef = empty_output(coef_shape, dtype=compute, device=device)
         sq_norms = torch.empty(n, dtype=compute, device=device)
