@@ -6,8 +6,8 @@ same inputs. Each case first checks that both give the same values to the bit, t
 in alternating rounds and reports the median of the per-round ratios: on the shared VMs this
 project is measured on, the speed drifts by tens of percent within minutes, which two separate
 runs cannot tell from a change. Cases: the op at the three mixing sizes and on a 2x1x4x4 batch
-(its fixed cost a call: checks and dispatch), and the MixUp and RobustMix mixers (RobustMix also
-per sample) at the two small sizes, where per-call overhead shows. A diagnosis for one change,
+(its fixed cost a call: checks and dispatch), and the MixUp, CutMix and RobustMix mixers (RobustMix
+also per sample) at the two small sizes, where per-call overhead shows. A diagnosis for one change,
 printed; the peer comparisons are ``mixing.py`` and friends.
 
     python benchmarks/revisions.py --base 4d0d44f
@@ -93,7 +93,7 @@ def cases(base: Any, head: Any, quick: bool) -> list[tuple[str, Callable[[], Any
                     lambda x=x, y=y, kw=kw: head.functional.robustmix(x, y, **kw)))
     for shape in ((8, 3, 32, 32),) if quick else MIXER_SHAPES:
         x, y = torch.rand(shape, generator=g), torch.randint(0, 10, (shape[0],), generator=g)
-        for cls, opts in (("MixUp", {}), ("RobustMix", {}), ("RobustMix", {"per_sample": True})):
+        for cls, opts in (("MixUp", {}), ("CutMix", {}), ("RobustMix", {}), ("RobustMix", {"per_sample": True})):
             a, b = getattr(base, cls)(10, seed=0, **opts), getattr(head, cls)(10, seed=0, **opts)
             mode = " per-sample" if opts else ""
             out.append((f"{cls}{mode} B{shape[0]}x{shape[1]}x{shape[2]}^2",

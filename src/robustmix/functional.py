@@ -403,7 +403,7 @@ def _batch_chunks(x: Tensor) -> list[tuple[int, int]]:
     on every call, which on a CPU costs as much as the matrix products themselves at 224 px.
     """
     n = x.shape[0]
-    per_sample = max(1, x[:1].numel() * x.element_size())
+    per_sample = max(1, math.prod(x.shape[1:]) * x.element_size())
     step = max(1, _CHUNK_BYTES // per_sample) if x.device.type == "cpu" else n
     return [(s, min(s + step, n)) for s in range(0, n, step)]
 
