@@ -156,6 +156,15 @@ def dct_basis(n: int, *, device: torch.device | str | None = None, dtype: torch.
     return _cached_basis(int(n), torch.device(device or "cpu"), dtype)
 
 
+@lru_cache(maxsize=256)
+def _band_basis(n: int, k: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The first ``k`` rows of the size-``n`` basis and their transpose, as cached views: the op
+    takes three of them a call, and at small sizes each slice or transpose made afresh costs as
+    much as a product."""
+    rows = _cached_basis(n, device, dtype)[:k]
+    return rows, rows.T
+
+
 def band_sizes(cutoff: float, sizes: Sequence[int]) -> tuple[int, ...]:
     """Number of kept low-band indices per dim: ``floor(cutoff * n + 0.5)`` for each size ``n``."""
     return tuple(min(n, math.floor(cutoff * n + 0.5)) for n in sizes)
@@ -170,13 +179,15 @@ def _band_sizes_tensor(cutoff: Tensor, n: int) -> Tensor:
 # Mode products: multiply one dim of x by a matrix, without Python loops over samples.
 
 
-def _apply_along(x: Tensor, matrix: Tensor, dim: int) -> Tensor:
-    """``y[..., j, ...] = sum_i matrix[j, i] * x[..., i, ...]`` along ``dim``."""
-    if dim == x.ndim - 1:
-        return x @ matrix.T
+def _apply_along(x: Tensor, matrix: Tensor, dim: int, matrix_t: Tensor | None = None) -> Tensor:
+    """``y[..., j, ...] = sum_i matrix[j, i] * x[..., i, ...]`` along ``dim`` (``matrix_t``:
+    ``matrix.T`` if the caller has it)."""
     if dim == x.ndim - 2:
         return matrix @ x
-    return torch.movedim(torch.movedim(x, dim, -1) @ matrix.T, -1, dim)
+    matrix_t = matrix.T if matrix_t is None else matrix_t
+    if dim == x.ndim - 1:
+        return x @ matrix_t
+    return torch.movedim(torch.movedim(x, dim, -1) @ matrix_t, -1, dim)
 
 
 def dct(x: Tensor, dims: Dims = (-2, -1)) -> Tensor:
@@ -271,8 +282,8 @@ def block_coefficients(x: Tensor, dims: tuple[int, ...], block: tuple[int, ...])
     y = x
     # Last dim first: a matmul on the contiguous dim needs no transposed copy.
     for d, k in sorted(zip(dims, block), reverse=True):
-        basis = dct_basis(x.shape[d], device=x.device, dtype=x.dtype)[:k]
-        y = _apply_along(y, basis, d)
+        basis, basis_t = _band_basis(x.shape[d], k, x.device, x.dtype)
+        y = _apply_along(y, basis, d, basis_t)
     return y
 
 
@@ -324,11 +335,11 @@ def coefficients_to_signal(coef: Tensor, sizes: dict[int, int], *, add_to: Tenso
     fuse = add_to is not None and last == coef.ndim - 1 and add_to.is_contiguous() and add_to.dtype == coef.dtype
     # The last dim last: its product is one large 2-D GEMM that can accumulate into add_to.
     for d in dims[:-1] if fuse else dims:
-        basis = dct_basis(sizes[d], device=coef.device, dtype=coef.dtype)[: coef.shape[d]]
-        y = _apply_along(y, basis.T, d)
+        basis, basis_t = _band_basis(sizes[d], coef.shape[d], coef.device, coef.dtype)
+        y = _apply_along(y, basis_t, d, basis)
     if not fuse:
         return y if add_to is None else add_to.add_(y)
-    basis = dct_basis(sizes[last], device=coef.device, dtype=coef.dtype)[: coef.shape[last]]
+    basis, _ = _band_basis(sizes[last], coef.shape[last], coef.device, coef.dtype)
     add_to.view(-1, sizes[last]).addmm_(y.reshape(-1, basis.shape[0]), basis)
     return add_to
 

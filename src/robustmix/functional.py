@@ -181,15 +181,19 @@ def _nonfinite_samples_error(per_sample: Tensor) -> Callable[[], Exception]:
     return error
 
 
-def _check_finite_norms(sq_norms: Tensor) -> None:
+def _check_finite_norms(sq_norms: Tensor) -> float | None:
+    """Raise if a sample's squared norm is NaN or inf. Returns the norms' float64 sum where it
+    was read on the host (the batch energy the label weight divides by), else None."""
     # The per-sample squared norms are computed anyway (energy weighting); a NaN or inf pixel
     # makes its sample's norm non-finite, so this checks the images at no extra pass.
     if _answered_now(sq_norms) and sq_norms.dtype != torch.float64:
         # A float64 sum of float32 squares cannot overflow: it is finite iff every norm is.
-        if not math.isfinite(float(sq_norms.detach().sum(dtype=torch.float64))):
+        total = float(sq_norms.detach().sum(dtype=torch.float64))
+        if not math.isfinite(total):
             raise _nonfinite_samples_error(sq_norms)()
-        return
+        return total
     _require(lambda: torch.isfinite(sq_norms).all(), _nonfinite_samples_error(sq_norms))
+    return None
 
 
 def _check_finite_images(images: Tensor) -> None:
@@ -423,6 +427,14 @@ def _sq_norms(x: Tensor, acc: torch.dtype) -> Tensor:
         flat = x[s:e].flatten(1)
         out[s:e] = torch.linalg.vector_norm(flat if flat.dtype == acc else flat.to(acc), dim=1).square()
     return out
+
+
+def _chunk_rows(t: Tensor | float, *, start: int, stop: int) -> Tensor | float:
+    """Rows ``start:stop`` of a batch tensor; a float weight, or a chunk that is the whole
+    batch, as it is (each view op costs a few microseconds, which small batches notice)."""
+    if not isinstance(t, Tensor) or (start == 0 and stop == t.shape[0]):
+        return t
+    return t[start:stop]
 
 
 def _pooled(images: Tensor) -> bool:
@@ -677,7 +689,7 @@ def robustmix(
     # them), and per-sample energies of the image and of its low band (Parseval).
     coef_shape = (n, *(block[dims_t.index(d)] if d in dims_t else x1.shape[d] for d in range(1, x1.ndim)))
     if len(chunks) == 1:  # one cache-sized piece (small batches): no staging buffers
-        part = x1.to(compute)
+        part = x1 if x1.dtype == compute else x1.to(compute)
         coef = freq.block_coefficients(part, dims_t, block)
         sq_norms = _sq_norms(part, compute)
     else:
@@ -688,7 +700,7 @@ def robustmix(
             coef[s:e].copy_(freq.block_coefficients(part, dims_t, block))
             sq_norms[s:e] = torch.linalg.vector_norm(part.flatten(1), dim=1).square()
     low_sq = _sq_norms(coef, compute)
-    _check_finite_norms(sq_norms)
+    total_host = _check_finite_norms(sq_norms)
 
     # Pass 2: out = Low(mixL) + mixH - Low(mixH) = mixH + (lam_low - lam_high) * Low(x1 - x2):
     # one band-limited inverse transform of a coefficient difference instead of two full ones,
@@ -700,21 +712,21 @@ def robustmix(
     if mask is not None and len(chunks) > 1:
         _mix_per_sample_bands(out, x1, coef, mask, cutoff, index, delta, w_high, dims_t, sizes, chunks)
     for s, e in chunks if mask is None or len(chunks) == 1 else ():
-        rows = slice(s, e)
-        partners = index[rows]
+        rows = functools.partial(_chunk_rows, start=s, stop=e)
+        partners = rows(index)
         # index_select, not coef[partners]: advanced indexing costs ~3x more per call at small sizes
-        delta_coef = torch.sub(coef[rows], coef.index_select(0, partners))
-        delta_coef.mul_(delta[rows] if isinstance(delta, Tensor) else delta)
+        delta_coef = torch.sub(rows(coef), coef.index_select(0, partners))
+        delta_coef.mul_(rows(delta))
         if mask is not None:
-            delta_coef = delta_coef * mask[rows]
-        delta_coef = delta_coef.to(x1.dtype)
-        part = out[rows]
+            delta_coef = delta_coef * rows(mask)
+        delta_coef = delta_coef if delta_coef.dtype == x1.dtype else delta_coef.to(x1.dtype)
+        part = rows(out)
         torch.index_select(x1, 0, partners, out=part)
-        part.lerp_(x1[rows], w_high[rows] if isinstance(w_high, Tensor) else w_high)  # x2 + lam_h (x1 - x2)
+        part.lerp_(rows(x1), rows(w_high))  # x2 + lam_h (x1 - x2)
         freq.coefficients_to_signal(delta_coef, sizes, add_to=part)
     out = _contiguous_as(out, images.dtype)
 
-    lam_c = _low_band_share(energy, coef, mask, sq_norms, low_sq, cutoff, index, lam_low, out, dims_t)
+    lam_c = _low_band_share(energy, coef, mask, sq_norms, low_sq, cutoff, index, lam_low, out, dims_t, total_host)
     lam = lam_c * lam_low + (1 - lam_c) * lam_high
     return _restore_format(out, images), _mix_targets(y1, index, lam)
 
@@ -839,8 +851,12 @@ def _low_band_share(
     lam_low: float | Tensor,
     out: Tensor,
     dims: tuple[int, ...],
+    total_host: float | None = None,
 ) -> float | Tensor:
-    """lam_c, the label weight of the low band: a float or a (N,) float64 tensor."""
+    """lam_c, the label weight of the low band: a float or a (N,) float64 tensor.
+
+    ``total_host``: the float64 sum of ``sq_norms`` where the finite check already read it.
+    """
     if isinstance(energy, float):
         return energy
     if energy == "uniform":
@@ -857,13 +873,14 @@ def _low_band_share(
             num[s:e] = _sum_over(low_out.square_(), keep_batch=True)
         den = _sq_norms(out, c.dtype)
         return _safe_ratio(num.double(), den.double())
-    total = sq_norms.sum(dtype=torch.float64)  # the float64 sum, without a float64 copy first
     if not isinstance(cutoff, Tensor):
         low = low_sq.sum(dtype=torch.float64)
         if low.device.type == "cpu":  # the same float64 division as _safe_ratio, without its tensor ops
-            den = float(total)
+            den = float(sq_norms.sum(dtype=torch.float64)) if total_host is None else total_host
             return float(low) / den if den > 0 else 1.0
-        return _safe_ratio(low, total)  # no host sync on accelerators
+        return _safe_ratio(low, sq_norms.sum(dtype=torch.float64))  # no host sync on accelerators
+    # the float64 sum, without a float64 copy first
+    total = sq_norms.sum(dtype=torch.float64)
     return _batch_share_per_cutoff(coef, cutoff, dims, [out.shape[d] for d in dims], total)
 
 
@@ -916,9 +933,9 @@ def _robustmix_differentiable(
     out = (mixed_high + freq.coefficients_to_signal(delta_coef, {d: x1.shape[d] for d in dims})).to(images.dtype)
     with torch.no_grad():
         sq_norms = _sq_norms(x1, compute)
-        _check_finite_norms(sq_norms)
+        total_host = _check_finite_norms(sq_norms)
         low_sq = _sq_norms(coef, compute)
-        lam_c = _low_band_share(energy, coef, mask, sq_norms, low_sq, cutoff, index, lam_low, out, dims)
+        lam_c = _low_band_share(energy, coef, mask, sq_norms, low_sq, cutoff, index, lam_low, out, dims, total_host)
     return out, lam_c
 
 
