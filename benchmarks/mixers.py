@@ -4,7 +4,7 @@ One call of each mixer as a training loop makes it (its own parameter draws incl
 mixing sizes, float32:
 
 * ours: ``robustmix.MixUp(K, seed=0)`` and ``robustmix.CutMix(K, seed=0)``: new output tensors
-  (a CPU batch of 8 MiB or more from the buffer pool), the value checks on.
+  (a CPU batch of 4 MiB or more from the buffer pool), the value checks on.
 * ``timm.data.Mixup(mixup_alpha=1, cutmix_alpha=0)`` and ``Mixup(mixup_alpha=0, cutmix_alpha=1)``:
   they mix the batch in place, so each timed call gets a fresh clone made outside the timed
   region; timm skips the output allocation the others pay for (the comparison favours timm).

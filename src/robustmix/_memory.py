@@ -47,8 +47,15 @@ __all__ = ["ENABLED", "MAX_IDLE_PER_CLASS", "MIN_BYTES", "POOL", "BufferPool", "
            "size_class"]
 
 ENABLED = os.environ.get("ROBUSTMIX_HUGE_PAGES", "1") != "0"
-MIN_BYTES = 8 << 20
-"""Buffers from this size up are pooled and advised (smaller ones come from the allocator's heap)."""
+MIN_BYTES = 4 << 20
+"""Buffers from this size up are pooled and advised (smaller ones come from the allocator's heap).
+
+4 MiB (8 MiB until 3ec1f5a): glibc's mmap threshold follows the largest block freed so far,
+so below 8 MiB a buffer could still be a fresh mapping faulted in on every call, depending on
+what else the process allocated. ``python benchmarks/revisions.py --base 3ec1f5a`` at the change,
+B512x3x32^2 (6.3 MB): ``RobustMix(per_sample=True)`` 1.54x (1.47-1.62), ``MixUp`` 1.13x and
+``CutMix`` 1.18x (quartiles on both sides of 1), the rest within noise (B256x1x28^2, 0.8 MB, is
+below the threshold either way)."""
 _HUGE_PAGE = 2 << 20
 _MADV_HUGEPAGE = 14  # linux/mman.h, the same on every Linux architecture
 _ALIGN = 64  # cache line / AVX-512 vector
