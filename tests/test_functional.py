@@ -182,6 +182,24 @@ def test_cutmix_hand_computed():
     torch.testing.assert_close(soft, torch.tensor([[0.75, 0.25], [0.25, 0.75]]))
 
 
+@pytest.mark.parametrize("box", [(0, 0, 0, 0), (2, 3, 0, 5), (0, 0, 9, 11), (1, 2, 4, 5), (8, 10, 1, 1)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "bfloat16", "3-d"])
+def test_cutmix_pastes_the_partners_box_for_any_box_and_layout(box, layout):
+    """The box is gathered straight into the output's strided box view: every pixel inside it is
+    the partner's, every pixel outside the sample's own, in any layout and dtype."""
+    x = torch.rand(6, 3, 9, 11, generator=torch.Generator().manual_seed(5))
+    x = {"contiguous": x, "channels_last": x.contiguous(memory_format=torch.channels_last),
+         "bfloat16": x.bfloat16(), "3-d": x[:, 0]}[layout]
+    idx = torch.tensor([3, 0, 5, 1, 2, 4])
+    top, left, h, w = box
+    want = x.clone()
+    want[..., top : top + h, left : left + w] = x[idx][..., top : top + h, left : left + w]
+    out, soft = F.cutmix(x, torch.arange(6), box=box, index=idx, num_classes=6)
+    assert torch.equal(out, want) and out.dtype == x.dtype
+    assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    torch.testing.assert_close(soft.diagonal(), torch.full((6,), 1 - h * w / 99.0))
+
+
 def test_mixup_and_cutmix_of_large_batches_equal_their_formulas():
     """Batches above the buffer pool's threshold get pooled outputs: the same values, new storage,
     and a second call (which may reuse the first output's buffer once it is dropped) agrees."""
