@@ -43,6 +43,7 @@ jpeg_stages = _load("bench_jpeg_stages", "jpeg_stages.py")
 cpu_ops = _load("bench_cpu_ops", "cpu_ops.py")
 motion_route = _load("bench_motion_route", "motion_route.py")
 mixers_bench = _load("bench_mixers", "mixers.py")
+peer_memory = _load("bench_peer_memory", "peer_memory.py")
 
 
 class ScriptedClock:
@@ -641,6 +642,18 @@ def test_motion_route_prints_each_case_and_the_library_choice(capsys):
     assert "B1x3x72^2" in out and "(library: taps;" in out
     with pytest.raises(SystemExit):
         motion_route.main(["--cases", "72"])
+
+
+def test_peer_memory_runs_each_loop_in_its_own_process_and_prints_it(capsys):
+    pytest.importorskip("timm", reason="peer_memory.py times timm's Mixup (a benchmark extra)")
+    r = peer_memory.run_loop((4, 3, 8, 8), rounds=1, calls=2, with_ours=True)
+    assert set(r) == {"timm_ms", "timm_faults", "ours_ms", "ours_faults"} and r["timm_ms"] > 0
+    assert set(peer_memory.run_loop((4, 3, 8, 8), rounds=1, calls=1, with_ours=False)) == {"timm_ms", "timm_faults"}
+    assert peer_memory.main(["--shape", "4,3,8,8", "--rounds", "1", "--calls", "1"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name}" in out for name in peer_memory.LOOPS) and out.count(" ours ") == 2
+    with pytest.raises(SystemExit):
+        peer_memory.main(["--shape", "4,3,8"])
 
 
 def test_large_batch_rows_time_both_ways_and_say_which_corrupt_uses():

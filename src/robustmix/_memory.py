@@ -55,7 +55,9 @@ so below 8 MiB a buffer could still be a fresh mapping faulted in on every call,
 what else the process allocated. ``python benchmarks/revisions.py --base 3ec1f5a`` at the change,
 B512x3x32^2 (6.3 MB): ``RobustMix(per_sample=True)`` 1.54x (1.47-1.62), ``MixUp`` 1.13x and
 ``CutMix`` 1.18x (quartiles on both sides of 1), the rest within noise (B256x1x28^2, 0.8 MB, is
-below the threshold either way)."""
+below the threshold either way). The other side: a pooled buffer is not freed to the allocator, so
+other code's temporaries of that size may be the fresh mappings instead (timm's Mixup beside
+ours, ``benchmarks/peer_memory.py``)."""
 _HUGE_PAGE = 2 << 20
 _MADV_HUGEPAGE = 14  # linux/mman.h, the same on every Linux architecture
 _ALIGN = 64  # cache line / AVX-512 vector
