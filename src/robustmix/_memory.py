@@ -6,7 +6,8 @@ per 4 KiB page. On the VMs this project is measured on, that costs several times
 itself: filling a fresh 77 MB buffer (a B128x3x224² float32 batch) took 31.8 ms against 3.8 ms
 for a reused one (``benchmarks/mixing.py``, its buffer-pool table), a quarter of the op. torch has no caching allocator on the CPU, so the op keeps its own,
 for its own few large buffers only (output, coefficients, dtype conversions; also the outputs of
-``functional.mixup`` and ``cutmix``, and the corruptions' chunked outputs):
+``functional.mixup`` and ``cutmix``, the corruptions' chunked outputs, JPEG's buffers and shot
+noise's batch-sized temporaries):
 
 * a **pool** of host buffers lent by size class (quarter steps between powers of two, so a
   random cutoff's coefficient block finds a buffer; at most 25 % unused). A lent buffer is
