@@ -187,7 +187,7 @@ def sample_cutmix_params(
     ratio = math.sqrt(1.0 - lam)
     cut_h, cut_w = int(height * ratio), int(width * ratio)
     # The same float64 products in Python as on the tensor, without four tensor ops a call
-    # (`python benchmarks/revisions.py --base d1b965a` at 39c5bd3: CutMix B256x1x28^2 1.12x)
+    # (`python benchmarks/revisions.py --base fc33123` at 39c5bd3: CutMix B256x1x28^2 1.12x)
     centre_y, centre_x = torch.rand(2, generator=generator, dtype=torch.float64, device=generator.device).tolist()
     cy, cx = int(centre_y * height), int(centre_x * width)
     top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
