@@ -1513,6 +1513,20 @@ def test_jpeg_bytes_are_rounded_and_clipped_like_torch_round(dtype, device):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_levels_are_divided_exactly_on_every_device(dtype, device):
+    # k / 255 correctly rounded wherever the tensor lives, as NumPy's uint8 / 255. gives it: CUDA
+    # divides by a Python number as a product with its reciprocal, one ulp off for many k.
+    from robustmix._device import divide_exactly_
+
+    k = torch.arange(256, dtype=dtype, device=device)
+    want = torch.from_numpy(np.arange(256, dtype=np.uint8) / np.array(255, dtype=np.float64)).to(dtype)
+    assert torch.equal(divide_exactly_(k.clone(), 255).cpu(), want)
+    assert not torch.equal(k.cpu() * (1 / torch.tensor(255, dtype=dtype)), want)  # the reciprocal's product
+    x = torch.rand(64, dtype=dtype, generator=gen(6)).to(device)  # any value: the CPU's own division
+    assert torch.equal(divide_exactly_(x.clone(), 7).cpu(), x.cpu() / 7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_decoded_bytes_come_back_as_contiguous_levels_where_the_images_live(dtype, device):
     from robustmix.corruptions.digital import _levels_from_bytes
 

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustmix._device import divide_exactly_
 from robustmix.metrics import summarize
 
 __all__ = [
@@ -205,7 +206,7 @@ def _to_float_nchw(x: Tensor, device: torch.device) -> Tensor:
     if x.dtype == torch.uint8:
         if x.ndim != 4:
             raise ValueError(f"images: expected uint8 (N, H, W, C), got shape {tuple(x.shape)}")
-        return x.permute(0, 3, 1, 2).float().div_(255)
+        return divide_exactly_(x.permute(0, 3, 1, 2).float(), 255)
     if not x.is_floating_point() or x.ndim != 4:
         raise ValueError(
             f"images: expected uint8 (N, H, W, C) or float (N, C, H, W) in [0, 1], "

@@ -95,6 +95,7 @@ def corrupt_uint8(
     stored as ``store`` says (``"release"`` or ``"round"``, see :func:`robustmix.corruptions.store`)."""
     import torch
 
+    from robustmix._device import divide_exactly_
     from robustmix.corruptions import corrupt
     from robustmix.corruptions import store as store_images
 
@@ -105,7 +106,7 @@ def corrupt_uint8(
     out = np.empty_like(images)
     for start in range(0, len(images), batch_size):
         chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-        x = chunk.to(device).permute(0, 3, 1, 2).float() / 255
+        x = divide_exactly_(chunk.to(device).permute(0, 3, 1, 2).float(), 255)
         y = store_images(corrupt(x, name, severity, generator=generator), store)
         y8 = (y * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # exact levels
         out[start : start + len(chunk)] = y8

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robustmix._device import divide_exactly_
 from robustmix._memory import empty_output
 
 __all__ = [
@@ -435,12 +436,12 @@ count as 8-bit: float32 ``k / 255`` and its rounding noise pass, anything resamp
 def truncate_to_8bit(x: Tensor) -> Tensor:
     """``np.uint8(clip(x, 0, 1) * 255) / 255`` in ``x``'s dtype: a float image stored as uint8
     the way the reference code stores it (the cast truncates)."""
-    return torch.floor(x.clamp(0.0, 1.0) * 255) / 255
+    return divide_exactly_(torch.floor(x.clamp(0.0, 1.0) * 255), 255)
 
 
 def round_to_8bit(x: Tensor) -> Tensor:
     """``clip(x, 0, 1)`` rounded to the nearest level ``k / 255`` (as PNG writers and codecs do)."""
-    return torch.round(x.clamp(0.0, 1.0) * 255) / 255
+    return divide_exactly_(torch.round(x.clamp(0.0, 1.0) * 255), 255)
 
 
 def imagemagick_8bit(x: Tensor) -> Tensor:
@@ -454,7 +455,7 @@ def imagemagick_8bit(x: Tensor) -> Tensor:
     random angles); rounding to the nearest level matched 51 %.
     """
     q = torch.floor(x.clamp(0.0, 1.0) * 65535 + 0.5)
-    return torch.floor(q / 257) / 255
+    return divide_exactly_(torch.floor(q / 257), 255)  # q / 257: never within an ulp of an integer it is not
 
 
 def eight_bit_images(x: Tensor, *, tolerance: float = EIGHT_BIT_TOLERANCE) -> Tensor:

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from robustmix._device import divide_exactly_
+
 from ._common import (
     SeverityTable,
     apply_motion_blur,
@@ -255,12 +257,12 @@ def reference_gaussian_float64(images: Tensor, sigma: float, *, truncate: float 
     x = images.double()
     eight_bit = eight_bit_images(images)
     if x.device.type != "cpu":  # no host sync
-        x = torch.where(eight_bit.view(-1, 1, 1, 1), x.mul(255).round_().div_(255), x)
+        x = torch.where(eight_bit.view(-1, 1, 1, 1), divide_exactly_(x.mul(255).round_(), 255), x)
     elif bool(eight_bit.all()):  # whole images, without torch.where (element by element on CPU)
-        x = x.mul(255).round_().div_(255)
+        x = divide_exactly_(x.mul(255).round_(), 255)
     elif bool(eight_bit.any()):
         x = x.clone() if x is images else x
-        x[eight_bit] = x[eight_bit].mul_(255).round_().div_(255)
+        x[eight_bit] = divide_exactly_(x[eight_bit].mul_(255).round_(), 255)
     if sigma <= 0:
         return x
     taps = _scipy_gaussian_taps(sigma, truncate)

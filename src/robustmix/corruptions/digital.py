@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robustmix._device import divide_exactly_
 from robustmix._memory import empty_output
 
 from ._common import (
@@ -324,12 +325,12 @@ def pixelate(images: Tensor, severity: int, generator: torch.Generator | None = 
     sh, sw = max(1, int(h * c)), max(1, int(w * c))
     eight_bit = eight_bit_images(x)
     if bool(eight_bit.all()):
-        small = _pil_box_down_8bit(x, sh, sw).div_(255)
+        small = divide_exactly_(_pil_box_down_8bit(x, sh, sw), 255)
     elif not bool(eight_bit.any()):
         small = _pil_box_down_float(x, sh, sw)
     else:  # a mixed batch: each image by its own kind
         small = x.new_empty(n, ch, sh, sw)
-        small[eight_bit] = _pil_box_down_8bit(x[eight_bit], sh, sw).div_(255).view(-1, ch, sh, sw)
+        small[eight_bit] = divide_exactly_(_pil_box_down_8bit(x[eight_bit], sh, sw), 255).view(-1, ch, sh, sw)
         small[~eight_bit] = _pil_box_down_float(x[~eight_bit], sh, sw).view(-1, ch, sh, sw)
     # Up: PIL's BOX upsampling takes the one pixel under each output centre (nearest-exact).
     return _upsample_pixels(small.view(n, ch, sh, sw), h, w).to(images.dtype)
@@ -480,7 +481,7 @@ def _levels_from_bytes(decoded: Tensor, like: Tensor) -> Tensor:
     """
     n, h, w, c = decoded.shape
     out = empty_output((n, c, h, w), dtype=like.dtype, device=like.device)
-    return out.copy_(decoded.to(like.device).permute(0, 3, 1, 2)).div_(255)
+    return divide_exactly_(out.copy_(decoded.to(like.device).permute(0, 3, 1, 2)), 255)
 
 
 def _jpeg_roundtrip(batch: Tensor, quality: int) -> Tensor:
