@@ -875,6 +875,42 @@ def test_cuda_images_requiring_grad_match_the_no_grad_call(dtype, per_sample):
     assert leaf.grad.shape == x.shape and torch.isfinite(leaf.grad).all()
 
 
+def test_graph_key_follows_the_matmul_precision():
+    # A graph bakes in the cuBLAS kernels chosen at capture: a precision set later needs its own.
+    from robustmix import _graphs
+
+    before = _graphs.matmul_settings()
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high" if old == "highest" else "highest")
+        assert _graphs.matmul_settings() != before
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available on this machine (CPU-only CI)")
+def test_cuda_graph_recaptured_when_the_matmul_precision_changes(monkeypatch):
+    from robustmix import _graphs
+
+    monkeypatch.setattr(_graphs, "ENABLED", True)
+    _graphs.clear()
+    x = torch.rand(4, 3, 40, 40, generator=torch.Generator().manual_seed(3)).cuda()
+    y = torch.arange(4, device="cuda")
+    kw = {"lam_low": 0.7, "lam_high": 0.2, "cutoff": 0.5, "num_classes": 4}
+    want = F.robustmix(x, y, **kw)
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        high = F.robustmix(x, y, **kw)
+    finally:
+        torch.set_float32_matmul_precision(old)
+    (statics,) = _graphs._SHAPES.values()
+    assert len(statics.graphs) == 2  # one graph per setting
+    torch.testing.assert_close(high[0], want[0], rtol=0, atol=1e-2)  # TF32 products: ~1e-3
+    again = F.robustmix(x, y, **kw)
+    assert torch.equal(again[0], want[0]) and torch.equal(again[1], want[1])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available on this machine (CPU-only CI)")
 def test_cuda_graph_path_raises_the_eager_errors(monkeypatch):
     from robustmix import _graphs

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from robustmix import freq
 
-__all__ = ["BAND_STEP", "ENABLED", "MAX_SHAPES", "bucket", "clear", "graph_core", "replay"]
+__all__ = ["BAND_STEP", "ENABLED", "MAX_SHAPES", "bucket", "clear", "graph_core", "matmul_settings", "replay"]
 
 ENABLED = os.environ.get("ROBUSTMIX_CUDA_GRAPHS", "1") != "0"
 BAND_STEP = 32
@@ -49,6 +49,16 @@ bytes (106 MiB at B128x3x224^2 bfloat16 on an H200, ``benchmarks/cuda_overhead.p
 def bucket(k: int, n: int) -> int:
     """Rows a graph multiplies for a band of ``k`` of ``n``: ``k`` rounded up to ``BAND_STEP``."""
     return min(n, BAND_STEP * max(1, math.ceil(k / BAND_STEP)))
+
+
+def matmul_settings() -> tuple[Any, ...]:
+    """The cuBLAS settings a captured graph bakes in (TF32 for fp32 products, reduced-precision
+    half reductions). Part of a graph's key: after e.g. ``torch.set_float32_matmul_precision("high")``
+    a call captures a new graph instead of replaying kernels chosen under the old setting."""
+    m = torch.backends.cuda.matmul
+    # fp32_precision (torch >= 2.9) reads in every state; allow_tf32 raises once the new API is used.
+    tf32 = m.fp32_precision if hasattr(m, "fp32_precision") else m.allow_tf32
+    return tf32, m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction
 
 
 def graph_core(
@@ -93,21 +103,28 @@ def graph_core(
         y1 = torch.zeros(n, num_classes, dtype=soft_dtype, device=targets.device)
         y1.scatter_(1, targets.clamp(0, num_classes - 1).unsqueeze(1), 1.0)
     x_c = x1 if x1.dtype == compute else x1.to(compute)
-    coef = freq.block_coefficients(x_c, dims, block)
-    for i, d in enumerate(dims):  # zero the rows beyond the drawn band
-        shape = [1] * coef.ndim
-        shape[d] = block[i]
-        coef = coef * (torch.arange(block[i], device=coef.device) < ks[i]).to(compute).view(shape)
+    # The block's coefficients, last dim first (as freq.block_coefficients), with the basis rows
+    # beyond the drawn band zeroed: exact zeros there, the kept coefficients the same products
+    # as the band's own, and no pass over the coefficients to mask them.
+    coef = x_c
+    for i, d in sorted(enumerate(dims), key=lambda item: -item[1]):
+        rows = freq.dct_basis(sizes[d], device=x_c.device, dtype=compute)[: block[i]]
+        kept = (torch.arange(block[i], device=rows.device) < ks[i]).to(compute)
+        coef = freq._apply_along(coef, rows * kept.unsqueeze(1), d)
     sq_norms = torch.linalg.vector_norm(x_c.flatten(1), dim=1).square()
     low_sq = sq_norms_of(coef, compute)
     checks.append(torch.isfinite(sq_norms).all())
-    delta_coef = ((coef - coef[index]) * (lam_low - lam_high).to(compute)).to(x1.dtype)
+    # Products cast on their way out (out= in the build dtype): the same roundings as a cast
+    # after, without a pass over a full-size fp32 temporary.
+    delta_coef = torch.empty(coef.shape, dtype=x1.dtype, device=coef.device)
+    torch.mul(coef - coef.index_select(0, index), (lam_low - lam_high).to(compute), out=delta_coef)
+    out = torch.empty(x1.shape, dtype=x1.dtype, device=x1.device)
     if x1.dtype in (torch.float16, torch.bfloat16):
         # x_c is x1 in fp32 already (compute): its rows are x1[index].float() and x1.float()
         # exactly, without two more conversions and a half gather of the batch.
-        out = torch.lerp(x_c[index], x_c, lam_high.float()).to(x1.dtype)
+        torch.lerp(x_c.index_select(0, index), x_c, lam_high.float(), out=out)
     else:
-        out = torch.lerp(x1[index], x1, lam_high.to(x1.dtype))
+        torch.lerp(x1.index_select(0, index), x1, lam_high.to(x1.dtype), out=out)
     freq.coefficients_to_signal(delta_coef, sizes, add_to=out)
     out = out.to(out_dtype)  # the images' dtype, as the eager op measures "sample" energies on it
     if energy == "uniform":

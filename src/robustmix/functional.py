@@ -795,7 +795,7 @@ def _robustmix_graphed(
     x_dtype = freq.matmul_dtype(images.dtype, images.device)
     result = _graphs.replay(
         images, targets, index, (lam_low, lam_high), ks, x_dtype=x_dtype,
-        graph_key=(block, dims, energy, classes, soft_dtype), core=core,
+        graph_key=(block, dims, energy, classes, soft_dtype, _graphs.matmul_settings()), core=core,
     )
     if result is None:
         return None
