@@ -1,4 +1,4 @@
-"""Is the working tree faster than another revision? A paired, in-process A/B on the CPU.
+"""Is the working tree faster than another revision? A paired, in-process A/B (CPU or CUDA).
 
 The package of ``--base REV`` is extracted (``git archive``) and imported next to the working
 tree's as ``robustmix_base`` (its absolute imports renamed), so both run in one process on the
@@ -8,9 +8,11 @@ project is measured on, the speed drifts by tens of percent within minutes, whic
 runs cannot tell from a change. Cases: the op at the three mixing sizes and on a 2x1x4x4 batch
 (its fixed cost a call: checks and dispatch), and the MixUp, CutMix and RobustMix mixers (RobustMix
 also per sample) at the two small sizes, where per-call overhead shows. A diagnosis for one change,
-printed; the peer comparisons are ``mixing.py`` and friends.
+printed; the peer comparisons are ``mixing.py`` and friends. ``--device cuda`` runs the same
+cases on a GPU (each call synchronised; values compared as there computed).
 
     python benchmarks/revisions.py --base 4d0d44f
+    python benchmarks/revisions.py --base a53b29f --device cuda
 """
 
 from __future__ import annotations
@@ -56,19 +58,24 @@ def import_revision(rev: str, into: Path, name: str = "robustmix_base") -> Any:
     return importlib.import_module(name)
 
 
-def paired(base: Callable[[], Any], head: Callable[[], Any], rounds: int, calls: int) -> dict[str, float]:
-    """Median times and the median (and quartiles) of per-round ratios base / head."""
+def paired(base: Callable[[], Any], head: Callable[[], Any], rounds: int, calls: int,
+           sync: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Median times and the median (and quartiles) of per-round ratios base / head; ``sync``
+    waits for queued device work (before and after each timed call)."""
     for fn in (base, head):
         for _ in range(2):
             fn()
+    sync()
     times: dict[str, list[float]] = {"base": [], "head": []}
     for r in range(rounds):
         order = (("base", base), ("head", head)) if r % 2 == 0 else (("head", head), ("base", base))
         for key, fn in order:
             one = []
             for _ in range(calls):
+                sync()
                 start = time.perf_counter()
                 fn()
+                sync()
                 one.append(time.perf_counter() - start)
             times[key].append(float(np.median(one)))
     ratio = np.array(times["base"]) / np.array(times["head"])
@@ -81,18 +88,19 @@ def same(a: Any, b: Any) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def cases(base: Any, head: Any, quick: bool) -> list[tuple[str, Callable[[], Any], Callable[[], Any]]]:
+def cases(base: Any, head: Any, quick: bool,
+          device: str | torch.device = "cpu") -> list[tuple[str, Callable[[], Any], Callable[[], Any]]]:
     out = []
     g = torch.Generator().manual_seed(0)
     for shape in ((8, 3, 32, 32),) if quick else (*OP_SHAPES, FIXED_COST_SHAPE):
-        x, n = torch.rand(shape, generator=g), shape[0]
-        y, index = torch.randint(0, 10, (n,), generator=g), torch.randperm(n, generator=g)
+        x, n = torch.rand(shape, generator=g).to(device), shape[0]
+        y, index = torch.randint(0, 10, (n,), generator=g).to(device), torch.randperm(n, generator=g).to(device)
         kw = dict(lam_low=0.7, lam_high=0.2, cutoff=0.5, num_classes=10, index=index)
         out.append((f"op B{n}x{shape[1]}x{shape[2]}^2",
                     lambda x=x, y=y, kw=kw: base.functional.robustmix(x, y, **kw),
                     lambda x=x, y=y, kw=kw: head.functional.robustmix(x, y, **kw)))
     for shape in ((8, 3, 32, 32),) if quick else MIXER_SHAPES:
-        x, y = torch.rand(shape, generator=g), torch.randint(0, 10, (shape[0],), generator=g)
+        x, y = torch.rand(shape, generator=g).to(device), torch.randint(0, 10, (shape[0],), generator=g).to(device)
         for cls, opts in (("MixUp", {}), ("CutMix", {}), ("RobustMix", {}), ("RobustMix", {"per_sample": True})):
             a, b = getattr(base, cls)(10, seed=0, **opts), getattr(head, cls)(10, seed=0, **opts)
             mode = " per-sample" if opts else ""
@@ -107,20 +115,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=30, help="alternating rounds per case (default 30)")
     parser.add_argument("--calls", type=int, default=10, help="timed calls per round (default 10)")
     parser.add_argument("--quick", action="store_true", help="one tiny case of each kind, few rounds: a smoke run")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the batches live (default cpu)")
     args = parser.parse_args(argv)
     if args.rounds < 2 or args.calls < 1:
         parser.error("--rounds must be >= 2 and --calls >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a GPU (torch.cuda.is_available() is False)")
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     head = importlib.import_module("robustmix")
     with tempfile.TemporaryDirectory() as tmp:
         base = import_revision(args.base, Path(tmp))
-        print(f"working tree vs {args.base}, {torch.get_num_threads()} torch threads; "
+        print(f"working tree vs {args.base} on {device.type}, {torch.get_num_threads()} torch threads; "
               "speed-up = base time / working-tree time, median of paired rounds (quartiles)")
         rounds = 2 if args.quick else args.rounds
-        for name, run_base, run_head in cases(base, head, args.quick):
+        for name, run_base, run_head in cases(base, head, args.quick, device):
             if not same(run_base(), run_head()):
                 print(f"  {name:<24} DIFFERENT VALUES: not a like-for-like comparison")
                 continue
-            r = paired(run_base, run_head, rounds, args.calls)
+            r = paired(run_base, run_head, rounds, args.calls, sync)
             print(f"  {name:<24} base {r['base_ms']:9.3f} ms  tree {r['head_ms']:9.3f} ms  "
                   f"{r['speedup']:.3f}x ({r['q1']:.3f}-{r['q3']:.3f})", flush=True)
     return 0

@@ -720,7 +720,13 @@ def test_revisions_imports_a_revision_beside_the_tree_and_compares_like_for_like
     assert set(r) == {"base_ms", "head_ms", "speedup", "q1", "q3"} and r["q1"] <= r["speedup"] <= r["q3"]
     assert revisions.main(["--base", "HEAD", "--quick", "--calls", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "vs HEAD" in printed and "RobustMix B8x3x32^2" in printed and "DIFFERENT VALUES" not in printed
+    assert "vs HEAD on cpu" in printed and "RobustMix B8x3x32^2" in printed and "DIFFERENT VALUES" not in printed
+    waits = []
+    revisions.paired(lambda: None, lambda: None, rounds=2, calls=3, sync=lambda: waits.append(1))
+    assert len(waits) == 1 + 2 * 2 * 3 * 2  # after the warm-up, then before and after each timed call
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            revisions.main(["--base", "HEAD", "--quick", "--device", "cuda"])
 
 
 def test_train_step_gpu_cases_compare_loops_with_loops_and_name_the_unchecked_mixers():
