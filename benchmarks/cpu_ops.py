@@ -4,7 +4,9 @@ A diagnosis, printed, not a peer comparison. On CPU (torch 2.14) a few ops are n
 ``torch.where`` and ``masked_fill`` with a bool mask, a bool -> float cast, and a crop of
 per-image windows by advanced indexing. The CPU paths of ``robustmix.corruptions`` use other
 forms that give the same floats (each tested equal to the one it replaced); this prints both,
-timed on one batch, with an add as the yardstick of a memory-bound pass.
+timed on one batch, with an add as the yardstick of a memory-bound pass. Also pixelate's 8-bit
+BOX window sums (pixelate's severity-3 scale, 0.4), along columns and along rows: a banded 0/1
+product and row gathers next to ``index_add_``, which pixelate uses.
 
     python benchmarks/cpu_ops.py                 # B8x3x224^2, all torch threads
     python benchmarks/cpu_ops.py --threads 1     # per core
@@ -19,7 +21,8 @@ from typing import Any
 import torch
 
 import _harness as H
-from robustmix.corruptions._common import nonzero_where, positive_weight, zero_below
+from robustmix.corruptions import digital
+from robustmix.corruptions._common import banded_product, nonzero_where, positive_weight, zero_below
 
 Case = tuple[str, Callable[[], Any], Callable[[], Any]]
 
@@ -38,6 +41,19 @@ def cases(batch: int, size: int, generator: torch.Generator) -> list[Case]:
     cols = torch.tensor(tops).view(batch, 1, 1, 1) + torch.arange(size).view(1, 1, 1, size)
     photo, channel = torch.tensor(picks).view(batch, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1)
 
+    # Pixelate's window sums, on integer levels (exact sums in any order, so the pair is equal).
+    levels = (x * 255).round()
+    small = max(1, int(size * 0.4))
+    members, windows = digital._pil_box_members(size, small)[0], digital._box_windows(size, small)
+    wide = levels.view(batch * 3, size, size)[..., :small].contiguous()
+    src, valid = digital._box_taps_8bit(size, small)
+
+    def row_gathers() -> torch.Tensor:
+        sums = wide.index_select(1, src[:, 0])
+        for t in range(1, src.shape[1]):
+            sums.addcmul_(wide.index_select(1, src[:, t]), valid[:, t].unsqueeze(-1))
+        return sums
+
     def sliced() -> torch.Tensor:
         out = x.new_empty(batch, 3, size, size)
         for i, (p, t) in enumerate(zip(picks, tops)):
@@ -54,6 +70,9 @@ def cases(batch: int, size: int, generator: torch.Generator) -> list[Case]:
         ("safe divisor: where(w > 0, x, 1) | nonzero_where", lambda: torch.where(weight > 0, x, 1.0),
          lambda: nonzero_where(x, weight)),
         ("windows: advanced indexing | slices", lambda: bank[photo, channel, rows, cols], sliced),
+        ("BOX sums, columns: banded 0/1 product | index_add_", lambda: banded_product(members, levels, -1),
+         lambda: digital._window_sums(levels.view(-1, size), windows, small).view(batch, 3, size, small)),
+        ("BOX sums, rows: row gathers | index_add_", row_gathers, lambda: digital._window_sums(wide, windows, small)),
         ("yardstick: x + y | (same)", lambda: x + y, lambda: x + y),
     ]
 

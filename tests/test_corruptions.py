@@ -652,6 +652,22 @@ def test_pixelate_of_8bit_images_equals_pil_bytes(h, w, severity):
     assert np.array_equal((gray * 255).round().to(torch.uint8).numpy(), ref)
 
 
+def test_pixelate_window_sums_by_index_add_equal_the_banded_product(monkeypatch):
+    # Where the BOX windows partition the pixels, the CPU sums them with index_add_; the banded
+    # 0/1 product and row gathers (the path kept for other sizes) give the same bytes.
+    from robustmix.corruptions import digital
+
+    assert digital._box_windows(13, 6) is None  # a pixel in no window: the general path
+    windows = digital._box_windows(224, 89)
+    members, _ = digital._pil_box_members(224, 89)
+    assert windows.shape == (224,) and torch.equal(members[windows, torch.arange(224)], torch.ones(224))
+    x = (natural(3, 3, 64, seed=9) * 255).round() / 255
+    fast = [corrupt(x, "pixelate", s) for s in range(1, 6)]
+    monkeypatch.setattr(digital, "_box_windows", lambda in_size, out_size: None)
+    for s, got in zip(range(1, 6), fast):
+        assert torch.equal(got, corrupt(x, "pixelate", s))
+
+
 def test_pil_fixed_point_mean_is_exact_for_every_sum():
     """Every window size the float32 path takes (1..160 pixels) and a few beyond it (float64)."""
     from robustmix.corruptions import digital

@@ -364,15 +364,32 @@ def _pil_box_down_8bit(x: Tensor, sh: int, sw: int) -> Tensor:
     """
     n, ch, h, w = x.shape
     members, scale_x = _pil_box_members(w, sw)
-    sums = banded_product(members.to(device=x.device, dtype=x.dtype), x, -1)
+    cols = _box_windows(w, sw) if x.device.type == "cpu" else None
+    if cols is None:
+        sums = banded_product(members.to(device=x.device, dtype=x.dtype), x, -1)
+    else:
+        sums = _window_sums(x.reshape(n * ch * h, w), cols, sw).view(n, ch, h, sw)
     sums = sums.mul_(255).round_()
     wide = _pil_fixed_point_mean(sums, scale_x.to(x.device)).view(n * ch, h, sw)
-    src, valid = (t.to(x.device) for t in _box_taps_8bit(h, sh))
-    sums = wide.index_select(1, src[:, 0])
-    for t in range(1, src.shape[1]):
-        sums.addcmul_(wide.index_select(1, src[:, t]), valid[:, t].to(sums.dtype).unsqueeze(-1))
+    rows = _box_windows(h, sh) if x.device.type == "cpu" else None
+    if rows is None:
+        src, valid = (t.to(x.device) for t in _box_taps_8bit(h, sh))
+        sums = wide.index_select(1, src[:, 0])
+        for t in range(1, src.shape[1]):
+            sums.addcmul_(wide.index_select(1, src[:, t]), valid[:, t].to(sums.dtype).unsqueeze(-1))
+    else:
+        sums = _window_sums(wide, rows, sh)
     _, scale_y = _pil_box_members(h, sh)
     return _pil_fixed_point_mean(sums, scale_y.to(x.device).unsqueeze(-1))
+
+
+def _window_sums(x: Tensor, windows: Tensor, count: int) -> Tensor:
+    """Sums of ``x`` (2-D or 3-D) over the pixel windows along dim 1: pixel ``i`` adds into
+    window ``windows[i]`` (``index_add_``, one strided add per pixel): on CPU faster than a
+    banded 0/1 product along columns and than row gathers (``benchmarks/cpu_ops.py``)."""
+    shape = list(x.shape)
+    shape[1] = count
+    return x.new_zeros(shape).index_add_(1, windows, x)
 
 
 # Widest BOX window (pixels) for which the float32 scaling below gives PIL's integers for
@@ -400,6 +417,16 @@ def _pil_box_members(in_size: int, out_size: int) -> tuple[Tensor, Tensor]:
     counts = members.sum(dim=1).double()
     kk = torch.floor((1 << PIL_PRECISION_BITS) / counts + 0.5)
     return members, kk / (1 << PIL_PRECISION_BITS)
+
+
+@lru_cache(maxsize=64)
+def _box_windows(in_size: int, out_size: int) -> Tensor | None:
+    """Each pixel's BOX window, ``(in_size,)`` int64, where the windows partition the pixels
+    (every pixel in exactly one, as at every size the severity tables give); else ``None``."""
+    members, _ = _pil_box_members(in_size, out_size)
+    if not bool((members.sum(dim=0) == 1).all()):
+        return None
+    return members.argmax(dim=0)
 
 
 @lru_cache(maxsize=64)
