@@ -6,6 +6,8 @@
 # *-cuda.json files to benchmarks/results/ and run table.py --write-readme to publish them.
 #
 #   bash benchmarks/gpu_checks.sh [OUT]     # the limits add up to 560 s
+#   BASE=REV bash benchmarks/gpu_checks.sh  # first, the working tree vs revision REV on the GPU
+#                                           # (revisions.py --device cuda, 60 s more)
 #
 # Peers the machine lacks (torch-dct, imagecorruptions) can come as source on PYTHONPATH.
 set -uo pipefail
@@ -32,6 +34,9 @@ mkdir -p "$out"
 : > "$out/summary.txt"
 "$python" -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" | tee -a "$out/summary.txt"
 step tests 100 "$python" -m pytest -q -n 6 -p no:cacheprovider -k "cuda or graph" tests
+if [ -n "${BASE:-}" ]; then
+    step revisions 60 "$python" benchmarks/revisions.py --base "$BASE" --device cuda --rounds 16
+fi
 step cuda_overhead 60 "$python" benchmarks/cuda_overhead.py
 step train_step 100 "$python" benchmarks/train_step.py --device cuda --out "$out/train_step-cuda.json"
 step mixing 70 "$python" benchmarks/mixing.py --device cuda --out "$out/mixing-cuda.json"
