@@ -1,17 +1,17 @@
 """CUDA graphs for the Robustmix op: one graph launch instead of ~40 kernel launches.
 
 On a GPU the op's arithmetic is small (0.77 ms of kernels at B128x3x224^2 bfloat16 on an H200,
-``benchmarks/cuda_overhead.py`` at a53b29f; 0.87 ms at 5baa57a) and eagerly its cost was the host's: ~40 kernel
-launches at tens of microseconds each (that script prints syncs, kernel time and graph memory).
-Replaying a captured graph costs one launch. The core of the op is captured on static buffers
-per batch shape; a call copies its batch, targets, partner permutation, mixing weights and band
-sizes into them, replays, and clones the outputs (a replay overwrites the last one's). The value
-checks (permutation, target ranges, finite images) and the one-hot rows run inside the graph;
+``benchmarks/cuda_overhead.py`` at a53b29f; 0.87 ms at 5baa57a) and eagerly its cost was the host's:
+~40 kernel launches at tens of microseconds each (that script prints syncs, kernel time and graph
+memory). Replaying a captured graph costs one launch. The core of the op is captured on static
+buffers per batch shape; a call copies its batch, targets, partner permutation, mixing weights and
+band sizes into them, replays, and clones the outputs (a replay overwrites the last one's). The
+value checks (permutation, target ranges, finite images) and the one-hot rows run inside the graph;
 their flags come back as one vector, answered with the call's single host sync.
 
 Weights and band sizes are device values in the graph, so one graph serves every draw. Only
 the matrix shapes are fixed at capture: the kept block is rounded up to a multiple of
-:data:`BAND_STEP` rows and the rows beyond the drawn band are masked to zero, so a 224-px batch
+:data:`BAND_STEP` rows and the basis rows beyond the drawn band are zeroed, so a 224-px batch
 needs at most 7 graphs for all cutoffs (one below 33 px), at the cost of at most 31 extra rows
 per product. Zeroed rows add exact zeros, so values equal the eager path's up to the summation
 order cuBLAS picks for the other shape (float rounding; tested on CUDA).
