@@ -9,10 +9,13 @@ runs cannot tell from a change. Cases: the op at the three mixing sizes and on a
 (its fixed cost a call: checks and dispatch), and the MixUp, CutMix and RobustMix mixers (RobustMix
 also per sample) at the two small sizes, where per-call overhead shows. A diagnosis for one change,
 printed; the peer comparisons are ``mixing.py`` and friends. ``--device cuda`` runs the same
-cases on a GPU (each call synchronised; values compared as there computed).
+cases on a GPU (each call synchronised; values compared as there computed). ``--corruptions``
+pairs the named corruptions instead (severity 3 on the suite's 8-bit images and batches: 8 at
+224 px, 32 at 32 px, as ``corruptions.py``).
 
     python benchmarks/revisions.py --base 4d0d44f
     python benchmarks/revisions.py --base a53b29f --device cuda
+    python benchmarks/revisions.py --base 68852ca --corruptions pixelate,jpeg_compression
 """
 
 from __future__ import annotations
@@ -109,6 +112,28 @@ def cases(base: Any, head: Any, quick: bool,
     return out
 
 
+CORRUPTION_BATCHES = ((8, 224), (32, 32))  # (batch, px): the corruption suite's
+
+
+def corruption_cases(base: Any, names: list[str], quick: bool,
+                     device: str | torch.device = "cpu") -> list[tuple[str, Callable[[], Any], Callable[[], Any]]]:
+    """Each named corruption of both revisions on the suite's 8-bit images (a fresh seeded
+    generator a call, so random corruptions draw the same)."""
+    import corruptions as suite  # the sibling script: its images
+    from robustmix.corruptions import corrupt
+
+    base_corrupt = importlib.import_module(f"{base.__name__}.corruptions").corrupt
+    out = []
+    for batch, size in ((2, 32),) if quick else CORRUPTION_BATCHES:
+        levels = suite.smooth_images(batch, size).mul(255).round().div(255).to(device)
+        for name in names:
+            def call(fn: Callable[..., Any], x: torch.Tensor = levels, name: str = name) -> tuple[Any, ...]:
+                return (fn(x, name, 3, generator=torch.Generator().manual_seed(0)),)
+
+            out.append((f"{name} B{batch} {size}px", lambda call=call: call(base_corrupt), lambda call=call: call(corrupt)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="git revision to compare the working tree with")
@@ -116,7 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=10, help="timed calls per round (default 10)")
     parser.add_argument("--quick", action="store_true", help="one tiny case of each kind, few rounds: a smoke run")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the batches live (default cpu)")
+    parser.add_argument("--corruptions", default=None, metavar="NAME[,NAME...]",
+                        help="pair these corruptions instead of the op and the mixers")
     args = parser.parse_args(argv)
+    names = None
+    if args.corruptions is not None:
+        from robustmix.corruptions import ALL_CORRUPTIONS
+
+        names = [n.strip() for n in args.corruptions.split(",")]
+        unknown = [n for n in names if n not in ALL_CORRUPTIONS]
+        if unknown or not names:
+            parser.error(f"--corruptions: unknown {unknown or names}; expected names from {list(ALL_CORRUPTIONS)}")
     if args.rounds < 2 or args.calls < 1:
         parser.error("--rounds must be >= 2 and --calls >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -129,12 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"working tree vs {args.base} on {device.type}, {torch.get_num_threads()} torch threads; "
               "speed-up = base time / working-tree time, median of paired rounds (quartiles)")
         rounds = 2 if args.quick else args.rounds
-        for name, run_base, run_head in cases(base, head, args.quick, device):
+        chosen = (corruption_cases(base, names, args.quick, device) if names is not None
+                  else cases(base, head, args.quick, device))
+        for name, run_base, run_head in chosen:
             if not same(run_base(), run_head()):
-                print(f"  {name:<24} DIFFERENT VALUES: not a like-for-like comparison")
+                print(f"  {name:<26} DIFFERENT VALUES: not a like-for-like comparison")
                 continue
             r = paired(run_base, run_head, rounds, args.calls, sync)
-            print(f"  {name:<24} base {r['base_ms']:9.3f} ms  tree {r['head_ms']:9.3f} ms  "
+            print(f"  {name:<26} base {r['base_ms']:9.3f} ms  tree {r['head_ms']:9.3f} ms  "
                   f"{r['speedup']:.3f}x ({r['q1']:.3f}-{r['q3']:.3f})", flush=True)
     return 0
 

@@ -727,6 +727,12 @@ def test_revisions_imports_a_revision_beside_the_tree_and_compares_like_for_like
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):
             revisions.main(["--base", "HEAD", "--quick", "--device", "cuda"])
+    assert revisions.main(["--base", "HEAD", "--quick", "--calls", "1", "--corruptions", "pixelate,shot_noise"]) == 0
+    printed = capsys.readouterr().out
+    assert "pixelate B2 32px" in printed and "shot_noise B2 32px" in printed and "op B" not in printed
+    assert "DIFFERENT VALUES" not in printed  # the random one draws the same from its seeded generator
+    with pytest.raises(SystemExit):
+        revisions.main(["--base", "HEAD", "--quick", "--corruptions", "pixelat"])
 
 
 def test_train_step_gpu_cases_compare_loops_with_loops_and_name_the_unchecked_mixers():
