@@ -103,14 +103,8 @@ def graph_core(
         y1 = torch.zeros(n, num_classes, dtype=soft_dtype, device=targets.device)
         y1.scatter_(1, targets.clamp(0, num_classes - 1).unsqueeze(1), 1.0)
     x_c = x1 if x1.dtype == compute else x1.to(compute)
-    # The block's coefficients, last dim first (as freq.block_coefficients), with the basis rows
-    # beyond the drawn band zeroed: exact zeros there, the kept coefficients the same products
-    # as the band's own, and no pass over the coefficients to mask them.
-    coef = x_c
-    for i, d in sorted(enumerate(dims), key=lambda item: -item[1]):
-        rows = freq.dct_basis(sizes[d], device=x_c.device, dtype=compute)[: block[i]]
-        kept = (torch.arange(block[i], device=rows.device) < ks[i]).to(compute)
-        coef = freq._apply_along(coef, rows * kept.unsqueeze(1), d)
+    # The basis rows beyond the drawn band zeroed: no pass over the coefficients to mask them.
+    coef = freq.block_coefficients(x_c, dims, block, kept=ks)
     sq_norms = torch.linalg.vector_norm(x_c.flatten(1), dim=1).square()
     low_sq = sq_norms_of(coef, compute)
     checks.append(torch.isfinite(sq_norms).all())

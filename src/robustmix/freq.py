@@ -269,10 +269,15 @@ def low_band_block(
     return band_sizes(cutoff, sizes), None
 
 
-def block_coefficients(x: Tensor, dims: tuple[int, ...], block: tuple[int, ...]) -> Tensor:
+def block_coefficients(
+    x: Tensor, dims: tuple[int, ...], block: tuple[int, ...], *, kept: Tensor | None = None
+) -> Tensor:
     """DCT coefficients of ``x`` with index ``< block[d]`` along each of ``dims``, in x's dtype.
 
     Only the first ``k`` rows of each basis are multiplied: ``k/n`` of a full transform's work.
+    ``kept``: per dim of ``dims``, how many of the block's rows to keep (a device value, as in a
+    CUDA graph whose block is fixed and whose band is drawn): the basis rows beyond are zeroed,
+    so those coefficients are exact zeros and the kept ones the same products as without.
     """
     if 0 in block:
         shape = list(x.shape)
@@ -281,8 +286,11 @@ def block_coefficients(x: Tensor, dims: tuple[int, ...], block: tuple[int, ...])
         return x.new_zeros(shape)
     y = x
     # Last dim first: a matmul on the contiguous dim needs no transposed copy.
-    for d, k in sorted(zip(dims, block), reverse=True):
-        basis, basis_t = _band_basis(x.shape[d], k, x.device, x.dtype)
+    for i, d in sorted(enumerate(dims), key=lambda item: -item[1]):
+        basis, basis_t = _band_basis(x.shape[d], block[i], x.device, x.dtype)
+        if kept is not None:
+            basis = basis * (torch.arange(block[i], device=basis.device) < kept[i]).to(x.dtype).unsqueeze(1)
+            basis_t = basis.T
         y = _apply_along(y, basis, d, basis_t)
     return y
 
