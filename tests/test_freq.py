@@ -163,3 +163,34 @@ def test_low_band_block_is_sized_from_the_host_cutoffs_when_given():
     assert plain[0] == hosted[0] == (16, 10) and torch.equal(plain[1], hosted[1])
     # the block follows the host copy (it is the only one read for the size)
     assert freq.low_band_block(x, cutoff, (2, 3), torch.float32, host_cutoff=cutoff * 0.5)[0] == (8, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("shape", "dims", "block"), [
+    ((6, 3, 32, 24), (2, 3), (16, 5)),
+    ((4, 2, 5, 6, 7), (2, 3, 4), (3, 2, 4)),  # a volume: the first dim's product is the moved-dim path
+    ((5, 2, 40), (2,), (9,)),
+])
+def test_band_products_into_given_buffers_equal_the_allocating_ones_bit_for_bit(dtype, shape, dims, block):
+    from robustmix._memory import Scratch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    want = freq.block_coefficients(x, dims, block)
+    scratch = Scratch(freq.band_product_numel(shape, dims, block), dtype)
+    out = scratch.keep(want.shape)
+    got = freq.block_coefficients(x, dims, block, out=out, scratch=scratch)
+    assert got.data_ptr() == out.data_ptr() and torch.equal(got, want)
+    sizes = {d: shape[d] for d in dims}
+    base = torch.randn(shape, generator=g, dtype=dtype)
+    want_signal = freq.coefficients_to_signal(want, sizes, add_to=base.clone())
+    scratch.reset()
+    assert torch.equal(freq.coefficients_to_signal(want, sizes, add_to=base.clone(), scratch=scratch), want_signal)
+
+
+def test_band_product_numel_hand_values():
+    # forward: the last dim first, every product but the last; inverse: the first dim first
+    assert freq.band_product_numel((5, 3, 32, 32), (2, 3), (16, 8)) == 5 * 3 * 32 * 8
+    assert freq.band_product_numel((2, 4, 6, 8), (1, 2, 3), (2, 3, 4)) == 2 * 4 * 6 * 4 + 2 * 4 * 3 * 4
+    assert freq.band_product_numel((2, 9, 40), (2,), (7,)) == 0  # one product: nothing in between
+    assert freq.band_product_numel((1, 1, 10, 100), (2, 3), (10, 1)) == 10  # both ways the (10, 1) block

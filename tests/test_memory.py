@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -269,3 +270,77 @@ def test_pool_size_from_the_environment():
     for bad in ("abc", "-1", "1.5", ""):
         with pytest.raises(ValueError, match="ROBUSTMIX_BUFFER_POOL_MB must be a non-negative whole number"):
             M.pool_bytes_from_env(bad)
+
+
+def _storage_start(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_scratch_views_are_aligned_disjoint_and_reused_after_reset(dtype):
+    scratch = M.Scratch(1000, dtype)
+    kept = scratch.keep((3, 5))
+    a = scratch.take((7, 3))
+    b = scratch.take((11,), from_end=True)
+    c = scratch.take((2, 2))
+    views = [kept, a, b, c]
+    assert all(v.data_ptr() % 64 == 0 and v.is_contiguous() for v in views)
+    assert len({_storage_start(v) for v in views}) == 1  # one buffer
+    spans = sorted((v.data_ptr(), v.data_ptr() + v.numel() * v.element_size()) for v in views)
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))  # no overlaps
+    scratch.reset()
+    assert scratch.take((7, 3)).data_ptr() == a.data_ptr()  # the kept view stays, the rest is free again
+    assert scratch.take((11,), from_end=True).data_ptr() == b.data_ptr()
+    too_big = scratch.take((scratch._flat.numel() + 1,))
+    other_dtype = scratch.take((4,), torch.int64)
+    assert _storage_start(too_big) != _storage_start(kept) and too_big.dtype == dtype
+    assert _storage_start(other_dtype) != _storage_start(kept) and other_dtype.dtype == torch.int64
+
+
+def test_a_scratch_is_lent_again_only_after_it_was_given_back(monkeypatch):
+    import threading
+
+    monkeypatch.setattr(M, "_THREAD", threading.local())
+    first = M.lend_scratch(100, torch.float32)
+    nested = M.lend_scratch(100, torch.float32)  # lent while the first is out: its own
+    assert nested is not first
+    M.give_back_scratch(first)
+    assert M.lend_scratch(50, torch.float32) is first  # fits: reused, emptied
+    M.give_back_scratch(first)
+    assert M.lend_scratch(100, torch.float64) is not first  # another dtype
+    M.give_back_scratch(first)
+    assert M.lend_scratch(first._flat.numel() + 1, torch.float32) is not first  # too small
+    M.give_back_scratch(first)
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(M.lend_scratch(10, torch.float32)))
+    worker.start()
+    worker.join()
+    assert seen[0] is not first  # another thread has its own
+    monkeypatch.setattr(M, "POOL", M.BufferPool(0))
+    M.give_back_scratch(M.lend_scratch(10, torch.float32))
+    assert M._THREAD.scratch is None  # the pool off: nothing kept between calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(300, 3, 32, 32), (7, 3, 224, 224), (600, 3, 32, 32)])
+def test_robustmix_values_do_not_depend_on_its_scratch(monkeypatch, dtype, shape):
+    # one chunk with its products in a scratch, and chunked calls (whose coefficient rows are
+    # unaligned in float64 at 224 px: a float64 product into them would round otherwise)
+    import robustmix.functional as F
+
+    g = torch.Generator().manual_seed(1)
+    n = shape[0]
+    x = torch.randn(shape, generator=g).to(dtype)
+    kw = {"lam_low": 0.7, "lam_high": 0.2, "cutoff": 0.45, "num_classes": 5, "index": torch.randperm(n, generator=g)}
+    y = torch.arange(n) % 5
+    first = robustmix(x, y, **kw)
+    held = M._THREAD.scratch
+    assert held is not None  # given back after the call
+    held._flat.fill_(float("nan"))  # poisoned: the next call must overwrite all it reads
+    again = robustmix(x, y, **kw)
+    assert M._THREAD.scratch is held
+    assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
+    if len(F._batch_chunks(x if dtype != torch.bfloat16 else x.float())) == 1:
+        monkeypatch.setattr(F, "_SCRATCH_MIN_BYTES", 1 << 40)  # no scratch at all
+        plain = robustmix(x, y, **kw)
+        assert torch.equal(plain[0], first[0]) and torch.equal(plain[1], first[1])

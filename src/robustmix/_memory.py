@@ -44,8 +44,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ENABLED", "MAX_IDLE_PER_CLASS", "MIN_BYTES", "POOL", "BufferPool", "empty_output", "huge_page_range", "pool_bytes_from_env",
-           "size_class"]
+__all__ = ["ENABLED", "MAX_IDLE_PER_CLASS", "MIN_BYTES", "POOL", "BufferPool", "Scratch", "aligned", "empty_output",
+           "give_back_scratch", "huge_page_range", "lend_scratch", "pool_bytes_from_env", "size_class"]
 
 ENABLED = os.environ.get("ROBUSTMIX_HUGE_PAGES", "1") != "0"
 MIN_BYTES = 4 << 20
@@ -227,3 +227,98 @@ def empty_output(shape: Sequence[int], *, dtype: torch.dtype, device: torch.devi
         _advise_huge_pages(out.data_ptr(), nbytes)
         return out
     return torch.frombuffer(loan, dtype=dtype, count=numel).view(shape)
+
+
+def aligned(t: Tensor) -> bool:
+    """Whether ``t``'s data starts on a 64-byte boundary, as ``torch.empty``'s and the pool's do."""
+    return t.data_ptr() % _ALIGN == 0
+
+
+class Scratch:
+    """A loop's temporaries carved in turn from one pooled CPU buffer.
+
+    A chunked loop makes the same few temporaries (band products, gathered coefficients) on
+    every chunk and every call. At 1-4 MB each they sit around glibc's mmap threshold, which
+    moves with what the process freed before, so depending on the process they are fresh
+    mappings faulted in on every call. ``python benchmarks/op_faults.py --base fae4c16 --runs 6``
+    (B512x3x32^2 Robustmix, six fresh processes): the op before this made 121-261 page faults a
+    call in five and 1,376 in one (8.6 ms a call against 5.1 ms), the op with its scratch none.
+    Views of one buffer lent by :data:`POOL` (at least :data:`MIN_BYTES`, so it is always
+    pooled) reuse the same pages in every process.
+
+    :meth:`keep` takes a view for the whole call; :meth:`take` one until the next :meth:`reset`.
+    Every view starts on a 64-byte boundary, as ``torch.empty``'s memory does: BLAS results can
+    depend on where the output starts (a float64 ``bmm`` into an output 8 bytes off differs in
+    the last bits). ``numel`` is what the views need; room for the alignment of a few views is
+    added. A request that does not fit (or in another dtype) gets an ordinary ``torch.empty``,
+    so a wrong size estimate costs speed, never values. The caller overwrites every element.
+    """
+
+    _ALIGNED_VIEWS = 8  # views per call whose alignment padding the buffer has room for
+
+    def __init__(self, numel: int, dtype: torch.dtype) -> None:
+        self._align = max(1, _ALIGN // dtype.itemsize)
+        self._flat = empty_output((max(self._padded(numel), -(-MIN_BYTES // dtype.itemsize)),), dtype=dtype, device="cpu")
+        self._kept = self._used = 0
+        self._top = self._flat.numel()
+
+    def _padded(self, numel: int) -> int:
+        return numel + self._ALIGNED_VIEWS * self._align
+
+    def fits(self, numel: int, dtype: torch.dtype) -> bool:
+        return dtype == self._flat.dtype and self._padded(numel) <= self._flat.numel()
+
+    def take(self, shape: Sequence[int], dtype: torch.dtype | None = None, *, from_end: bool = False) -> Tensor:
+        """A view of ``shape``; ``from_end``: from the buffer's far end (so that the next views
+        from the start land where the previous pass's did, still in cache)."""
+        shape = tuple(shape)
+        numel = math.prod(shape)
+        if from_end:
+            start = (self._top - numel) // self._align * self._align
+        else:
+            start = -(-self._used // self._align) * self._align  # _flat itself starts aligned
+        if (dtype is not None and dtype != self._flat.dtype) or start < self._used or start + numel > self._top:
+            return torch.empty(shape, dtype=dtype or self._flat.dtype)
+        if from_end:
+            self._top = start
+        else:
+            self._used = start + numel
+        strides = [1] * len(shape)
+        for i in range(len(shape) - 2, -1, -1):
+            strides[i] = strides[i + 1] * shape[i + 1]
+        return self._flat.as_strided(shape, strides, start)  # one op: slicing and viewing cost two
+
+    def keep(self, shape: Sequence[int]) -> Tensor:
+        view = self.take(shape)
+        self._kept = self._used
+        return view
+
+    def reset(self) -> None:
+        self._used = self._kept
+        self._top = self._flat.numel()
+
+
+_THREAD = threading.local()
+
+
+def lend_scratch(numel: int, dtype: torch.dtype) -> Scratch:
+    """An empty :class:`Scratch` with room for ``numel``: this thread's last one given back
+    (:func:`give_back_scratch`) if it is large enough, else a new one.
+
+    Kept between calls, a scratch is not wrapped anew from a pool loan on every call (a
+    measurable cost at small batches). A scratch that is never given back (an exception on the
+    way) is simply not reused; a call nested in another gets its own.
+    """
+    held = getattr(_THREAD, "scratch", None)
+    _THREAD.scratch = None
+    if held is None or not held.fits(numel, dtype):
+        return Scratch(numel, dtype)
+    held._kept = 0
+    held.reset()
+    return held
+
+
+def give_back_scratch(scratch: Scratch) -> None:
+    """Keep ``scratch`` for this thread's next :func:`lend_scratch` (not with the pool off)."""
+    if POOL.max_bytes > 0:
+        _THREAD.scratch = scratch

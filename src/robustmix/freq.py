@@ -24,8 +24,10 @@ import torch
 from torch import Tensor
 
 from robustmix._device import to_device
+from robustmix._memory import Scratch
 
 __all__ = [
+    "band_product_numel",
     "band_sizes",
     "block_coefficients",
     "dct",
@@ -179,15 +181,30 @@ def _band_sizes_tensor(cutoff: Tensor, n: int) -> Tensor:
 # Mode products: multiply one dim of x by a matrix, without Python loops over samples.
 
 
-def _apply_along(x: Tensor, matrix: Tensor, dim: int, matrix_t: Tensor | None = None) -> Tensor:
+def _apply_along(
+    x: Tensor, matrix: Tensor, dim: int, matrix_t: Tensor | None = None, *, out: Tensor | None = None
+) -> Tensor:
     """``y[..., j, ...] = sum_i matrix[j, i] * x[..., i, ...]`` along ``dim`` (``matrix_t``:
-    ``matrix.T`` if the caller has it)."""
-    if dim == x.ndim - 2:
-        return matrix @ x
+    ``matrix.T`` if the caller has it), written into ``out`` (contiguous) if given.
+
+    Into ``out`` a product on one of the last two dims of a contiguous ``x`` is the very
+    ``mm`` / ``bmm`` that ``@`` runs there (the same values), with ``out=``; others are copied.
+    """
     matrix_t = matrix.T if matrix_t is None else matrix_t
-    if dim == x.ndim - 1:
-        return x @ matrix_t
-    return torch.movedim(torch.movedim(x, dim, -1) @ matrix_t, -1, dim)
+    if out is not None and x.is_contiguous() and dim >= x.ndim - 2 and x.ndim >= 2:
+        if dim == x.ndim - 1:
+            torch.mm(x.view(-1, x.shape[-1]), matrix_t, out=out.view(-1, matrix_t.shape[1]))
+        else:  # what `matrix @ x` runs: the matrix expanded over the planes, one bmm
+            planes = x.view(-1, *x.shape[-2:])
+            torch.bmm(matrix.expand(planes.shape[0], *matrix.shape), planes, out=out.view(planes.shape[0], matrix.shape[0], -1))
+        return out
+    if dim == x.ndim - 2:
+        y = matrix @ x
+    elif dim == x.ndim - 1:
+        y = x @ matrix_t
+    else:
+        y = torch.movedim(torch.movedim(x, dim, -1) @ matrix_t, -1, dim)
+    return y if out is None else out.copy_(y)
 
 
 def dct(x: Tensor, dims: Dims = (-2, -1)) -> Tensor:
@@ -270,7 +287,8 @@ def low_band_block(
 
 
 def block_coefficients(
-    x: Tensor, dims: tuple[int, ...], block: tuple[int, ...], *, kept: Tensor | None = None
+    x: Tensor, dims: tuple[int, ...], block: tuple[int, ...], *, kept: Tensor | None = None,
+    out: Tensor | None = None, scratch: Scratch | None = None,
 ) -> Tensor:
     """DCT coefficients of ``x`` with index ``< block[d]`` along each of ``dims``, in x's dtype.
 
@@ -278,21 +296,45 @@ def block_coefficients(
     ``kept``: per dim of ``dims``, how many of the block's rows to keep (a device value, as in a
     CUDA graph whose block is fixed and whose band is drawn): the basis rows beyond are zeroed,
     so those coefficients are exact zeros and the kept ones the same products as without.
+    ``out``: where to write them (contiguous); ``scratch``: where the products between go.
     """
+    shape = list(x.shape)
+    for d, k in zip(dims, block):
+        shape[d] = k
     if 0 in block:
-        shape = list(x.shape)
-        for d, k in zip(dims, block):
-            shape[d] = k
-        return x.new_zeros(shape)
+        return x.new_zeros(shape) if out is None else out.zero_()
     y = x
     # Last dim first: a matmul on the contiguous dim needs no transposed copy.
-    for i, d in sorted(enumerate(dims), key=lambda item: -item[1]):
+    order = sorted(enumerate(dims), key=lambda item: -item[1])
+    step_shape = list(x.shape)
+    for step, (i, d) in enumerate(order):
         basis, basis_t = _band_basis(x.shape[d], block[i], x.device, x.dtype)
         if kept is not None:
             basis = basis * (torch.arange(block[i], device=basis.device) < kept[i]).to(x.dtype).unsqueeze(1)
             basis_t = basis.T
-        y = _apply_along(y, basis, d, basis_t)
+        step_shape[d] = block[i]
+        last = step == len(order) - 1
+        target = out if last else (scratch.take(step_shape) if scratch is not None else None)
+        y = _apply_along(y, basis, d, basis_t, out=target)
     return y
+
+
+def band_product_numel(shape: Sequence[int], dims: tuple[int, ...], block: tuple[int, ...]) -> int:
+    """Elements of the products that :func:`block_coefficients` of an ``x`` of ``shape``, or
+    :func:`coefficients_to_signal` of its block into a contiguous ``add_to``, make before their
+    last one (the larger of the two): what a :class:`~robustmix._memory.Scratch` must hold for them."""
+    full = list(shape)
+    forward, step = 0, list(shape)
+    for d, k in sorted(zip(dims, block), key=lambda item: -item[0])[:-1]:
+        step[d] = k
+        forward += math.prod(step)
+    inverse, step = 0, list(shape)
+    for d, k in zip(dims, block):
+        step[d] = k
+    for d in sorted(dims)[:-1]:
+        step[d] = full[d]
+        inverse += math.prod(step)
+    return max(forward, inverse)
 
 
 def low_band_coefficients(
@@ -323,12 +365,15 @@ def _per_sample_mask(
     return mask.to(dtype)
 
 
-def coefficients_to_signal(coef: Tensor, sizes: dict[int, int], *, add_to: Tensor | None = None) -> Tensor:
+def coefficients_to_signal(
+    coef: Tensor, sizes: dict[int, int], *, add_to: Tensor | None = None, scratch: Scratch | None = None
+) -> Tensor:
     """Inverse of :func:`low_band_coefficients`: the signal of a low-band coefficient block.
 
     ``sizes`` maps each signal dim to its full size. With ``add_to`` the signal is added into
     that tensor in place (fused into the last matrix product when the last dim is a signal dim
-    and ``add_to`` is contiguous) and ``add_to`` is returned.
+    and ``add_to`` is contiguous) and ``add_to`` is returned. ``scratch``: where the products
+    before the fused one go.
     """
     dims = sorted(sizes)
     if any(coef.shape[d] == 0 for d in dims):
@@ -342,9 +387,11 @@ def coefficients_to_signal(coef: Tensor, sizes: dict[int, int], *, add_to: Tenso
     last = dims[-1]
     fuse = add_to is not None and last == coef.ndim - 1 and add_to.is_contiguous() and add_to.dtype == coef.dtype
     # The last dim last: its product is one large 2-D GEMM that can accumulate into add_to.
+    step_shape = list(coef.shape)
     for d in dims[:-1] if fuse else dims:
         basis, basis_t = _band_basis(sizes[d], coef.shape[d], coef.device, coef.dtype)
-        y = _apply_along(y, basis_t, d, basis)
+        step_shape[d] = sizes[d]
+        y = _apply_along(y, basis_t, d, basis, out=scratch.take(step_shape) if scratch is not None else None)
     if not fuse:
         return y if add_to is None else add_to.add_(y)
     basis, _ = _band_basis(sizes[last], coef.shape[last], coef.device, coef.dtype)

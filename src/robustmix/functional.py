@@ -26,7 +26,14 @@ from torch import Tensor
 
 from robustmix import _graphs, freq
 from robustmix._device import to_device
-from robustmix._memory import MIN_BYTES, empty_output
+from robustmix._memory import (
+    MIN_BYTES,
+    Scratch,
+    aligned,
+    empty_output,
+    give_back_scratch,
+    lend_scratch,
+)
 
 __all__ = ["cutmix", "energy_modes", "mixup", "one_hot", "robustmix"]
 
@@ -390,6 +397,12 @@ def _mix_targets(y1: Tensor, index: Tensor, lam: float | Tensor) -> Tensor:
 
 
 _CHUNK_BYTES = 4 << 20
+_SCRATCH_MIN_BYTES = 1 << 20
+"""Band products from this size up (and every chunked call's) go in one
+:class:`~robustmix._memory.Scratch`. Below it the allocator's free lists gave the same pages
+back (B256x1x28^2, 0.4 MB products: no page faults in any of six fresh processes,
+``python benchmarks/op_faults.py --base fae4c16 --runs 6``), and there a scratch only adds its
+views and ``out=`` calls."""
 
 
 def _contiguous_as(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -427,6 +440,25 @@ def _sq_norms(x: Tensor, acc: torch.dtype) -> Tensor:
         flat = x[s:e].flatten(1)
         out[s:e] = torch.linalg.vector_norm(flat if flat.dtype == acc else flat.to(acc), dim=1).square()
     return out
+
+
+def _band_scratch(
+    x1: Tensor, coef_shape: tuple[int, ...], chunks: list[tuple[int, int]], dims: tuple[int, ...],
+    block: tuple[int, ...], compute: torch.dtype,
+) -> Scratch | None:
+    """The CPU op's temporaries in one pooled buffer (None elsewhere: accelerators have caching
+    allocators): the coefficient block, kept for the call, and one chunk's worth of pass 1 (the
+    chunk in ``compute`` dtype, the products, the chunk's coefficients where its rows of the
+    block are not aligned) or of pass 2 (the coefficient difference, the inverse products)."""
+    rows = max(e - s for s, e in chunks)
+    if x1.device.type != "cpu" or (len(chunks) == 1 and x1.numel() * compute.itemsize < _SCRATCH_MIN_BYTES):
+        return None  # (the products are no larger than the batch)
+    products = freq.band_product_numel((rows, *x1.shape[1:]), dims, block)
+    converted = 0 if x1.dtype == compute else rows * math.prod(x1.shape[1:])
+    difference = rows * math.prod(coef_shape[1:])
+    if len(chunks) == 1 and products * compute.itemsize < _SCRATCH_MIN_BYTES:
+        return None  # smaller temporaries are reused from the allocator's free lists in practice
+    return lend_scratch(math.prod(coef_shape) + difference + products + converted, compute)
 
 
 def _chunk_rows(t: Tensor | float, *, start: int, stop: int) -> Tensor | float:
@@ -695,16 +727,25 @@ def robustmix(
     # Pass 1: Low(x1) once, as coefficients of the kept block only (Low(x2) is a permutation of
     # them), and per-sample energies of the image and of its low band (Parseval).
     coef_shape = (n, *(block[dims_t.index(d)] if d in dims_t else x1.shape[d] for d in range(1, x1.ndim)))
-    if len(chunks) == 1:  # one cache-sized piece (small batches): no staging buffers
+    scratch = _band_scratch(x1, coef_shape, chunks, dims_t, block, compute)
+    if len(chunks) == 1:  # one cache-sized piece (small batches, accelerators)
         part = x1 if x1.dtype == compute else x1.to(compute)
-        coef = freq.block_coefficients(part, dims_t, block)
+        coef = freq.block_coefficients(
+            part, dims_t, block, out=None if scratch is None else scratch.keep(coef_shape), scratch=scratch
+        )
         sq_norms = _sq_norms(part, compute)
-    else:
-        coef = empty_output(coef_shape, dtype=compute, device=device)
+    else:  # chunks only on the CPU, where there is a scratch
+        assert scratch is not None
+        coef = scratch.keep(coef_shape)
         sq_norms = torch.empty(n, dtype=compute, device=device)
         for s, e in chunks:
-            part = x1[s:e].to(compute)
-            coef[s:e].copy_(freq.block_coefficients(part, dims_t, block))
+            scratch.reset()
+            part = x1[s:e] if x1.dtype == compute else scratch.take(x1[s:e].shape).copy_(x1[s:e])
+            rows_coef = coef[s:e]
+            if aligned(rows_coef):
+                freq.block_coefficients(part, dims_t, block, out=rows_coef, scratch=scratch)
+            else:  # BLAS rounds by where its output starts: an aligned view, then the rows
+                rows_coef.copy_(freq.block_coefficients(part, dims_t, block, out=scratch.take(rows_coef.shape), scratch=scratch))
             sq_norms[s:e] = torch.linalg.vector_norm(part.flatten(1), dim=1).square()
     low_sq = _sq_norms(coef, compute)
     total_host = _check_finite_norms(sq_norms)
@@ -722,18 +763,25 @@ def robustmix(
         rows = functools.partial(_chunk_rows, start=s, stop=e)
         partners = rows(index)
         # index_select, not coef[partners]: advanced indexing costs ~3x more per call at small sizes
-        delta_coef = torch.sub(rows(coef), coef.index_select(0, partners))
+        if scratch is None:
+            delta_coef = torch.sub(rows(coef), coef.index_select(0, partners))
+        else:
+            scratch.reset()
+            delta_coef = torch.index_select(coef, 0, partners, out=scratch.take((e - s, *coef_shape[1:]), from_end=True))
+            torch.sub(rows(coef), delta_coef, out=delta_coef)
         delta_coef.mul_(rows(delta))
         if mask is not None:
-            delta_coef = delta_coef * rows(mask)
+            delta_coef.mul_(rows(mask))
         delta_coef = delta_coef if delta_coef.dtype == x1.dtype else delta_coef.to(x1.dtype)
         part = rows(out)
         torch.index_select(x1, 0, partners, out=part)
         part.lerp_(rows(x1), rows(w_high))  # x2 + lam_h (x1 - x2)
-        freq.coefficients_to_signal(delta_coef, sizes, add_to=part)
+        freq.coefficients_to_signal(delta_coef, sizes, add_to=part, scratch=scratch)
     out = _contiguous_as(out, images.dtype)
 
     lam_c = _low_band_share(energy, coef, mask, sq_norms, low_sq, cutoff, index, lam_low, out, dims_t, total_host)
+    if scratch is not None:  # nothing returned is a view of it
+        give_back_scratch(scratch)
     lam = lam_c * lam_low + (1 - lam_c) * lam_high
     return _restore_format(out, images), _mix_targets(y1, index, lam)
 
