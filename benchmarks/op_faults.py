@@ -10,6 +10,7 @@ alternating with the working tree's.
 
     python benchmarks/op_faults.py
     python benchmarks/op_faults.py --base fae4c16 --runs 6 --shapes 512x3x32x32,300x3x32x32
+    python benchmarks/op_faults.py --per-sample --shapes 512x3x32x32
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def run_child(shapes: list[tuple[int, ...]], base: str | None, rounds: int) -> dict[str, dict[str, list[float]]]:
+def run_child(
+    shapes: list[tuple[int, ...]], base: str | None, rounds: int, per_sample: bool
+) -> dict[str, dict[str, list[float]]]:
     """In this process: per side and shape, median ms a call and mean faults a call."""
     import robustmix.functional
 
@@ -46,8 +49,10 @@ def run_child(shapes: list[tuple[int, ...]], base: str | None, rounds: int) -> d
         g = torch.Generator().manual_seed(0)
         x = torch.randn(shape, generator=g)
         y = torch.randint(0, 10, (shape[0],), generator=g)
-        kw = {"lam_low": 0.7, "lam_high": 0.2, "cutoff": 0.5, "index": torch.randperm(shape[0], generator=g),
-              "num_classes": 10}
+        n = shape[0]
+        kw = {"lam_low": 0.7, "lam_high": 0.2, "cutoff": 0.5, "index": torch.randperm(n, generator=g), "num_classes": 10}
+        if per_sample:  # one draw, as RobustMix(per_sample=True) makes each call
+            kw.update(lam_low=torch.rand(n, generator=g), lam_high=torch.rand(n, generator=g), cutoff=torch.rand(n, generator=g))
         times: dict[str, list[float]] = {side: [] for side in sides}
         faulted: dict[str, list[int]] = {side: [] for side in sides}
         for op in sides.values():
@@ -71,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=4, help="fresh processes (default 4)")
     parser.add_argument("--rounds", type=int, default=40, help="timed calls per side and shape (default 40)")
     parser.add_argument("--base", help="also time this git revision of the op in each process")
+    parser.add_argument("--per-sample", action="store_true", help="per-sample weights and cutoffs ~ U[0, 1] (one draw)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -80,11 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     if any(len(s) != 4 or min(s) < 1 for s in shapes) or args.runs < 1 or args.rounds < 1:
         parser.error("--shapes needs 4 positive sizes each; --runs and --rounds must be >= 1")
     if args.child:
-        print(json.dumps(run_child(shapes, args.base, args.rounds)))
+        print(json.dumps(run_child(shapes, args.base, args.rounds, args.per_sample)))
         return 0
-    print(f"robustmix op, c=0.5, {torch.get_num_threads()} torch threads; each run a fresh process: "
+    print(f"robustmix op, {'per-sample cutoffs' if args.per_sample else 'c=0.5'}, {torch.get_num_threads()} torch threads; "
+          "each run a fresh process: "
           "median ms a call, minor page faults a call")
     child = [sys.executable, __file__, "--shapes", args.shapes, "--rounds", str(args.rounds), "--child"]
+    child += ["--per-sample"] if args.per_sample else []
     for run in range(args.runs):
         out = subprocess.run(child + (["--base", args.base] if args.base else []),
                              capture_output=True, text=True, check=True).stdout

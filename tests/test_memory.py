@@ -321,9 +321,10 @@ def test_a_scratch_is_lent_again_only_after_it_was_given_back(monkeypatch):
     assert M._THREAD.scratch is None  # the pool off: nothing kept between calls
 
 
+@pytest.mark.parametrize("per_sample", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(300, 3, 32, 32), (7, 3, 224, 224), (600, 3, 32, 32)])
-def test_robustmix_values_do_not_depend_on_its_scratch(monkeypatch, dtype, shape):
+def test_robustmix_values_do_not_depend_on_its_scratch(monkeypatch, dtype, shape, per_sample):
     # one chunk with its products in a scratch, and chunked calls (whose coefficient rows are
     # unaligned in float64 at 224 px: a float64 product into them would round otherwise)
     import robustmix.functional as F
@@ -332,6 +333,8 @@ def test_robustmix_values_do_not_depend_on_its_scratch(monkeypatch, dtype, shape
     n = shape[0]
     x = torch.randn(shape, generator=g).to(dtype)
     kw = {"lam_low": 0.7, "lam_high": 0.2, "cutoff": 0.45, "num_classes": 5, "index": torch.randperm(n, generator=g)}
+    if per_sample:  # with several chunks, the per-sample pass's gathers are in the scratch too
+        kw["cutoff"] = torch.rand(n, generator=g)
     y = torch.arange(n) % 5
     first = robustmix(x, y, **kw)
     held = M._THREAD.scratch

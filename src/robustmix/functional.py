@@ -444,12 +444,13 @@ def _sq_norms(x: Tensor, acc: torch.dtype) -> Tensor:
 
 def _band_scratch(
     x1: Tensor, coef_shape: tuple[int, ...], chunks: list[tuple[int, int]], dims: tuple[int, ...],
-    block: tuple[int, ...], compute: torch.dtype,
+    block: tuple[int, ...], compute: torch.dtype, *, per_sample: bool,
 ) -> Scratch | None:
     """The CPU op's temporaries in one pooled buffer (None elsewhere: accelerators have caching
     allocators): the coefficient block, kept for the call, and one chunk's worth of pass 1 (the
     chunk in ``compute`` dtype, the products, the chunk's coefficients where its rows of the
-    block are not aligned) or of pass 2 (the coefficient difference, the inverse products)."""
+    block are not aligned) or of pass 2 (the coefficient difference, the inverse products; with
+    per-sample cutoffs also the gathered coefficients and images of :func:`_mix_per_sample_bands`)."""
     rows = max(e - s for s, e in chunks)
     if x1.device.type != "cpu" or (len(chunks) == 1 and x1.numel() * compute.itemsize < _SCRATCH_MIN_BYTES):
         return None  # (the products are no larger than the batch)
@@ -458,7 +459,9 @@ def _band_scratch(
     difference = rows * math.prod(coef_shape[1:])
     if len(chunks) == 1 and products * compute.itemsize < _SCRATCH_MIN_BYTES:
         return None  # smaller temporaries are reused from the allocator's free lists in practice
-    return lend_scratch(math.prod(coef_shape) + difference + products + converted, compute)
+    # per-sample cutoffs in chunks: both rows' and partners' coefficients and images besides
+    gathers = 2 * difference + 2 * rows * math.prod(x1.shape[1:]) if per_sample and len(chunks) > 1 else 0
+    return lend_scratch(math.prod(coef_shape) + difference + products + max(converted, gathers), compute)
 
 
 def _chunk_rows(t: Tensor | float, *, start: int, stop: int) -> Tensor | float:
@@ -727,7 +730,7 @@ def robustmix(
     # Pass 1: Low(x1) once, as coefficients of the kept block only (Low(x2) is a permutation of
     # them), and per-sample energies of the image and of its low band (Parseval).
     coef_shape = (n, *(block[dims_t.index(d)] if d in dims_t else x1.shape[d] for d in range(1, x1.ndim)))
-    scratch = _band_scratch(x1, coef_shape, chunks, dims_t, block, compute)
+    scratch = _band_scratch(x1, coef_shape, chunks, dims_t, block, compute, per_sample=mask is not None)
     if len(chunks) == 1:  # one cache-sized piece (small batches, accelerators)
         part = x1 if x1.dtype == compute else x1.to(compute)
         coef = freq.block_coefficients(
@@ -758,7 +761,8 @@ def robustmix(
     w_high = _as_column_weight(lam_high, x1)
     out = empty_output(x1.shape, dtype=x1.dtype, device=device)
     if mask is not None and len(chunks) > 1:
-        _mix_per_sample_bands(out, x1, coef, mask, cutoff, index, delta, w_high, dims_t, sizes, chunks)
+        assert scratch is not None
+        _mix_per_sample_bands(out, x1, coef, mask, cutoff, index, delta, w_high, dims_t, sizes, chunks, scratch)
     for s, e in chunks if mask is None or len(chunks) == 1 else ():
         rows = functools.partial(_chunk_rows, start=s, stop=e)
         partners = rows(index)
@@ -865,6 +869,7 @@ def _mix_per_sample_bands(
     dims: tuple[int, ...],
     sizes: dict[int, int],
     chunks: list[tuple[int, int]],
+    scratch: Scratch,
 ) -> None:
     """Pass 2 of :func:`robustmix` for per-sample cutoffs, written into ``out``.
 
@@ -877,21 +882,27 @@ def _mix_per_sample_bands(
     # Band sizes grow with the cutoff, so a chunk's largest band is its last sample's.
     ks_sorted = [freq._band_sizes_tensor(cutoff[order], x1.shape[d]).tolist() for d in dims]
     for s, e in chunks:
+        scratch.reset()
         rows = order[s:e]
         partners = index[rows]
         crop = [slice(None)] * coef.ndim
         for d, ks in zip(dims, ks_sorted):
             crop[d] = slice(0, ks[e - 1])
         crop_t = tuple(crop)
-        delta_coef = coef.index_select(0, rows)[crop_t] - coef.index_select(0, partners)[crop_t]
+        chunk_coef = (e - s, *coef.shape[1:])
+        own = torch.index_select(coef, 0, rows, out=scratch.take(chunk_coef, from_end=True))[crop_t]
+        other = torch.index_select(coef, 0, partners, out=scratch.take(chunk_coef, from_end=True))[crop_t]
+        delta_coef = torch.sub(own, other, out=scratch.take(own.shape, from_end=True))
         delta_coef *= mask[rows][crop_t]
         if isinstance(delta, Tensor):
             delta_coef *= delta[rows]
         else:
             delta_coef *= delta
-        part = torch.index_select(x1, 0, partners)
-        part.lerp_(x1.index_select(0, rows), w_high[rows] if isinstance(w_high, Tensor) else w_high)
-        freq.coefficients_to_signal(delta_coef.to(x1.dtype), sizes, add_to=part)
+        chunk = (e - s, *x1.shape[1:])
+        part = torch.index_select(x1, 0, partners, out=scratch.take(chunk, x1.dtype, from_end=True))
+        own_x = torch.index_select(x1, 0, rows, out=scratch.take(chunk, x1.dtype, from_end=True))
+        part.lerp_(own_x, w_high[rows] if isinstance(w_high, Tensor) else w_high)
+        freq.coefficients_to_signal(delta_coef.to(x1.dtype), sizes, add_to=part, scratch=scratch)
         out.index_copy_(0, rows, part)
 
 
@@ -952,7 +963,9 @@ def _batch_share_per_cutoff(
     # float64 copy of the whole block would be twice its size, ~150 MB at B128x3x224^2)
     energy = None
     for s, e in _batch_chunks(coef):
-        part = coef[s:e].double().square_().sum(dim=other)
+        # the float64 copy from the pool: at ~8 MB a fresh one was faulted in on most calls
+        wide = empty_output(coef[s:e].shape, dtype=torch.float64, device=coef.device).copy_(coef[s:e])
+        part = wide.square_().sum(dim=other)
         energy = part if energy is None else energy.add_(part)
     prefix = torch.nn.functional.pad(energy, [1, 0] * energy.ndim)  # prefix[k] = sum over < k
     for axis in range(prefix.ndim):
