@@ -940,6 +940,16 @@ def test_imagemagick_8bit_is_q16_quantum_then_integer_division():
     assert (common.imagemagick_8bit(levels / 255) * 255).round().long().tolist() == want
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_imagemagick_8bit_in_place_chain_equals_the_formula_and_leaves_its_input(dtype):
+    x = torch.rand(9, 3, 224, 224, generator=gen(3), dtype=dtype) * 1.2 - 0.1  # a pooled-size batch
+    before = x.clone()
+    formula = torch.floor(torch.floor(x.clamp(0.0, 1.0) * 65535 + 0.5) / 257) / 255
+    got = common.imagemagick_8bit(x)
+    assert torch.equal(x, before)
+    assert torch.equal(got * 255, (formula * 255).round()) and torch.equal(got, (formula * 255).round() / 255)
+
+
 def test_motion_blur_returns_imagemagick_8bit_levels():
     """The reference reads ImageMagick's 8-bit PNG back: ``round(257 * level) // 257`` of the blur."""
     x = natural(2, 3, 48)
