@@ -3,10 +3,10 @@
 A diagnosis, printed. Whether a temporary of 1-4 MB is reused memory or a fresh mapping, faulted
 in page by page, depends on glibc's mmap threshold, which moves with whatever the process freed
 before, so the same call can fault in one process and not in the next. Each run here is a new
-subprocess (a fresh allocator) that times ``robustmix.functional.robustmix`` (c=0.5, a fixed
-partner permutation) on each shape and counts its minor page faults (``getrusage``). With
-``--base REV`` every process also times that revision of the op (``revisions.import_revision``),
-alternating with the working tree's.
+subprocess (a fresh allocator) that times ``robustmix.functional.robustmix`` on each shape (c=0.5,
+or with ``--per-sample`` per-sample weights and cutoffs drawn once; a fixed partner permutation)
+and counts its minor page faults (``getrusage``). With ``--base REV`` every process also times
+that revision of the op (``revisions.import_revision``), alternating with the working tree's.
 
     python benchmarks/op_faults.py
     python benchmarks/op_faults.py --base fae4c16 --runs 6 --shapes 512x3x32x32,300x3x32x32
