@@ -44,6 +44,7 @@ cpu_ops = _load("bench_cpu_ops", "cpu_ops.py")
 motion_route = _load("bench_motion_route", "motion_route.py")
 mixers_bench = _load("bench_mixers", "mixers.py")
 peer_memory = _load("bench_peer_memory", "peer_memory.py")
+op_faults = _load("bench_op_faults", "op_faults.py")
 
 
 class ScriptedClock:
@@ -654,6 +655,18 @@ def test_peer_memory_runs_each_loop_in_its_own_process_and_prints_it(capsys):
     assert all(f"  {name}" in out for name in peer_memory.LOOPS) and out.count(" ours ") == 2
     with pytest.raises(SystemExit):
         peer_memory.main(["--shape", "4,3,8"])
+
+
+def test_op_faults_times_and_counts_each_shape_in_fresh_processes(capsys):
+    r = op_faults.run_child([(4, 3, 8, 8), (2, 1, 6, 6)], None, rounds=2, per_sample=True)
+    assert set(r) == {"4x3x8x8", "2x1x6x6"}
+    assert all(set(sides) == {"tree"} and sides["tree"][0] > 0 and sides["tree"][1] >= 0 for sides in r.values())
+    assert op_faults.main(["--shapes", "4x3x8x8", "--runs", "2", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "c=0.5" in out and "run 1  B4x3x8x8" in out and "run 2  B4x3x8x8" in out and " faults" in out
+    for bad in (["--shapes", "4x3x8"], ["--shapes", "4x3xAx8"], ["--runs", "0"]):
+        with pytest.raises(SystemExit):
+            op_faults.main(bad)
 
 
 def test_large_batch_rows_time_both_ways_and_say_which_corrupt_uses():
