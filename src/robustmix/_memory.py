@@ -294,8 +294,14 @@ class Scratch:
         return view
 
     def reset(self) -> None:
+        """Free every view but the kept ones."""
         self._used = self._kept
         self._top = self._flat.numel()
+
+    def clear(self) -> None:
+        """Free every view, the kept ones too."""
+        self._kept = 0
+        self.reset()
 
 
 _THREAD = threading.local()
@@ -313,8 +319,7 @@ def lend_scratch(numel: int, dtype: torch.dtype) -> Scratch:
     _THREAD.scratch = None
     if held is None or not held.fits(numel, dtype):
         return Scratch(numel, dtype)
-    held._kept = 0
-    held.reset()
+    held.clear()
     return held
 
 

@@ -188,7 +188,9 @@ def _apply_along(
     ``matrix.T`` if the caller has it), written into ``out`` (contiguous) if given.
 
     Into ``out`` a product on one of the last two dims of a contiguous ``x`` is the very
-    ``mm`` / ``bmm`` that ``@`` runs there (the same values), with ``out=``; others are copied.
+    ``mm`` / ``bmm`` that ``@`` runs there, with ``out=``; others are copied. The same values
+    when ``out`` starts 64-byte aligned, as ``torch.empty``'s memory does (see
+    :func:`robustmix._memory.aligned`).
     """
     matrix_t = matrix.T if matrix_t is None else matrix_t
     if out is not None and x.is_contiguous() and dim >= x.ndim - 2 and x.ndim >= 2:
@@ -298,10 +300,10 @@ def block_coefficients(
     so those coefficients are exact zeros and the kept ones the same products as without.
     ``out``: where to write them (contiguous); ``scratch``: where the products between go.
     """
-    shape = list(x.shape)
-    for d, k in zip(dims, block):
-        shape[d] = k
     if 0 in block:
+        shape = list(x.shape)
+        for d, k in zip(dims, block):
+            shape[d] = k
         return x.new_zeros(shape) if out is None else out.zero_()
     y = x
     # Last dim first: a matmul on the contiguous dim needs no transposed copy.
