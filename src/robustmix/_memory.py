@@ -5,9 +5,10 @@ anything above its 32 MiB ceiling afresh and unmaps it on free), and its first w
 per 4 KiB page. On the VMs this project is measured on, that costs several times the write
 itself: filling a fresh 77 MB buffer (a B128x3x224² float32 batch) took 31.8 ms against 3.8 ms
 for a reused one (``benchmarks/mixing.py``, its buffer-pool table), a quarter of the op. torch has no caching allocator on the CPU, so the op keeps its own,
-for its own few large buffers only (output, coefficients, dtype conversions; also the outputs of
-``functional.mixup`` and ``cutmix``, the corruptions' chunked outputs, JPEG's buffers and shot
-noise's batch-sized temporaries):
+for its own few large buffers only (output, dtype conversions and the :class:`Scratch` of the
+op's band products; also the outputs of ``functional.mixup`` and ``cutmix``, the corruptions'
+chunked outputs, JPEG's buffers, shot noise's batch-sized temporaries, glass blur's float64 sums
+and ``imagemagick_8bit``'s levels):
 
 * a **pool** of host buffers lent by size class (quarter steps between powers of two, so a
   random cutoff's coefficient block finds a buffer; at most 25 % unused). A lent buffer is
@@ -23,8 +24,10 @@ noise's batch-sized temporaries):
   with 2 MiB pages where it honours the advice (``transparent_hugepage/enabled`` = ``madvise``,
   the common default): 512x fewer faults. ``ROBUSTMIX_HUGE_PAGES=0`` turns it off. torch has the
   same behind ``THP_MEM_ALLOC_ENABLE=1``, for every allocation and only if set before start-up.
+* a :class:`Scratch` per thread (:func:`lend_scratch`): one pooled buffer, kept between calls,
+  that the op carves its 1-10 MB temporaries from, views 64-byte aligned as ``torch.empty``'s.
 
-Neither changes a value: both only decide where the bytes live. One visible difference: a
+None changes a value: they only decide where the bytes live. One visible difference: a
 pooled tensor's storage is not resizable (``resize_`` to a larger size raises), as for any
 ``torch.frombuffer`` tensor.
 """
