@@ -285,7 +285,8 @@ def per_image_draws(
     total = sum(counts)
     row = -(-total // NORMAL_BLOCK) * NORMAL_BLOCK if kind == "normal" else total
     draw = torch.randn if kind == "normal" else torch.rand
-    flat = draw((n, row), generator=generator, device=generator.device, dtype=dtype)
+    # into a pooled buffer (the same draws): a fresh batch-sized one was faulted in on most calls
+    flat = draw((n, row), generator=generator, dtype=dtype, out=empty_output((n, row), dtype=dtype, device=generator.device))
     out, start = [], 0
     for shape, count in zip(shapes, counts):
         out.append(flat[:, start : start + count].reshape(n, *shape).to(like.device))
@@ -297,7 +298,8 @@ def random_uniform(
     shape: Sequence[int], generator: torch.Generator, *, like: Tensor, low: float = 0.0, high: float = 1.0
 ) -> Tensor:
     """Uniform float32 draws in [low, high) of ``shape`` (dim 0 the images) on ``like``'s device."""
-    u = torch.rand(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+    shape = tuple(shape)
+    u = torch.rand(shape, generator=generator, out=empty_output(shape, dtype=torch.float32, device=generator.device))
     return scaled_draws(u, low, high - low).to(like.device)
 
 
@@ -528,7 +530,7 @@ def random_poisson_levels(levels: Tensor, scale: float, generator: torch.Generat
     index = empty_output(shape, dtype=torch.int64, device=device).copy_(column).add_(levels, alpha=width)
     keep = u.sub_(column) < torch.take(prob, index, out=empty_output(shape, dtype=torch.float64, device=device))
     drawn = torch.take(alias, index, out=empty_output(shape, dtype=alias.dtype, device=device))
-    return torch.where(keep, column.to(drawn.dtype), drawn, out=drawn)
+    return torch.where(keep, empty_output(shape, dtype=drawn.dtype, device=device).copy_(column), drawn, out=drawn)
 
 
 @lru_cache(maxsize=32)
