@@ -659,12 +659,16 @@ def test_peer_memory_runs_each_loop_in_its_own_process_and_prints_it(capsys):
 
 def test_op_faults_times_and_counts_each_shape_in_fresh_processes(capsys):
     r = op_faults.run_child([(4, 3, 8, 8), (2, 1, 6, 6)], None, rounds=2, per_sample=True)
-    assert set(r) == {"4x3x8x8", "2x1x6x6"}
+    assert set(r) == {"B4x3x8x8", "B2x1x6x6"}
     assert all(set(sides) == {"tree"} and sides["tree"][0] > 0 and sides["tree"][1] >= 0 for sides in r.values())
+    r = op_faults.run_child([(2, 3, 16, 16)], None, rounds=1, per_sample=False, corruptions=["gaussian_noise", "contrast"])
+    assert set(r) == {"B2x3x16x16 gaussian_noise", "B2x3x16x16 contrast"}
     assert op_faults.main(["--shapes", "4x3x8x8", "--runs", "2", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     assert "c=0.5" in out and "run 1  B4x3x8x8" in out and "run 2  B4x3x8x8" in out and " faults" in out
-    for bad in (["--shapes", "4x3x8"], ["--shapes", "4x3xAx8"], ["--runs", "0"]):
+    assert op_faults.main(["--corruptions", "contrast", "--shapes", "2x3x16x16", "--runs", "1", "--rounds", "1"]) == 0
+    assert "run 1  B2x3x16x16 contrast" in capsys.readouterr().out
+    for bad in (["--shapes", "4x3x8"], ["--shapes", "4x3xAx8"], ["--runs", "0"], ["--corruptions", "fig"]):
         with pytest.raises(SystemExit):
             op_faults.main(bad)
 

@@ -17,8 +17,6 @@ import itertools
 import torch
 from torch import Tensor
 
-from robustmix._memory import empty_output
-
 from ._common import (
     SeverityTable,
     bernoulli_rows,
@@ -88,9 +86,8 @@ def shot_noise(images: Tensor, severity: int, generator: torch.Generator | None 
     for kind, run in itertools.groupby(eight_bit):
         part = x[start : start + len(list(run))]
         start += part.shape[0]
-        if kind:  # the level scale and its int64 copy in pooled buffers (fresh, they faulted in)
-            scaled = torch.mul(part.float(), 255, out=empty_output(part.shape, dtype=torch.float32, device=part.device))
-            levels = empty_output(part.shape, dtype=torch.int64, device=part.device).copy_(scaled.round_().clamp_(0, 255))
+        if kind:
+            levels = (part.float() * 255).round_().clamp_(0, 255).long()
             parts.append(random_poisson_levels(levels, c, generator))
         else:
             parts.append(random_poisson(part.float().clamp_min(0) * c, generator))
