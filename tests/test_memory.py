@@ -323,6 +323,17 @@ def test_a_scratch_is_lent_again_only_after_it_was_given_back(monkeypatch):
     assert M._THREAD.scratch is None  # the pool off: nothing kept between calls
 
 
+def test_clearing_the_pool_drops_this_threads_kept_scratch_too(monkeypatch):
+    import threading
+
+    monkeypatch.setattr(M, "_THREAD", threading.local())
+    monkeypatch.setattr(M, "POOL", M.BufferPool(64 * MIB))
+    M.give_back_scratch(M.lend_scratch(MIB, torch.float32))  # 4 MiB, kept between calls
+    assert M.POOL.owned_bytes >= 4 * MIB and M._THREAD.scratch is not None
+    M.POOL.clear()
+    assert M.POOL.owned_bytes == 0 and M._THREAD.scratch is None
+
+
 @pytest.mark.parametrize("per_sample", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(300, 3, 32, 32), (7, 3, 224, 224), (600, 3, 32, 32)])

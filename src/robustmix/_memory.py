@@ -174,7 +174,9 @@ class BufferPool:
                 self._owned -= buf.nbytes
 
     def clear(self) -> None:
-        """Drop every idle buffer (lent ones return, and are kept, when their tensors die)."""
+        """Drop every idle buffer (lent ones return, and are kept, when their tensors die), and
+        first the calling thread's kept :class:`Scratch` (idle between calls too)."""
+        _THREAD.scratch = None  # its buffer comes back to its pool now, and goes with the rest
         with self._lock:
             for size, bufs in self._free.items():
                 self._owned -= size * len(bufs)
