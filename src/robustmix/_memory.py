@@ -208,6 +208,7 @@ def _reset_pool_in_child() -> None:
     POOL._retired = True
     POOL._free = {}
     POOL = BufferPool(POOL.max_bytes)
+    _THREAD.scratch = None  # the forking thread's, a loan of the parent's pool
 
 
 if hasattr(os, "register_at_fork"):
