@@ -131,7 +131,9 @@ def test_forked_child_starts_with_an_empty_pool(monkeypatch):
     keep = _cpu((4, MIB))
     idle = _cpu((2, MIB))
     del idle
+    M.give_back_scratch(M.lend_scratch(MIB, torch.float32))  # the forking thread's kept scratch
     M._reset_pool_in_child()
+    assert M._THREAD.scratch is None
     assert M.POOL is not pool and M.POOL.owned_bytes == 0 and M.POOL.max_bytes == 64 * MIB
     assert pool._free == {}  # the parent's idle buffers are let go
     del keep  # a loan made before the fork comes back to the retired pool, which drops it
