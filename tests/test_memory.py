@@ -325,6 +325,26 @@ def test_a_scratch_is_lent_again_only_after_it_was_given_back(monkeypatch):
     assert M._THREAD.scratch is None  # the pool off: nothing kept between calls
 
 
+def test_a_scratch_kept_from_inference_mode_is_not_reused_outside_it():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(600, 3, 32, 32, generator=g)  # chunked: the op takes a scratch
+    y = torch.arange(600) % 10
+    kw = {"lam_low": 0.7, "lam_high": 0.2, "cutoff": 0.4, "index": torch.randperm(600, generator=g), "num_classes": 10}
+    want = robustmix(x, y, **kw)
+    M._THREAD.scratch = None  # so that the next one is made under inference mode
+    with torch.inference_mode():
+        inside = robustmix(x, y, **kw)
+    assert M._THREAD.scratch._flat.is_inference()
+    after = robustmix(x, y, **kw)  # an inference tensor cannot be written out here
+    assert not M._THREAD.scratch._flat.is_inference()
+    kept = M._THREAD.scratch
+    with torch.inference_mode():
+        again = robustmix(x, y, **kw)  # a normal one serves inside too
+    assert M._THREAD.scratch is kept
+    for got in (inside, after, again):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_clearing_the_pool_drops_this_threads_kept_scratch_too(monkeypatch):
     import threading
 

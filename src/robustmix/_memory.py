@@ -272,7 +272,13 @@ class Scratch:
         return numel + self._ALIGNED_VIEWS * self._align
 
     def fits(self, numel: int, dtype: torch.dtype) -> bool:
-        return dtype == self._flat.dtype and self._padded(numel) <= self._flat.numel()
+        """Room for ``numel`` of ``dtype``, writable here (a buffer made under
+        ``torch.inference_mode`` cannot be written outside it)."""
+        return (
+            dtype == self._flat.dtype
+            and self._padded(numel) <= self._flat.numel()
+            and (torch.is_inference_mode_enabled() or not self._flat.is_inference())
+        )
 
     def take(self, shape: Sequence[int], dtype: torch.dtype | None = None, *, from_end: bool = False) -> Tensor:
         """A view of ``shape``; ``from_end``: from the buffer's far end (so that the next views
