@@ -290,7 +290,7 @@ class Scratch:
         else:
             start = -(-self._used // self._align) * self._align  # _flat itself starts aligned
         if (dtype is not None and dtype != self._flat.dtype) or start < self._used or start + numel > self._top:
-            return torch.empty(shape, dtype=dtype or self._flat.dtype)
+            return torch.empty(shape, dtype=dtype or self._flat.dtype, device="cpu")
         if from_end:
             self._top = start
         else:
