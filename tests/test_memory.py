@@ -323,6 +323,8 @@ def test_a_scratch_is_lent_again_only_after_it_was_given_back(monkeypatch):
     monkeypatch.setattr(M, "POOL", M.BufferPool(0))
     M.give_back_scratch(M.lend_scratch(10, torch.float32))
     assert M._THREAD.scratch is None  # the pool off: nothing kept between calls
+    M._THREAD.scratch = first  # kept before the pool was turned off: not lent again
+    assert M.lend_scratch(10, torch.float32) is not first
 
 
 def test_a_scratch_kept_from_inference_mode_is_not_reused_outside_it():

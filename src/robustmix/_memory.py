@@ -329,7 +329,7 @@ def lend_scratch(numel: int, dtype: torch.dtype) -> Scratch:
     """
     held = getattr(_THREAD, "scratch", None)
     _THREAD.scratch = None
-    if held is None or not held.fits(numel, dtype):
+    if held is None or POOL.max_bytes == 0 or not held.fits(numel, dtype):  # pool off: none kept
         return Scratch(numel, dtype)
     held.clear()
     return held
