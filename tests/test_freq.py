@@ -194,3 +194,15 @@ def test_band_product_numel_hand_values():
     assert freq.band_product_numel((2, 4, 6, 8), (1, 2, 3), (2, 3, 4)) == 2 * 4 * 6 * 4 + 2 * 4 * 3 * 4
     assert freq.band_product_numel((2, 9, 40), (2,), (7,)) == 0  # one product: nothing in between
     assert freq.band_product_numel((1, 1, 10, 100), (2, 3), (10, 1)) == 10  # both ways the (10, 1) block
+
+
+def test_band_products_into_an_unaligned_output_equal_the_allocating_ones_bit_for_bit():
+    # float64 BLAS output 8 bytes off a 64-byte line rounds differently; block_coefficients
+    # writes such an out through an aligned product and a copy
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 3, 224, 224, generator=g, dtype=torch.float64)
+    want = freq.block_coefficients(x, (2, 3), (101, 101))
+    flat = torch.empty(want.numel() + 8, dtype=torch.float64)
+    start = next(i for i in range(8) if (flat.data_ptr() + 8 * i) % 64 == 8)
+    out = flat[start : start + want.numel()].view(want.shape)
+    assert torch.equal(freq.block_coefficients(x, (2, 3), (101, 101), out=out), want)

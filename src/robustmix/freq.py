@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from robustmix._device import to_device
-from robustmix._memory import Scratch
+from robustmix._memory import Scratch, aligned
 
 __all__ = [
     "band_product_numel",
@@ -188,12 +188,12 @@ def _apply_along(
     ``matrix.T`` if the caller has it), written into ``out`` (contiguous) if given.
 
     Into ``out`` a product on one of the last two dims of a contiguous ``x`` is the very
-    ``mm`` / ``bmm`` that ``@`` runs there, with ``out=``; others are copied. The same values
-    when ``out`` starts 64-byte aligned, as ``torch.empty``'s memory does (see
-    :func:`robustmix._memory.aligned`).
+    ``mm`` / ``bmm`` that ``@`` runs there, with ``out=``, where ``out`` starts 64-byte aligned as
+    ``torch.empty``'s memory does (BLAS rounds by where its output starts: a float64 ``bmm`` 8
+    bytes off differs in the last bit); others are computed as without ``out`` and copied.
     """
     matrix_t = matrix.T if matrix_t is None else matrix_t
-    if out is not None and x.is_contiguous() and dim >= x.ndim - 2 and x.ndim >= 2:
+    if out is not None and aligned(out) and x.is_contiguous() and dim >= x.ndim - 2 and x.ndim >= 2:
         if dim == x.ndim - 1:
             torch.mm(x.view(-1, x.shape[-1]), matrix_t, out=out.view(-1, matrix_t.shape[1]))
         else:  # what `matrix @ x` runs: the matrix expanded over the planes, one bmm
@@ -298,7 +298,8 @@ def block_coefficients(
     ``kept``: per dim of ``dims``, how many of the block's rows to keep (a device value, as in a
     CUDA graph whose block is fixed and whose band is drawn): the basis rows beyond are zeroed,
     so those coefficients are exact zeros and the kept ones the same products as without.
-    ``out``: where to write them (contiguous); ``scratch``: where the products between go.
+    ``out``: where to write them (contiguous); ``scratch``: where the products between go (and
+    the last one, then copied, where ``out`` is not aligned for :func:`_apply_along`).
     """
     if 0 in block:
         shape = list(x.shape)
@@ -315,10 +316,10 @@ def block_coefficients(
             basis = basis * (torch.arange(block[i], device=basis.device) < kept[i]).to(x.dtype).unsqueeze(1)
             basis_t = basis.T
         step_shape[d] = block[i]
-        last = step == len(order) - 1
-        target = out if last else (scratch.take(step_shape) if scratch is not None else None)
+        direct = step == len(order) - 1 and out is not None and aligned(out)
+        target = out if direct else (scratch.take(step_shape) if scratch is not None else None)
         y = _apply_along(y, basis, d, basis_t, out=target)
-    return y
+    return y if out is None or y is out else out.copy_(y)
 
 
 def band_product_numel(shape: Sequence[int], dims: tuple[int, ...], block: tuple[int, ...]) -> int:

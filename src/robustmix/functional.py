@@ -26,14 +26,7 @@ from torch import Tensor
 
 from robustmix import _graphs, freq
 from robustmix._device import to_device
-from robustmix._memory import (
-    MIN_BYTES,
-    Scratch,
-    aligned,
-    empty_output,
-    give_back_scratch,
-    lend_scratch,
-)
+from robustmix._memory import MIN_BYTES, Scratch, empty_output, give_back_scratch, lend_scratch
 
 __all__ = ["cutmix", "energy_modes", "mixup", "one_hot", "robustmix"]
 
@@ -448,8 +441,8 @@ def _band_scratch(
 ) -> Scratch | None:
     """The CPU op's temporaries in one pooled buffer (None elsewhere: accelerators have caching
     allocators): the coefficient block, kept for the call, and one chunk's worth of pass 1 (the
-    chunk in ``compute`` dtype, the products, the chunk's coefficients where its rows of the
-    block are not aligned) or of pass 2 (the coefficient difference, the inverse products; with
+    chunk in ``compute`` dtype, the products, the last of them apart where the chunk's rows of
+    the block are not aligned) or of pass 2 (the coefficient difference, the inverse products; with
     per-sample cutoffs also the gathered coefficients and images of :func:`_mix_per_sample_bands`)."""
     rows = max(e - s for s, e in chunks)
     if x1.device.type != "cpu" or (len(chunks) == 1 and x1.numel() * compute.itemsize < _SCRATCH_MIN_BYTES):
@@ -744,11 +737,7 @@ def robustmix(
         for s, e in chunks:
             scratch.reset()
             part = x1[s:e] if x1.dtype == compute else scratch.take(x1[s:e].shape).copy_(x1[s:e])
-            rows_coef = coef[s:e]
-            if aligned(rows_coef):
-                freq.block_coefficients(part, dims_t, block, out=rows_coef, scratch=scratch)
-            else:  # BLAS rounds by where its output starts: an aligned view, then the rows
-                rows_coef.copy_(freq.block_coefficients(part, dims_t, block, out=scratch.take(rows_coef.shape), scratch=scratch))
+            freq.block_coefficients(part, dims_t, block, out=coef[s:e], scratch=scratch)
             sq_norms[s:e] = torch.linalg.vector_norm(part.flatten(1), dim=1).square()
     low_sq = _sq_norms(coef, compute)
     total_host = _check_finite_norms(sq_norms)

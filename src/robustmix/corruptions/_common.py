@@ -520,7 +520,7 @@ def random_poisson_levels(levels: Tensor, scale: float, generator: torch.Generat
     """
     prob, alias, width = _poisson_alias_table(float(scale), str(levels.device))
     shape, device = levels.shape, levels.device
-    # Its five batch-sized temporaries (float64 and int64: 9.6 MB each at B8x3x224^2) come from
+    # Its batch-sized temporaries (float64 and int64: 9.6 MB each at B8x3x224^2) come from
     # the buffer pool: fresh, they were page-faulted in on every call (the same values either way;
     # `python benchmarks/corruptions.py`: shot noise 4.00x -> 4.53x the reference at 224 px).
     u = torch.rand(shape, dtype=torch.float64, generator=generator,
