@@ -116,6 +116,13 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
+def minor_faults() -> int:
+    """This process's minor page faults so far (``getrusage``): fresh memory touched page by page."""
+    import resource  # POSIX only, like the scripts that count faults
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def machine_probe(repeats: int = 5) -> dict[str, float]:
     """Two CPU rates that show what state a shared VM is in when a benchmark runs: a float32
     GEMM of the issue's reference shape, (86016 x 224) @ (224 x 112), into a preallocated output,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,9 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-def faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+import _harness as H
 
 
 def _op_calls(module: Any, shape: tuple[int, ...], per_sample: bool) -> Callable[[], object]:
@@ -83,10 +80,10 @@ def run_child(
                 call()  # warm-up
             for _ in range(rounds):
                 for side, call in calls.items():
-                    f0, t0 = faults(), time.perf_counter()
+                    f0, t0 = H.minor_faults(), time.perf_counter()
                     call()
                     times[side].append(time.perf_counter() - t0)
-                    faulted[side].append(faults() - f0)
+                    faulted[side].append(H.minor_faults() - f0)
             label = "B" + "x".join(map(str, shape)) + ("" if name is None else f" {name}")
             result[label] = {side: [1e3 * float(np.median(times[side])), float(np.mean(faulted[side]))] for side in calls}
     return result

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -33,11 +32,10 @@ import time
 import numpy as np
 import torch
 
+import _harness as H
+
 LOOPS = {"timm alone": (False, "256"), "beside pooled MixUp": (True, "256"), "beside unpooled MixUp": (True, "0")}
 
-
-def faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def run_loop(shape: tuple[int, ...], rounds: int, calls: int, with_ours: bool) -> dict[str, float]:
@@ -55,15 +53,15 @@ def run_loop(shape: tuple[int, ...], rounds: int, calls: int, with_ours: bool) -
     for _ in range(rounds):
         for _ in range(calls):
             fresh = x.clone()
-            f0, t0 = faults(), time.perf_counter()
+            f0, t0 = H.minor_faults(), time.perf_counter()
             timm_mix(fresh, y)
             times["timm"].append(time.perf_counter() - t0)
-            faulted["timm"].append(faults() - f0)
+            faulted["timm"].append(H.minor_faults() - f0)
         for _ in range(calls if with_ours else 0):
-            f0, t0 = faults(), time.perf_counter()
+            f0, t0 = H.minor_faults(), time.perf_counter()
             ours(x, y)
             times["ours"].append(time.perf_counter() - t0)
-            faulted["ours"].append(faults() - f0)
+            faulted["ours"].append(H.minor_faults() - f0)
     return {f"{side}_{stat}": value for side in times if times[side]
             for stat, value in (("ms", 1e3 * float(np.median(times[side]))), ("faults", float(np.mean(faulted[side]))))}
 
