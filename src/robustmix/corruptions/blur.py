@@ -237,7 +237,7 @@ def _scipy_correlate_symmetric(x: Tensor, taps: list[float], dim: int) -> Tensor
     # The sum and one pair buffer for every tap from the pool: a float64 batch-sized temporary
     # per tap was a fresh mapping, faulted in anew, on most calls (glass blur at B8x3x224^2,
     # ``python benchmarks/op_faults.py --corruptions glass_blur --base fae4c16`` at 8a81b18:
-    # 13,531-16,833 minor faults a call before, 1,750-2,984 after, with motion blur's and the noise's).
+    # 13,531-16,833 minor faults a call before, 1,750-2,984 after).
     out = torch.mul(padded.narrow(dim, r, n), taps[r], out=empty_output(x.shape, dtype=x.dtype, device=x.device))
     pair = empty_output(x.shape, dtype=x.dtype, device=x.device)
     for j in range(r, 0, -1):
