@@ -1,7 +1,7 @@
 """CUDA graphs for the Robustmix op: one graph launch instead of ~40 kernel launches.
 
-On a GPU the op's arithmetic is small (0.77 ms of kernels at B128x3x224^2 bfloat16 on an H200,
-``benchmarks/cuda_overhead.py`` at a53b29f; 0.87 ms at 5baa57a) and eagerly its cost was the host's:
+On a GPU the op's arithmetic is small (0.73 ms of kernels at B128x3x224^2 bfloat16 on an H200,
+``benchmarks/cuda_overhead.py`` at dd5ac1b; 0.87 ms at 5baa57a) and eagerly its cost was the host's:
 ~40 kernel launches at tens of microseconds each (that script prints syncs, kernel time and graph
 memory). Replaying a captured graph costs one launch. The core of the op is captured on static
 buffers per batch shape; a call copies its batch, targets, partner permutation, mixing weights and
@@ -43,7 +43,7 @@ BAND_STEP = 32
 MAX_SHAPES = 2
 """Batch shapes kept (least recently used dropped; a training loop has one, plus its last
 batch): each holds its static buffers and one memory pool for its graphs, ~2.9x the batch in
-bytes (106 MiB at B128x3x224^2 bfloat16 on an H200, ``benchmarks/cuda_overhead.py`` at 5baa57a and a53b29f)."""
+bytes (106 MiB at B128x3x224^2 bfloat16 on an H200, ``benchmarks/cuda_overhead.py`` at 5baa57a, a53b29f and dd5ac1b)."""
 
 
 def bucket(k: int, n: int) -> int:
