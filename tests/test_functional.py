@@ -277,7 +277,11 @@ def test_robustmix_with_grad_equals_no_grad_call(energy, per_sample, dtype):
     assert got.dtype == dtype and got.requires_grad and not soft.requires_grad
     tol = dict(rtol=0, atol=1e-2) if dtype == torch.bfloat16 else {}
     torch.testing.assert_close(got.detach(), want, **tol)
-    torch.testing.assert_close(soft, want_soft, rtol=0, atol=1e-6)
+    # "sample" measures the output's energy: on CPUs with native bf16 GEMMs (AVX512-BF16, AMX)
+    # the fast path builds a bf16 output with bf16 products, the grad path in fp32 and rounds
+    # once, so their outputs differ by bf16 rounding (2^-8 relative) and so do the label weights.
+    soft_atol = 2**-8 if dtype == torch.bfloat16 and energy == "sample" else 1e-6
+    torch.testing.assert_close(soft, want_soft, rtol=0, atol=soft_atol)
     # <out(x), u> = <x, out^T(u)>: check the backward against the forward of a float64 copy.
     u = torch.randn(got.shape, generator=g, dtype=torch.float64)
     (got.double() * u).sum().backward()

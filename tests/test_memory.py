@@ -140,9 +140,27 @@ def test_forked_child_starts_with_an_empty_pool(monkeypatch):
     assert pool._free == {} and M.POOL._free == {}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def _with_bf16_products(dtypes):
+    """``(dtype, native_bf16)`` cases: bfloat16 twice, with the fp32 products of AVX2 CPUs and with
+    the bf16 products of CPUs that have native bf16 GEMMs, whichever this host has."""
+    cases = [pytest.param(d, None, id=str(d).removeprefix("torch.")) for d in dtypes if d != torch.bfloat16]
+    if torch.bfloat16 in dtypes:
+        cases += [pytest.param(torch.bfloat16, False, id="bfloat16-fp32-products"),
+                  pytest.param(torch.bfloat16, True, id="bfloat16-bf16-products")]
+    return cases
+
+
+def _set_native_bf16(monkeypatch, native_bf16):
+    if native_bf16 is not None:
+        import robustmix.freq as freq
+
+        monkeypatch.setattr(freq, "_cpu_has_native_bf16", lambda: native_bf16)
+
+
+@pytest.mark.parametrize(("dtype", "native_bf16"), _with_bf16_products([torch.float32, torch.bfloat16]))
 @pytest.mark.parametrize(("cutoff", "energy"), [(0.4, "batch"), ("per-sample", "batch"), (0.4, "sample")])
-def test_robustmix_values_do_not_depend_on_the_pool_or_the_advice(monkeypatch, dtype, cutoff, energy):
+def test_robustmix_values_do_not_depend_on_the_pool_or_the_advice(monkeypatch, dtype, native_bf16, cutoff, energy):
+    _set_native_bf16(monkeypatch, native_bf16)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(40, 3, 224, 224, generator=g).to(dtype)  # output >= 12 MB in either dtype: pooled
     y = torch.arange(40) % 7
@@ -359,12 +377,15 @@ def test_clearing_the_pool_drops_this_threads_kept_scratch_too(monkeypatch):
 
 
 @pytest.mark.parametrize("per_sample", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(("dtype", "native_bf16"), _with_bf16_products([torch.float32, torch.float64, torch.bfloat16]))
 @pytest.mark.parametrize("shape", [(300, 3, 32, 32), (7, 3, 224, 224), (600, 3, 32, 32)])
-def test_robustmix_values_do_not_depend_on_its_scratch(monkeypatch, dtype, shape, per_sample):
+def test_robustmix_values_do_not_depend_on_its_scratch(monkeypatch, dtype, native_bf16, shape, per_sample):
     # one chunk with its products in a scratch, and chunked calls (whose coefficient rows are
-    # unaligned in float64 at 224 px: a float64 product into them would round otherwise)
+    # unaligned in float64 at 224 px: a float64 product into them would round otherwise); bf16
+    # inverse products (native bf16 CPUs) take their memory apart from the fp32 scratch
     import robustmix.functional as F
+
+    _set_native_bf16(monkeypatch, native_bf16)
 
     g = torch.Generator().manual_seed(1)
     n = shape[0]

@@ -317,7 +317,7 @@ def block_coefficients(
             basis_t = basis.T
         step_shape[d] = block[i]
         direct = step == len(order) - 1 and out is not None and aligned(out)
-        target = out if direct else (scratch.take(step_shape) if scratch is not None else None)
+        target = out if direct else (scratch.take(step_shape, x.dtype) if scratch is not None else None)
         y = _apply_along(y, basis, d, basis_t, out=target)
     return y if out is None or y is out else out.copy_(y)
 
@@ -394,7 +394,9 @@ def coefficients_to_signal(
     for d in dims[:-1] if fuse else dims:
         basis, basis_t = _band_basis(sizes[d], coef.shape[d], coef.device, coef.dtype)
         step_shape[d] = sizes[d]
-        y = _apply_along(y, basis_t, d, basis, out=scratch.take(step_shape) if scratch is not None else None)
+        # In coef's dtype: a half block (native half products) gets its own memory, not the
+        # fp32 scratch of the forward pass.
+        y = _apply_along(y, basis_t, d, basis, out=scratch.take(step_shape, coef.dtype) if scratch is not None else None)
     if not fuse:
         return y if add_to is None else add_to.add_(y)
     basis, _ = _band_basis(sizes[last], coef.shape[last], coef.device, coef.dtype)
