@@ -39,6 +39,15 @@ def _meta_line(meta: dict[str, Any]) -> str:
     return line
 
 
+def _where(meta: dict[str, Any]) -> str:
+    """``cuda``, or ``cpu, AVX2`` / ``cpu, AVX512-BF16``: CPU results from hosts with and without
+    native bf16 GEMMs differ in kind (see ``freq.matmul_dtype``), so their headings say which."""
+    isa = meta.get("cpu_isa")
+    if meta["device"] != "cpu" or not isa:
+        return meta["device"]
+    return f"cpu, {isa.split(', ')[-1]}"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
@@ -54,7 +63,7 @@ def _floor_cell(floor: dict[str, Any] | None) -> str:
 
 
 def render_mixing(res: dict[str, Any]) -> list[str]:
-    out = [f"### Mixing ({res['meta']['device']})", "", _meta_line(res["meta"]), ""]
+    out = [f"### Mixing ({_where(res['meta'])})", "", _meta_line(res["meta"]), ""]
     out += ["GEMM rate of the op's largest product shape (the floor's denominator):", ""]
     out += _table(["batch", "GEMM", "dtype", "median ms", "GFLOP/s"], [
         ["x".join(map(str, g["shape"])), g["gemm"], g["dtype"], _f(g["timing"]["median_ms"]), _f(g["gflops_per_s"], 1)]
@@ -103,7 +112,7 @@ def render_mixing(res: dict[str, Any]) -> list[str]:
 
 
 def render_train_step(res: dict[str, Any]) -> list[str]:
-    out = [f"### Training step, ResNet-18 ({res['meta']['device']})", "", _meta_line(res["meta"]), ""]
+    out = [f"### Training step, ResNet-18 ({_where(res['meta'])})", "", _meta_line(res["meta"]), ""]
     rows = []
     for case in res["cases"]:
         for r in case["rows"]:
@@ -121,7 +130,7 @@ def render_train_step(res: dict[str, Any]) -> list[str]:
 
 
 def render_mixers(res: dict[str, Any]) -> list[str]:
-    out = [f"### MixUp and CutMix vs their peers ({res['meta']['device']})", "", _meta_line(res["meta"]), ""]
+    out = [f"### MixUp and CutMix vs their peers ({_where(res['meta'])})", "", _meta_line(res["meta"]), ""]
     rows = []
     for r in res["cases"]:
         ratios = ", ".join(f"{_f(v)}× {k}" for k, v in r.get("time_over_peer", {}).items())
@@ -134,7 +143,7 @@ def render_mixers(res: dict[str, Any]) -> list[str]:
 
 
 def render_corruptions(res: dict[str, Any]) -> list[str]:
-    out = [f"### Corruptions, severity {res['config']['severity']} ({res['meta']['device']})", "",
+    out = [f"### Corruptions, severity {res['config']['severity']} ({_where(res['meta'])})", "",
            _meta_line(res["meta"]), ""]
     if res["config"].get("timing"):  # the rounds changed at f5c3741: say which ones a result used
         out += [f"Timing: {res['config']['timing']}.", ""]
@@ -207,7 +216,7 @@ def _geomean(values: list[float]) -> float:
 def render_agreement(res: dict[str, Any]) -> list[str]:
     cfg = res["config"]
     sevs = cfg["severities"]
-    out = [f"### Agreement with the reference, {cfg['image_size']} px ({res['meta']['device']})", "",
+    out = [f"### Agreement with the reference, {cfg['image_size']} px ({_where(res['meta'])})", "",
            _meta_line(res["meta"]), "",
            f"Strength ratio = mean |corrupted − clean| of ours / of `imagecorruptions` ({cfg['images']} images per "
            "cell, both as truncated 8-bit images; 1.00 = the same amount of corruption). Last column: mean "
@@ -247,12 +256,14 @@ def render(results_dir: Path, *, include_quick: bool = False) -> str:
             res = json.load(f)
         if (res.get("quick") and not include_quick) or res.get("benchmark") not in RENDERERS:
             continue
-        loaded.append(res)
+        loaded.append((path.stem, res))
     if not loaded:
         return "_No results yet: run the scripts above, then `python benchmarks/table.py --write-readme`._"
     order = list(RENDERERS)
-    loaded.sort(key=lambda r: (order.index(r["benchmark"]), r["meta"]["device"]))
-    blocks = ["\n".join(RENDERERS[r["benchmark"]](r)) for r in loaded]
+    # per script and device, its own result file (e.g. mixing-cpu.json) before its variants
+    loaded.sort(key=lambda item: (order.index(item[1]["benchmark"]), item[1]["meta"]["device"],
+                                  item[0] != f"{item[1]['benchmark']}-{item[1]['meta']['device']}", item[0]))
+    blocks = ["\n".join(RENDERERS[r["benchmark"]](r)) for _, r in loaded]
     return "\n\n".join(blocks)
 
 

@@ -470,6 +470,27 @@ def test_table_renders_train_step_overhead_and_skips_quick(tmp_path):
     assert "Mixing" not in text  # the quick result is skipped
 
 
+def test_table_headings_name_the_cpu_kind_and_put_a_scripts_own_file_first(tmp_path):
+    timing = H.Timing(times_s=(0.1, 0.1), warmup=0).to_dict()
+
+    def result(isa):
+        return {
+            "benchmark": "train_step", "quick": False,
+            "meta": {"device": "cpu", "device_name": "cpu: X", "torch": "t", "numpy": "n", "python": "p",
+                     "torch_threads": 2, "commit": None, "date": "d", "cpu_isa": isa},
+            "cases": [{"image_size": 32, "batch": 8, "rows": [{"case": "step none", "timing": timing}]}],
+        }
+
+    # the variant's name sorts first; the script's own file still leads
+    H.write_result(tmp_path / "train_step-cpu-avx512.json", result("AVX2, AVX-512, AVX512-BF16"))
+    H.write_result(tmp_path / "train_step-cpu.json", result("AVX2"))
+    text = table.render(tmp_path)
+    first, second = text.index("(cpu, AVX2)"), text.index("(cpu, AVX512-BF16)")
+    assert 0 < first < second
+    assert table._where({"device": "cuda", "cpu_isa": "AVX2"}) == "cuda"
+    assert table._where({"device": "cpu"}) == "cpu"  # older results without the ISA
+
+
 def test_mixers_quick_run_times_ours_against_each_installed_peer(tmp_path):
     out = tmp_path / "mixers.json"
     assert mixers_bench.main(["--quick", "--out", str(out)]) == 0
