@@ -787,3 +787,26 @@ def test_train_step_gpu_cases_compare_loops_with_loops_and_name_the_unchecked_mi
     assert "overhead_pct" not in lone and "share_of_step_pct" in rows["mixer robustmix"]
     plain = {r["case"] for r in train_step.bench_case(8, 2, torch.device("cpu"), 1)["rows"]}
     assert plain == {"step none", "step mixup", "step robustmix", "mixer mixup", "mixer robustmix"}
+
+
+@pytest.mark.parametrize("script", ["mixing", "train_step", "corruptions", "agreement"])
+def test_each_result_script_runs_its_quick_mode_end_to_end(tmp_path, script):
+    """What benchmarks/README.md says to run, in its smoke mode: a result file with the run's
+    facts, which the table renders. Peers that are not installed are skipped (the agreement
+    script has nothing to compare without its reference)."""
+    if script == "agreement":
+        pytest.importorskip("imagecorruptions", reason="agreement.py compares against imagecorruptions (a benchmark extra)")
+    module = {"mixing": mixing, "corruptions": corruptions, "agreement": agreement}.get(script) or _load(
+        "bench_train_step", "train_step.py")
+    out = tmp_path / f"{script}-cpu.json"
+    extra = ["--only", "contrast,pixelate"] if script in ("corruptions", "agreement") else []
+    assert module.main(["--quick", "--out", str(out), *extra]) == 0
+    res = json.loads(out.read_text())
+    assert res["benchmark"] == script and res["quick"] is True
+    meta = res["meta"]
+    assert meta["device"] == "cpu" and meta["torch"] == torch.__version__ and meta["torch_threads"] >= 1
+    assert {"numpy", "python", "commit", "date", "cpu_isa"} <= set(meta)
+    text = table.render(tmp_path, include_quick=True)
+    heading = {"mixing": "### Mixing (cpu", "train_step": "### Training step, ResNet-18 (cpu",
+               "corruptions": "### Corruptions, severity", "agreement": "### Agreement with the reference"}[script]
+    assert heading in text and "| " in text.split(heading, 1)[1]
