@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from robustmix import _openmp
 from robustmix.corruptions import (
     ALL_CORRUPTIONS,
     BENCHMARK_CORRUPTIONS,
@@ -368,6 +369,16 @@ def test_jpeg_round_trip_by_groups_equals_one_image_at_a_time(n, channels, side)
         warnings.simplefilter("ignore", DeprecationWarning)
         want = torch.stack([decode_jpeg(encode_jpeg(im, quality=40), mode=mode).permute(1, 2, 0) for im in codec_in])
     assert torch.equal(digital._jpeg_roundtrip(codec_in, 40), want)
+
+
+@pytest.mark.skipif(not _openmp._runtimes(), reason="no OpenMP runtime found in this process (torch without OpenMP?)")
+def test_map_groups_runs_each_groups_torch_ops_on_its_own_thread_alone():
+    # No group may wake an OpenMP team: the caller's group runs with a team of one (its own
+    # count back afterwards), the pool's threads always do.
+    before = torch.get_num_threads()
+    seen = common.map_groups(lambda g: (torch.get_num_threads(), torch.rand(64, 1024).sum().item() > 0), range(4))
+    assert [count for count, _ in seen] == [1] * len(seen)
+    assert torch.get_num_threads() == before
 
 
 def test_map_split_keeps_order_and_runs_the_first_group_in_the_caller(monkeypatch):
@@ -1361,10 +1372,26 @@ def test_jpeg_takes_a_large_cpu_batch_in_one_call(monkeypatch):
     x = natural(5, 3, 24)
     chunked = corrupt(x, "jpeg_compression", 3)
     calls = []
-    real = digital._jpeg_roundtrip
-    monkeypatch.setattr(digital, "_jpeg_roundtrip", lambda batch, q: calls.append(len(batch)) or real(batch, q))
+    real = digital._jpeg_cpu
+    monkeypatch.setattr(digital, "_jpeg_cpu", lambda batch, q: calls.append(len(batch)) or real(batch, q))
     monkeypatch.setattr(registry, "CPU_CHUNK_ELEMENTS", 2 * x[0].numel())
     assert torch.equal(corrupt(x, "jpeg_compression", 3), chunked) and calls == [5]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("n", "channels", "side"), [(5, 3, 40), (3, 1, 28), (1, 3, 17), (9, 3, 32)])
+def test_jpeg_cpu_path_equals_bytes_codec_and_levels_as_three_steps(dtype, n, channels, side):
+    # The CPU path converts inside the codec's groups; the GPU path converts around them (bytes
+    # on the device, codec on the host, levels back): the same values to the bit.
+    from robustmix.corruptions import digital
+
+    x = torch.rand(n, channels, side, side, generator=gen(8), dtype=torch.float64).to(dtype)
+    x[0, 0, 0, :4] = torch.tensor([0.0, 1.0, 0.5 / 255, 2.5 / 255], dtype=dtype)  # ties round to even
+    for quality in (7, 40):
+        decoded = digital._jpeg_roundtrip(digital._bytes_hwc(x).permute(0, 3, 1, 2), quality)
+        want = digital._levels_from_bytes(decoded, x)
+        got = digital._jpeg_cpu(x, quality)
+        assert got.dtype == dtype and got.is_contiguous() and torch.equal(got, want)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

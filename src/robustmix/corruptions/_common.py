@@ -37,6 +37,7 @@ from torch import Tensor
 
 from robustmix._device import divide_exactly_
 from robustmix._memory import empty_output
+from robustmix._openmp import one_thread, set_this_threads_count
 
 __all__ = [
     "CIFAR_SIDE",
@@ -220,11 +221,15 @@ def resolve_generator(generator: torch.Generator | None) -> torch.Generator:
 
 @lru_cache(maxsize=1)
 def worker_pool() -> ThreadPoolExecutor | None:
-    """Threads for work that releases the GIL and runs no parallel torch op (random draws, the
-    JPEG codec): one per usable core besides the caller's; ``None`` on one core. Shared, started
-    on first use."""
+    """Threads for work that releases the GIL (random draws, the JPEG codec): one per usable
+    core besides the caller's; ``None`` on one core. Shared, started on first use. Their torch
+    ops run on themselves alone (an OpenMP team of one, :mod:`robustmix._openmp`)."""
     cores = usable_cores()
-    return ThreadPoolExecutor(max_workers=cores - 1, thread_name_prefix="robustmix-worker") if cores > 1 else None
+    if cores <= 1:
+        return None
+    return ThreadPoolExecutor(
+        max_workers=cores - 1, thread_name_prefix="robustmix-worker", initializer=set_this_threads_count, initargs=(1,)
+    )
 
 
 def usable_cores() -> int:
@@ -237,8 +242,9 @@ def map_groups(fn: Callable[[Sequence[Any]], Any], items: Sequence[Any]) -> list
 
     The caller's thread runs the first group while the :func:`worker_pool` threads (one per
     extra core) run the others: one hand-off per extra core, not one per item (waking a thread
-    costs ~0.1 ms on a VM, as much as a JPEG round trip of a 224 px image). ``fn`` must release
-    the GIL and run no parallel torch op (in a pool thread that would start a second OpenMP team).
+    costs ~0.1 ms on a VM, as much as a JPEG round trip of a 224 px image). ``fn`` should release
+    the GIL; its torch ops run on their own thread alone, the caller's too while it runs a group
+    (:func:`robustmix._openmp.one_thread`), so that no OpenMP team competes for the cores.
     """
     pool = worker_pool()
     workers = 1 if pool is None else min(usable_cores(), len(items))
@@ -247,7 +253,8 @@ def map_groups(fn: Callable[[Sequence[Any]], Any], items: Sequence[Any]) -> list
     bounds = [len(items) * i // workers for i in range(workers + 1)]
     groups = [items[a:b] for a, b in itertools.pairwise(bounds)]
     futures = [pool.submit(fn, group) for group in groups[1:]]
-    out = [fn(groups[0])]
+    with one_thread():
+        out = [fn(groups[0])]
     return out + [future.result() for future in futures]
 
 

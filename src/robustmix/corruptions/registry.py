@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from robustmix._memory import empty_output
+from robustmix._openmp import one_thread
 
 from . import blur, digital, noise
 from ._common import SeverityTable, check_images, check_severity, resolve_generator
@@ -187,7 +188,11 @@ def corrupt(
     if not isinstance(name, str) or name not in CORRUPTIONS:
         raise ValueError(f"unknown corruption name {name!r}; valid names: {', '.join(ALL_CORRUPTIONS)}")
     severity = check_severity(severity)
-    check_images(images)
+    if name in OWN_THREADS and images.device.type == "cpu":
+        with one_thread():  # see OWN_THREADS
+            check_images(images)
+    else:
+        check_images(images)
     fn, generator = CORRUPTIONS[name], resolve_generator(generator)
     # The corruptions run on NCHW-contiguous planes: channels-last input (what permuting a stack
     # of HWC images gives) made the elementwise and per-plane passes 1.1-3.6x slower at 224 px,
@@ -220,6 +225,14 @@ worker threads, and a whole batch hands each thread more images per hand-off; it
 buffers come from the pool (no page faults once warm). 64 images at 224 px: 1,331 images/s in
 one call against 881 in chunks of 8 (``benchmarks/corruptions.py``'s large-batch rows, which time
 both ways for every corruption; 2-core AVX2 host, commit 7c023fb)."""
+
+
+OWN_THREADS = frozenset({"jpeg_compression"})
+"""Corruptions whose CPU work runs in robustmix's own threads (:func:`~._common.map_groups`),
+each thread's torch ops on itself alone. Their input check runs on the calling thread alone too:
+a parallel check would leave its OpenMP team spinning on the cores those threads need for about
+a millisecond after it returns (JPEG at 8 images of 224 px: ~3.2 ms a call after a parallel
+check against ~1.7 ms without one, 2 cores)."""
 
 
 def _chunk_images(images: Tensor, name: str | None = None) -> int:
