@@ -381,6 +381,29 @@ def test_map_groups_runs_each_groups_torch_ops_on_its_own_thread_alone():
     assert torch.get_num_threads() == before
 
 
+def test_map_groups_runs_the_pool_threads_in_the_callers_autograd_modes(monkeypatch):
+    # Autograd's modes are per thread: a pool thread outside inference mode could not write a
+    # tensor its caller made inside it (JPEG's output under torch.inference_mode, as evaluate runs).
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-modes")
+    monkeypatch.setattr(common, "worker_pool", lambda: pool)
+    monkeypatch.setattr(common, "usable_cores", lambda: 3)
+    modes = lambda g: (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+    x = natural(6, 3, 40)
+    try:
+        assert common.map_groups(modes, range(6)) == [(False, True)] * 3
+        with torch.no_grad():
+            assert common.map_groups(modes, range(6)) == [(False, False)] * 3
+        want = corrupt(x, "jpeg_compression", 3)
+        with torch.inference_mode():
+            assert common.map_groups(modes, range(6)) == [(True, False)] * 3
+            got = corrupt(x, "jpeg_compression", 3)  # raised in the pool threads before the fix
+        assert torch.equal(got, want)
+    finally:
+        pool.shutdown()
+
+
 def test_map_split_keeps_order_and_runs_the_first_group_in_the_caller(monkeypatch):
     import threading
     from concurrent.futures import ThreadPoolExecutor

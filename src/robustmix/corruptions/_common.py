@@ -252,10 +252,19 @@ def map_groups(fn: Callable[[Sequence[Any]], Any], items: Sequence[Any]) -> list
         return [fn(items)] if len(items) else []
     bounds = [len(items) * i // workers for i in range(workers + 1)]
     groups = [items[a:b] for a, b in itertools.pairwise(bounds)]
-    futures = [pool.submit(fn, group) for group in groups[1:]]
+    # autograd's modes are per thread: the pool's threads take the caller's (a tensor made under
+    # inference_mode can only be written in it)
+    modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+    futures = [pool.submit(_in_modes, modes, fn, group) for group in groups[1:]]
     with one_thread():
         out = [fn(groups[0])]
     return out + [future.result() for future in futures]
+
+
+def _in_modes(modes: tuple[bool, bool], fn: Callable[[Sequence[Any]], Any], group: Sequence[Any]) -> Any:
+    inference, grad = modes
+    with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+        return fn(group)
 
 
 def map_split(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
