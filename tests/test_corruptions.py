@@ -395,11 +395,13 @@ def test_map_groups_runs_the_pool_threads_in_the_callers_autograd_modes(monkeypa
         assert common.map_groups(modes, range(6)) == [(False, True)] * 3
         with torch.no_grad():
             assert common.map_groups(modes, range(6)) == [(False, False)] * 3
-        want = corrupt(x, "jpeg_compression", 3)
+        floats = torch.rand(6, 3, 40, 40, generator=gen(2))  # not 8-bit: Poisson draws in the threads
+        want = corrupt(x, "jpeg_compression", 3), corrupt(floats, "shot_noise", 3, generator=gen(5))
         with torch.inference_mode():
             assert common.map_groups(modes, range(6)) == [(True, False)] * 3
-            got = corrupt(x, "jpeg_compression", 3)  # raised in the pool threads before the fix
-        assert torch.equal(got, want)
+            # both raised in the pool threads before the fix (shot noise since its threads came)
+            got = corrupt(x, "jpeg_compression", 3), corrupt(floats, "shot_noise", 3, generator=gen(5))
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     finally:
         pool.shutdown()
 
