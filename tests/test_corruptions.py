@@ -406,6 +406,32 @@ def test_map_groups_runs_the_pool_threads_in_the_callers_autograd_modes(monkeypa
         pool.shutdown()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (a DataLoader worker's start)")
+def test_a_forked_child_runs_the_threaded_corruptions_on_its_own_pool(monkeypatch):
+    # A DataLoader worker forked after the parent used the worker pool: it used to find the
+    # parent's executor, whose threads it does not have, and hang on the first hand-off.
+    import signal
+
+    monkeypatch.setattr(common, "usable_cores", lambda: 2)  # a pool even on one core
+    common.worker_pool.cache_clear()
+    x = natural(4, 3, 40)
+    floats = torch.rand(4, 3, 40, 40, generator=gen(4))
+    want = corrupt(x, "jpeg_compression", 3), corrupt(floats, "shot_noise", 3, generator=gen(1))
+    assert common.worker_pool() is not None
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 if both come out right, be killed if a hand-off hangs
+        try:
+            signal.alarm(30)
+            torch.set_num_threads(1)  # as DataLoader workers do (libgomp's team is not forked)
+            got = corrupt(x, "jpeg_compression", 3), corrupt(floats, "shot_noise", 3, generator=gen(1))
+            os._exit(0 if all(torch.equal(a, b) for a, b in zip(got, want)) else 3)
+        except BaseException:  # any failure is the child's exit status
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    common.worker_pool.cache_clear()  # the monkeypatched core count's pool goes
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_map_split_keeps_order_and_runs_the_first_group_in_the_caller(monkeypatch):
     import threading
     from concurrent.futures import ThreadPoolExecutor

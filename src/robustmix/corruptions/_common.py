@@ -232,6 +232,13 @@ def worker_pool() -> ThreadPoolExecutor | None:
     )
 
 
+if hasattr(os, "register_at_fork"):
+    # A forked child (a DataLoader worker) has none of the parent's pool threads, but would find
+    # the parent's executor here, which hands work to threads that do not exist: the first
+    # corruption that used it (JPEG, shot noise of float images) hung forever. It starts its own.
+    os.register_at_fork(after_in_child=worker_pool.cache_clear)
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity where the OS reports it)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
