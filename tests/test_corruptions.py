@@ -1669,3 +1669,29 @@ def test_worker_pool_threads_start_no_openmp_team(name):
     finally:
         _common.worker_pool.cache_clear()
         pool.shutdown()
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))],
+)
+def test_every_corruption_and_mixer_runs_under_deterministic_algorithms(device, monkeypatch):
+    # Users who turn on torch's deterministic mode for reproducible numbers: no op of ours may
+    # raise there (an op without a deterministic kernel would), and a seed gives the same output.
+    from robustmix import CutMix, MixUp, RobustMix
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        x = natural(3, 3, 40).to(device)
+        for name in ALL_CORRUPTIONS:
+            first = corrupt(x, name, 3, generator=gen(1))
+            assert torch.equal(corrupt(x, name, 3, generator=gen(1)), first), name
+        y = torch.arange(3, device=device)
+        for make in (lambda: RobustMix(num_classes=3, seed=2), lambda: RobustMix(num_classes=3, per_sample=True, seed=2),
+                     lambda: MixUp(alpha=1.0, num_classes=3, seed=2), lambda: CutMix(alpha=1.0, num_classes=3, seed=2)):
+            first, again = make()(x, y), make()(x, y)
+            assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    finally:
+        torch.use_deterministic_algorithms(was)
