@@ -1695,3 +1695,13 @@ def test_every_corruption_and_mixer_runs_under_deterministic_algorithms(device, 
             assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     finally:
         torch.use_deterministic_algorithms(was)
+
+
+def test_corrupt_reads_an_input_that_requires_grad_detached():
+    # A data transform (the reference's works on NumPy arrays): the same values as for the
+    # detached input and no gradient out; several corruptions write into buffers (out=), which
+    # autograd refuses, so before this some raised and some returned a graph.
+    x = natural(2, 3, 40).requires_grad_()
+    for name in ALL_CORRUPTIONS:
+        got = corrupt(x, name, 3, generator=gen(1))
+        assert not got.requires_grad and torch.equal(got, corrupt(x.detach(), name, 3, generator=gen(1))), name

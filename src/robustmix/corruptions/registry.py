@@ -175,7 +175,9 @@ def corrupt(
 
     Returns:
         A new tensor with the input's shape, dtype, device and layout (channels-last input gives
-        channels-last output, any other layout NCHW-contiguous), values in [0, 1].
+        channels-last output, any other layout NCHW-contiguous), values in [0, 1]. A data
+        transform, as the reference's on NumPy arrays: no gradient flows through it (an input
+        that requires grad is read detached).
 
     Shape:
         (N, C, H, W) -> (N, C, H, W)
@@ -188,6 +190,8 @@ def corrupt(
     if not isinstance(name, str) or name not in CORRUPTIONS:
         raise ValueError(f"unknown corruption name {name!r}; valid names: {', '.join(ALL_CORRUPTIONS)}")
     severity = check_severity(severity)
+    if isinstance(images, Tensor):  # see Returns: several corruptions write into buffers (out=)
+        images = images.detach()
     if name in OWN_THREADS and images.device.type == "cpu":
         with one_thread():  # see OWN_THREADS
             check_images(images)
