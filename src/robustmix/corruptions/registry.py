@@ -6,6 +6,7 @@ of Hendrycks & Dietterich (ICLR 2019), then the 4 extra ones (held-out validatio
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable
 from types import MappingProxyType
@@ -192,11 +193,8 @@ def corrupt(
     severity = check_severity(severity)
     if isinstance(images, Tensor):  # see Returns: several corruptions write into buffers (out=)
         images = images.detach()
-    if name in OWN_THREADS and images.device.type == "cpu":
-        with one_thread():  # see OWN_THREADS
-            check_images(images)
-    else:
-        check_images(images)
+    with one_thread() if name in OWN_THREADS and images.device.type == "cpu" else contextlib.nullcontext():
+        check_images(images)  # see OWN_THREADS
     fn, generator = CORRUPTIONS[name], resolve_generator(generator)
     # The corruptions run on NCHW-contiguous planes: channels-last input (what permuting a stack
     # of HWC images gives) made the elementwise and per-plane passes 1.1-3.6x slower at 224 px,
@@ -234,8 +232,8 @@ both ways for every corruption; 2-core AVX2 host, commit 7c023fb)."""
 OWN_THREADS = frozenset({"jpeg_compression"})
 """Corruptions whose CPU work runs in robustmix's own threads (:func:`~._common.map_groups`),
 each thread's torch ops on itself alone. Their input check runs on the calling thread alone too:
-a parallel check would leave its OpenMP team spinning on the cores those threads need for about
-a millisecond after it returns (JPEG at 8 images of 224 px: ~3.2 ms a call after a parallel
+a parallel check would leave its OpenMP team spinning on the cores those threads need for
+milliseconds after it returns (JPEG at 8 images of 224 px: ~3.2 ms a call after a parallel
 check against ~1.7 ms without one, 2 cores)."""
 
 
