@@ -337,13 +337,27 @@ def test_bernoulli_rows_edge_cases():
         common.bernoulli_rows(2, 5, 1.5, gen(0))
 
 
-def test_map_groups_hands_each_core_one_contiguous_group_in_order(monkeypatch):
+@pytest.fixture
+def cores(monkeypatch):
+    """``cores(n)``: pretend ``n`` usable cores with torch given as many threads (restored after);
+    ``map_groups`` uses at most both."""
+    before = torch.get_num_threads()
+
+    def pretend(n: int) -> None:
+        monkeypatch.setattr(common, "usable_cores", lambda: n)
+        torch.set_num_threads(n)
+
+    yield pretend
+    torch.set_num_threads(before)
+
+
+def test_map_groups_hands_each_core_one_contiguous_group_in_order(monkeypatch, cores):
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-groups")
     monkeypatch.setattr(common, "worker_pool", lambda: pool)
-    monkeypatch.setattr(common, "usable_cores", lambda: 3)
+    cores(3)
     try:
         got = common.map_groups(lambda g: (list(g), threading.current_thread().name), range(10))
     finally:
@@ -381,14 +395,14 @@ def test_map_groups_runs_each_groups_torch_ops_on_its_own_thread_alone():
     assert torch.get_num_threads() == before
 
 
-def test_map_groups_runs_the_pool_threads_in_the_callers_autograd_modes(monkeypatch):
+def test_map_groups_runs_the_pool_threads_in_the_callers_autograd_modes(monkeypatch, cores):
     # Autograd's modes are per thread: a pool thread outside inference mode could not write a
     # tensor its caller made inside it (JPEG's output under torch.inference_mode, as evaluate runs).
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-modes")
     monkeypatch.setattr(common, "worker_pool", lambda: pool)
-    monkeypatch.setattr(common, "usable_cores", lambda: 3)
+    cores(3)
     modes = lambda g: (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
     x = natural(6, 3, 40)
     try:
@@ -406,39 +420,38 @@ def test_map_groups_runs_the_pool_threads_in_the_callers_autograd_modes(monkeypa
         pool.shutdown()
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (a DataLoader worker's start)")
-def test_a_forked_child_runs_the_threaded_corruptions_on_its_own_pool(monkeypatch):
-    # A DataLoader worker forked after the parent used the worker pool: it used to find the
-    # parent's executor, whose threads it does not have, and hang on the first hand-off.
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (a forked worker process)")
+def test_a_forked_child_hands_groups_to_a_pool_of_its_own(monkeypatch, cores):
+    # A child forked after the parent used the worker pool used to find the parent's executor,
+    # whose threads it does not have, and hang on the first hand-off (JPEG, shot noise of float
+    # images). The groups here run no torch op: libgomp's team does not survive a fork either
+    # (DataLoader workers run one torch thread, and then map_groups uses no pool at all).
     import signal
+    import threading
 
-    monkeypatch.setattr(common, "usable_cores", lambda: 2)  # a pool even on one core
+    cores(2)
     common.worker_pool.cache_clear()
-    x = natural(4, 3, 40)
-    floats = torch.rand(4, 3, 40, 40, generator=gen(4))
-    want = corrupt(x, "jpeg_compression", 3), corrupt(floats, "shot_noise", 3, generator=gen(1))
-    assert common.worker_pool() is not None
+    names = lambda g: threading.current_thread().name
+    assert common.map_groups(names, range(4))[1].startswith("robustmix-worker")  # the pool is up
     pid = os.fork()
-    if pid == 0:  # the child: exit 0 if both come out right, be killed if a hand-off hangs
+    if pid == 0:  # the child: exit 0 if a pool thread of its own ran the second group
         try:
-            signal.alarm(30)
-            torch.set_num_threads(1)  # as DataLoader workers do (libgomp's team is not forked)
-            got = corrupt(x, "jpeg_compression", 3), corrupt(floats, "shot_noise", 3, generator=gen(1))
-            os._exit(0 if all(torch.equal(a, b) for a, b in zip(got, want)) else 3)
+            signal.alarm(30)  # killed if the hand-off hangs
+            os._exit(0 if common.map_groups(names, range(4))[1].startswith("robustmix-worker") else 3)
         except BaseException:  # any failure is the child's exit status
             os._exit(4)
     _, status = os.waitpid(pid, 0)
-    common.worker_pool.cache_clear()  # the monkeypatched core count's pool goes
+    common.worker_pool.cache_clear()  # the pretended core count's pool goes
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def test_map_split_keeps_order_and_runs_the_first_group_in_the_caller(monkeypatch):
+def test_map_split_keeps_order_and_runs_the_first_group_in_the_caller(monkeypatch, cores):
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-split")
     monkeypatch.setattr(common, "worker_pool", lambda: pool)
-    monkeypatch.setattr(common, "usable_cores", lambda: 3)
+    cores(3)
     seen = []
 
     def fn(i):

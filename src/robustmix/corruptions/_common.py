@@ -251,10 +251,12 @@ def map_groups(fn: Callable[[Sequence[Any]], Any], items: Sequence[Any]) -> list
     extra core) run the others: one hand-off per extra core, not one per item (waking a thread
     costs ~0.1 ms on a VM, as much as a JPEG round trip of a 224 px image). ``fn`` should release
     the GIL; its torch ops run on their own thread alone, the caller's too while it runs a group
-    (:func:`robustmix._openmp.one_thread`), so that no OpenMP team competes for the cores.
+    (:func:`robustmix._openmp.one_thread`), so that no OpenMP team competes for the cores. At
+    most ``torch.get_num_threads()`` groups, as torch's own ops: a DataLoader worker (one torch
+    thread) runs them all itself instead of adding a thread per core in every worker.
     """
     pool = worker_pool()
-    workers = 1 if pool is None else min(usable_cores(), len(items))
+    workers = 1 if pool is None else min(usable_cores(), torch.get_num_threads(), len(items))
     if workers <= 1:
         return [fn(items)] if len(items) else []
     bounds = [len(items) * i // workers for i in range(workers + 1)]
