@@ -1444,10 +1444,13 @@ def test_jpeg_takes_a_large_cpu_batch_in_one_call(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("n", "channels", "side"), [(5, 3, 40), (3, 1, 28), (1, 3, 17), (9, 3, 32)])
-def test_jpeg_cpu_path_equals_bytes_codec_and_levels_as_three_steps(dtype, n, channels, side):
-    # The CPU path converts inside the codec's groups; the GPU path converts around them (bytes
-    # on the device, codec on the host, levels back): the same values to the bit.
+def test_jpeg_cpu_path_equals_bytes_codec_and_levels_as_three_steps(dtype, n, channels, side, cores):
+    # The CPU path converts inside the codec's groups (two here, one in a pool thread); the GPU
+    # path converts around them (bytes on the device, codec on the host, levels back): the same
+    # values to the bit.
     from robustmix.corruptions import digital
+
+    cores(2)
 
     x = torch.rand(n, channels, side, side, generator=gen(8), dtype=torch.float64).to(dtype)
     x[0, 0, 0, :4] = torch.tensor([0.0, 1.0, 0.5 / 255, 2.5 / 255], dtype=dtype)  # ties round to even
@@ -1657,12 +1660,13 @@ def test_decoded_bytes_come_back_as_contiguous_levels_where_the_images_live(dtyp
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux's /proc")
 @pytest.mark.parametrize("name", ["jpeg_compression", "shot_noise"])
-def test_worker_pool_threads_start_no_openmp_team(name):
+def test_worker_pool_threads_start_no_openmp_team(name, cores):
     # A pool thread that ran a parallel torch op would start its own OpenMP team (extra threads
-    # that keep spinning). The codec threads get HWC-backed views and the Poisson blocks are
-    # joined by the caller, so they must run none: the process gains exactly the pool's threads.
+    # that keep spinning). The pool's threads run their torch ops on themselves alone, so the
+    # process gains exactly the pool's threads.
     from robustmix.corruptions import _common
 
+    cores(2)  # two groups, whatever this host and the xdist worker's one torch thread
     torch.rand(64, 3, 64, 64).mul(2).sum()  # the main thread's own team exists from here on
     old = _common.worker_pool()
     if old is not None:  # join an earlier test's pool threads so they do not exit mid-count
