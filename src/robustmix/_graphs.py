@@ -194,7 +194,7 @@ def replay(
         statics.x.copy_(images)
         statics.y.copy_(_pinned(targets), non_blocking=True)
         statics.index.copy_(_pinned(index), non_blocking=True)
-        statics.params.copy_(torch.tensor([*lams, *ks], dtype=torch.float64).pin_memory(), non_blocking=True)
+        statics.params.copy_(torch.tensor([*lams, *ks], dtype=torch.float64, device="cpu").pin_memory(), non_blocking=True)
         if graph_key not in statics.graphs:
             statics.graphs[graph_key] = _capture(statics, core)
         captured = statics.graphs[graph_key]

@@ -191,9 +191,9 @@ def fourier_basis(
 
     Shape: returns (F, H, W).
     """
-    f = freqs.to(torch.float64)
-    y = torch.arange(height, dtype=torch.float64).view(1, -1, 1)
-    x = torch.arange(width, dtype=torch.float64).view(1, 1, -1)
+    f = freqs.to(device="cpu", dtype=torch.float64)  # built on the host, then moved
+    y = torch.arange(height, dtype=torch.float64, device="cpu").view(1, -1, 1)
+    x = torch.arange(width, dtype=torch.float64, device="cpu").view(1, 1, -1)
     phase = 2 * math.pi * (f[:, 0].view(-1, 1, 1) * y / height + f[:, 1].view(-1, 1, 1) * x / width)
     basis = torch.cos(phase)
     basis = basis / basis.flatten(1).norm(dim=1).view(-1, 1, 1)
@@ -202,8 +202,8 @@ def fourier_basis(
 
 def _canonical_frequencies(height: int, width: int, stride: int, max_freq: int | None) -> Tensor:
     """One representative ``(u, v)`` per mirror pair ``{(u, v), (-u, -v)}``, centred indices."""
-    us = torch.arange(-(height // 2), height - height // 2)
-    vs = torch.arange(-(width // 2), width - width // 2)
+    us = torch.arange(-(height // 2), height - height // 2, device="cpu")
+    vs = torch.arange(-(width // 2), width - width // 2, device="cpu")
     keep_u = (us % stride == 0) if max_freq is None else (us % stride == 0) & (us.abs() <= max_freq)
     keep_v = (vs % stride == 0) if max_freq is None else (vs % stride == 0) & (vs.abs() <= max_freq)
     grid = torch.stack(torch.meshgrid(us[keep_u], vs[keep_v], indexing="ij"), dim=-1).reshape(-1, 2)
@@ -267,22 +267,23 @@ def fourier_heatmap(
     # one copy does not fit, the images are split too.
     f_per_batch = max(1, batch_size // n)
     img_chunk = min(n, batch_size)
-    errors = torch.empty(freqs.shape[0], dtype=torch.float64)
+    errors = torch.empty(freqs.shape[0], dtype=torch.float64, device="cpu")
     with _evaluating(model):
         for f0 in range(0, freqs.shape[0], f_per_batch):
             fr = freqs[f0 : f0 + f_per_batch]
             basis = fourier_basis(h, w, fr, device=dev, dtype=images.dtype)  # (F, H, W)
-            wrong = torch.zeros(fr.shape[0], dtype=torch.float64)
+            wrong = torch.zeros(fr.shape[0], dtype=torch.float64, device="cpu")
             for i0 in range(0, n, img_chunk):
                 x = images[i0 : i0 + img_chunk].to(dev)
                 m = x.shape[0]
                 sign_shape = (fr.shape[0], m, c if per_channel_sign else 1, 1, 1)
-                sign = torch.randint(0, 2, sign_shape, generator=generator).to(dev, x.dtype) * 2 - 1
+                sign = torch.randint(0, 2, sign_shape, generator=generator, device=generator.device)
+                sign = sign.to(dev, x.dtype) * 2 - 1
                 pert = (x.unsqueeze(0) + eps * sign * basis[:, None, None]).clamp_(0, 1)
                 pred = model(pert.reshape(-1, c, h, w)).argmax(dim=1).cpu().view(fr.shape[0], m)
                 wrong += (pred != labels[i0 : i0 + m].view(1, -1)).sum(dim=1).double()
             errors[f0 : f0 + fr.shape[0]] = wrong / n
-    heat = torch.full((h, w), float("nan"), dtype=torch.float64)
+    heat = torch.full((h, w), float("nan"), dtype=torch.float64, device="cpu")
     for (u, v), e in zip(freqs.tolist(), errors.tolist()):
         # The centred grid holds every residue mod (H, W) once; the mirror (-u, -v) is taken
         # modulo the size so the Nyquist row/column of even sizes lands on the grid too.
@@ -329,7 +330,7 @@ def cue_conflict(
         raise ValueError(f"cutoff must be a float in (0, 1), got {cutoff!r}")
     if generator is None:
         generator = torch.Generator().manual_seed(int(seed))
-    partner = torch.randperm(images.shape[0], generator=generator)
+    partner = torch.randperm(images.shape[0], generator=generator, device=generator.device).cpu()
     keep = labels != labels[partner]
     idx_a, idx_b = torch.nonzero(keep).flatten(), partner[keep]
     dev = _model_device(model, device)
@@ -340,7 +341,7 @@ def cue_conflict(
             b = images[idx_b[start : start + batch_size]].to(dev)
             hybrid = (lowpass(a, cutoff) + highpass(b, cutoff)).clamp_(0, 1)
             preds.append(model(hybrid).argmax(dim=1).cpu())
-    pred = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+    pred = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device="cpu")
     low = int((pred == labels[idx_a]).sum())
     high = int((pred == labels[idx_b]).sum())
     total = low + high
@@ -420,7 +421,7 @@ def cue_conflict_folder(
         raise ValueError(f"found no cue-conflict images (shape != texture) under {root}")
     batch_size = _check_batch_size(batch_size)
     dev = _model_device(model, device)
-    members = [torch.as_tensor(list(categories[k]), dtype=torch.long) for k in names]
+    members = [torch.as_tensor(list(categories[k]), dtype=torch.long, device="cpu") for k in names]
     decisions: list[str] = []
     with _evaluating(model):
         for start in range(0, len(items), batch_size):
@@ -452,7 +453,7 @@ def energy_spectrum(images: Tensor, *, batch_size: int = 1024) -> Tensor:
     """
     _check_images(images)
     batch_size = _check_batch_size(batch_size)
-    total = torch.zeros(images.shape[-2:], dtype=torch.float64)
+    total = torch.zeros(images.shape[-2:], dtype=torch.float64, device="cpu")
     for start in range(0, images.shape[0], batch_size):
         coef = dct(images[start : start + batch_size].to(torch.float64))
         total += coef.square().sum(dim=(0, 1)).cpu()

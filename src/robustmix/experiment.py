@@ -464,8 +464,8 @@ def _dataset_stats(preset: Preset, data_dir: str | None) -> dict[str, Any]:
     info = dataset_info(preset.dataset)
     images, _ = load_split_tensors(preset.dataset, root=data_dir, split="train", limit=preset.spectrum_limit)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
-    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    mean = torch.tensor(info.mean, device="cpu").view(1, -1, 1, 1)
+    std = torch.tensor(info.std, device="cpu").view(1, -1, 1, 1)
     spectrum = D.energy_spectrum((x - mean) / std)  # what the op sees: normalised images
     return {
         "dataset": preset.dataset,

@@ -141,8 +141,8 @@ def matmul_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
 
 @lru_cache(maxsize=64)
 def _cached_basis(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    k = torch.arange(n, dtype=torch.float64).unsqueeze(1)
-    i = torch.arange(n, dtype=torch.float64).unsqueeze(0)
+    k = torch.arange(n, dtype=torch.float64, device="cpu").unsqueeze(1)  # built on the host, then moved
+    i = torch.arange(n, dtype=torch.float64, device="cpu").unsqueeze(0)
     basis = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
     basis[0] /= math.sqrt(2.0)
     return basis.to(device=device, dtype=dtype)

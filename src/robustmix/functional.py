@@ -812,7 +812,7 @@ def _robustmix_graphed(
     # The eager op's order: index (structure, then values where they are free to read), targets.
     index = _index_structure(index, n)
     if index is None:
-        index = torch.roll(torch.arange(n), 1)
+        index = torch.roll(torch.arange(n, device="cpu"), 1)
     elif index.device.type in _IMMEDIATE_DEVICES:
         _require_index_values(index, n)
     kind = _targets_kind(targets, n, num_classes)

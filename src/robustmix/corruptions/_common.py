@@ -311,7 +311,8 @@ def per_image_draws(
     row = -(-total // NORMAL_BLOCK) * NORMAL_BLOCK if kind == "normal" else total
     draw = torch.randn if kind == "normal" else torch.rand
     # into a pooled buffer (the same draws): a fresh batch-sized one was faulted in on most calls
-    flat = draw((n, row), generator=generator, dtype=dtype, out=empty_output((n, row), dtype=dtype, device=generator.device))
+    flat = draw((n, row), generator=generator, dtype=dtype, device=generator.device,
+                out=empty_output((n, row), dtype=dtype, device=generator.device))
     out, start = [], 0
     for shape, count in zip(shapes, counts):
         out.append(flat[:, start : start + count].reshape(n, *shape).to(like.device))
@@ -324,7 +325,8 @@ def random_uniform(
 ) -> Tensor:
     """Uniform float32 draws in [low, high) of ``shape`` (dim 0 the images) on ``like``'s device."""
     shape = tuple(shape)
-    u = torch.rand(shape, generator=generator, out=empty_output(shape, dtype=torch.float32, device=generator.device))
+    u = torch.rand(shape, generator=generator, device=generator.device,
+                   out=empty_output(shape, dtype=torch.float32, device=generator.device))
     return scaled_draws(u, low, high - low).to(like.device)
 
 
@@ -435,7 +437,7 @@ def random_poisson(rates: Tensor, generator: torch.Generator) -> Tensor:
     flat = rates.float().to(generator.device).reshape(rates.shape[0], -1)
     if generator.device.type != "cpu" or rates.shape[0] == 0:
         return torch.poisson(flat, generator=generator).view(rates.shape).to(rates.device)
-    seeds = torch.randint(0, 2**63 - 1, (flat.shape[0],), generator=generator).tolist()
+    seeds = torch.randint(0, 2**63 - 1, (flat.shape[0],), generator=generator, device="cpu").tolist()
     counts = torch.empty_like(flat)
 
     def draw(i: int) -> None:
@@ -523,8 +525,8 @@ def zero_below(values: Tensor, threshold: float, *, inplace: bool = False) -> Te
     exactly. ``torch.where``/``masked_fill`` run element by element on CPU (see
     :func:`positive_weight`): 15-25x slower here (``benchmarks/cpu_ops.py``).
     """
-    bound = torch.tensor(threshold, dtype=values.dtype)
-    below = float(torch.nextafter(bound, torch.tensor(-math.inf, dtype=values.dtype)))
+    bound = torch.tensor(threshold, dtype=values.dtype, device="cpu")
+    below = float(torch.nextafter(bound, torch.tensor(-math.inf, dtype=values.dtype, device="cpu")))
     return (F.threshold_ if inplace else F.threshold)(values, below, 0.0)
 
 
@@ -548,7 +550,7 @@ def random_poisson_levels(levels: Tensor, scale: float, generator: torch.Generat
     # Its batch-sized temporaries (float64 and int64: 9.6 MB each at B8x3x224^2) come from
     # the buffer pool: fresh, they were page-faulted in on every call (the same values either way;
     # `python benchmarks/corruptions.py`: shot noise 4.00x -> 4.53x the reference at 224 px).
-    u = torch.rand(shape, dtype=torch.float64, generator=generator,
+    u = torch.rand(shape, dtype=torch.float64, generator=generator, device=generator.device,
                    out=empty_output(shape, dtype=torch.float64, device=generator.device))
     u = u.to(device).mul_(width)
     column = torch.floor(u, out=empty_output(shape, dtype=torch.float64, device=device))
@@ -562,8 +564,8 @@ def random_poisson_levels(levels: Tensor, scale: float, generator: torch.Generat
 def _poisson_alias_table(scale: float, device: str) -> tuple[Tensor, Tensor, int]:
     """Alias tables ``(prob, alias)``, flattened (level, count), and the counts per level."""
     width = math.ceil(scale + 10.0 * math.sqrt(scale) + 10.0)  # P(K >= width) < 1e-20
-    rates = torch.arange(EIGHT_BIT_LEVELS, dtype=torch.float64) * (scale / (EIGHT_BIT_LEVELS - 1))
-    k = torch.arange(width, dtype=torch.float64)
+    rates = torch.arange(EIGHT_BIT_LEVELS, dtype=torch.float64, device="cpu") * (scale / (EIGHT_BIT_LEVELS - 1))
+    k = torch.arange(width, dtype=torch.float64, device="cpu")
     log_pmf = k * rates.clamp_min(1e-300).log().unsqueeze(1) - rates.unsqueeze(1) - torch.lgamma(k + 1)
     pmf = log_pmf.exp()
     pmf[0] = 0.0
@@ -637,7 +639,7 @@ def gaussian_kernel1d(sigma: float, *, truncate: float = 4.0) -> Tensor:
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
     radius = int(truncate * float(sigma) + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64, device="cpu")
     k = torch.exp(-0.5 * (x / float(sigma)) ** 2)
     return k / k.sum()
 
@@ -719,7 +721,7 @@ def _filter_operator(
     n: int, taps: tuple[float, ...], mode: BorderMode, dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor, Blocks]:
     """The filter matrix of ``taps`` and its band blocks, built once per size, taps and border."""
-    taps_t = torch.tensor(taps, dtype=torch.float64)
+    taps_t = torch.tensor(taps, dtype=torch.float64, device="cpu")
     return _banded_operator(_filter_matrix(n, taps_t, mode, dtype=dtype, device=device))
 
 
@@ -987,7 +989,7 @@ def motion_blur_taps(radius: float, sigma: float) -> Tensor:
     if not radius > 0 or not sigma > 0:
         raise ValueError(f"radius and sigma must be > 0, got radius={radius}, sigma={sigma}")
     width = int(2 * math.ceil(radius) + 1)
-    i = torch.arange(width, dtype=torch.float64)
+    i = torch.arange(width, dtype=torch.float64, device="cpu")
     k = torch.exp(-(i**2) / (2.0 * float(sigma) ** 2))
     return k / k.sum()
 

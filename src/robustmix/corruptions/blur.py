@@ -108,10 +108,10 @@ def disk_kernel(radius: float, alias_blur: float) -> Tensor:
     """
     half = 8 if radius <= 8 else math.ceil(radius)
     k = 3 if radius <= 8 else 5
-    grid = torch.arange(-half, half + 1, dtype=torch.float64)
+    grid = torch.arange(-half, half + 1, dtype=torch.float64, device="cpu")
     disk = ((grid.view(-1, 1) ** 2 + grid.view(1, -1) ** 2) <= radius**2).double()
     disk = disk / disk.sum()
-    t = torch.arange(k, dtype=torch.float64) - k // 2
+    t = torch.arange(k, dtype=torch.float64, device="cpu") - k // 2
     g = torch.exp(-(t**2) / (2.0 * alias_blur**2))
     g = g / g.sum()
     smooth = filter2d(disk.view(1, 1, *disk.shape), g.view(-1, 1) * g.view(1, -1), mode="mirror")[0, 0]

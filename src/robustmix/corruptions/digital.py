@@ -299,10 +299,10 @@ def box_resize_matrix(in_size: int, out_size: int, *, dtype: torch.dtype = torch
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support = 0.5 * filterscale
-    centre = (torch.arange(out_size, dtype=torch.float64) + 0.5) * scale
+    centre = (torch.arange(out_size, dtype=torch.float64, device="cpu") + 0.5) * scale
     lo = (centre - support + 0.5).floor().clamp(min=0).view(-1, 1)
     hi = (centre + support + 0.5).floor().clamp(max=in_size).view(-1, 1)
-    i = torch.arange(in_size, dtype=torch.float64).view(1, -1)
+    i = torch.arange(in_size, dtype=torch.float64, device="cpu").view(1, -1)
     t = (i - centre.view(-1, 1) + 0.5) / filterscale
     m = ((t > -0.5) & (t <= 0.5) & (i >= lo) & (i < hi)).double()
     return (m / m.sum(dim=1, keepdim=True).clamp(min=1)).to(dtype)
@@ -455,7 +455,7 @@ def _box_taps(in_size: int, out_size: int) -> tuple[Tensor, Tensor]:
     nonzero = m > 0
     taps = int(nonzero.sum(dim=1).max())
     first = nonzero.double().argmax(dim=1, keepdim=True)
-    offset = torch.arange(taps)
+    offset = torch.arange(taps, device=m.device)
     src = (first + offset).clamp(max=in_size - 1)
     weight = torch.where(offset < nonzero.sum(dim=1, keepdim=True), m.gather(1, src), 0.0)
     return src, weight
@@ -474,7 +474,7 @@ def _nearest_exact_is_box(in_size: int, out_size: int) -> bool:
     Both take the pixel under ``(o + 1/2) * in/out``, but float rounding can differ where that
     lands on a pixel edge (e.g. 14 -> 111), so the answer is read off torch's own output.
     """
-    probe = torch.arange(in_size, dtype=torch.float32).view(1, 1, 1, in_size)
+    probe = torch.arange(in_size, dtype=torch.float32, device="cpu").view(1, 1, 1, in_size)
     picked = F.interpolate(probe, size=(1, out_size), mode="nearest-exact").view(-1).long()
     return torch.equal(picked, _box_up_source(in_size, out_size))
 
@@ -561,7 +561,7 @@ def _codec_takes_lists() -> bool:
     except ImportError:  # pragma: no cover - torchvision without its codec
         return False
 
-    probe = [torch.zeros(1, 8, 8, dtype=torch.uint8)]
+    probe = [torch.zeros(1, 8, 8, dtype=torch.uint8, device="cpu")]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         try:

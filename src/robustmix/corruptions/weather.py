@@ -324,9 +324,9 @@ def fog(images: Tensor, severity: int, generator: torch.Generator | None = None)
 # Spatter: OpenCV pieces of the water branch
 
 
-_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
-_EMBOSS = torch.tensor([[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]])
-_ONES3 = torch.ones(3, 3)
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device="cpu")
+_EMBOSS = torch.tensor([[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]], device="cpu")
+_ONES3 = torch.ones(3, 3, device="cpu")
 _TAN_22_5 = math.tan(math.radians(22.5))
 _TAN_67_5 = math.tan(math.radians(67.5))
 

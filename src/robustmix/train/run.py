@@ -172,7 +172,7 @@ def _subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     if limit is None or limit >= n:
         return dataset
     g = torch.Generator().manual_seed(seed)
-    indices = torch.randperm(n, generator=g)[:limit].sort().values.tolist()
+    indices = torch.randperm(n, generator=g, device="cpu")[:limit].sort().values.tolist()
     return Subset(dataset, indices)
 
 
