@@ -78,6 +78,7 @@ __all__ = [
     "elastic_transform",
     "elastic_warp",
     "jpeg_compression",
+    "jpeg_levels",
     "pixelate",
     "saturate",
 ]
@@ -627,10 +628,15 @@ def jpeg_compression(images: Tensor, severity: int, generator: torch.Generator |
         (N, C, H, W) -> (N, C, H, W)
     """
     quality, _ = TABLES["jpeg_compression"].row(images, severity)
-    x = to_work(images)
+    return jpeg_levels(to_work(images), int(quality)).to(images.dtype)
+
+
+def jpeg_levels(x: Tensor, quality: int) -> Tensor:
+    """``x`` (float (N, C, H, W) in [0, 1]) rounded to 8 bits, JPEG-encoded at ``quality`` and
+    decoded, as levels ``k / 255`` in ``x``'s dtype and on its device (libjpeg, as PIL)."""
     if x.device.type == "cpu" and _codec_takes_lists():
-        return _jpeg_cpu(x, int(quality)).to(images.dtype)
+        return _jpeg_cpu(x, quality)
     # Bytes laid out HWC (as the codec reads them; the CHW views passed to it are then free to
     # make contiguous) and decoded bytes gathered HWC: the layout changes ride on the copies.
-    decoded = _jpeg_roundtrip(_bytes_hwc(x).permute(0, 3, 1, 2), int(quality))
-    return _levels_from_bytes(decoded, x).to(images.dtype)
+    decoded = _jpeg_roundtrip(_bytes_hwc(x).permute(0, 3, 1, 2), quality)
+    return _levels_from_bytes(decoded, x)

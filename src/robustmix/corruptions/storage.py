@@ -63,20 +63,9 @@ def store(images: Tensor, mode: str = "release") -> Tensor:
 
 def _jpeg_round_trip(stored: Tensor, quality: int) -> Tensor:
     """JPEG round trip at ``quality`` of an image of 8-bit levels ``k / 255`` (float (N, C, H, W))."""
-    # The codec path of jpeg_compression (libjpeg): on the CPU all in the codec's threads, elsewhere
-    # with its transfers (bytes cast where the images live, layout and dtype changed there).
-    from .digital import (
-        _bytes_hwc,
-        _codec_takes_lists,
-        _jpeg_cpu,
-        _jpeg_roundtrip,
-        _levels_from_bytes,
-    )
+    from .digital import jpeg_levels  # jpeg_compression's codec path (libjpeg)
 
     channels = stored.shape[1]
     if channels not in (1, 3):
         raise ValueError(f"images: JPEG storage needs 1 or 3 channels, got {channels}")
-    if stored.device.type == "cpu" and _codec_takes_lists():
-        return _jpeg_cpu(stored, quality)
-    decoded = _jpeg_roundtrip(_bytes_hwc(stored).permute(0, 3, 1, 2), quality)  # (N, H, W, C) uint8
-    return _levels_from_bytes(decoded, stored)
+    return jpeg_levels(stored, quality)
